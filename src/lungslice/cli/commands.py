@@ -1,0 +1,17 @@
+"""Imports every command module so that each registers its commands on ``app``.
+
+Each topic lives in its own module (``cli/<topic>.py``); add one import line here.
+"""
+
+from __future__ import annotations
+
+import json
+
+from lungslice.cli._app import app, out
+from lungslice.provenance import library_versions
+
+
+@app.command("version")
+def version() -> None:
+    """Print the versions of lungslice and the libraries it depends on, as JSON."""
+    out.print_json(json.dumps(library_versions()))

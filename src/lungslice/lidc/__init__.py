@@ -1,0 +1,1 @@
+"""LIDC-IDRI annotations: readers' contours, nodule clustering and slice labels."""

@@ -1,0 +1,1 @@
+"""DICOM ingestion: index folder trees, load CT series as HU volumes, resample."""

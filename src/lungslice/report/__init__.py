@@ -1,0 +1,1 @@
+"""Human-readable outputs of a prediction: figures and the self-contained HTML report."""

@@ -33,8 +33,23 @@ log = logging.getLogger(__name__)
 _PHI_ATTRIBUTES = ("PatientName", "PatientBirthDate", "PatientSex")
 
 
+#: Type 2 attributes highdicom copies from the evidence; real images may lack them.
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+)
+
+
 def _evidence(ds: Dataset, keep_phi: bool) -> Dataset:
     ev = deepcopy(ds)
+    for keyword in _TYPE2_COPIED:
+        if keyword not in ev:
+            setattr(ev, keyword, "")
     if not keep_phi:
         for keyword in _PHI_ATTRIBUTES:
             if keyword in ev:

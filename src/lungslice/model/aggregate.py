@@ -1,0 +1,395 @@
+"""From slice probabilities to nodule candidates, study scores and slices to read.
+
+1. Smooth each class's probability along z with a Gaussian (sigma in mm):
+   nodules span several 1 mm slices, one-slice spikes (vessels, noise) do not.
+2. Group consecutive slices whose smoothed p(nodule) = p(benign) + p(malignant)
+   reaches a threshold into **candidates** at least ``min_length_mm`` long.
+3. Score the study: p(any nodule) and p(any malignant nodule), by ``"max"``
+   (the highest smoothed slice), by a leaky ``"noisy_or"`` over the top-k
+   candidates (as in the Data Science Bowl 2017 winning solution:
+   ``1 - (1 - leak) * prod(1 - p_i)``), or by a ``"learned"`` logistic
+   aggregator over the top-k candidate scores (see :func:`fit_learned_aggregator`).
+   When a study has fewer than k candidates, its highest local maxima below the
+   threshold fill the top-k, so scores still rank studies without candidates.
+4. **Recommendations**: candidate peaks first (one slice per candidate), then
+   sub-threshold peaks, then the remaining slices by smoothed p(nodule).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.ndimage import gaussian_filter1d
+from scipy.signal import find_peaks
+from sklearn.linear_model import LogisticRegression
+
+from lungslice.errors import ConfigError
+
+__all__ = [
+    "AggregateConfig",
+    "Candidate",
+    "StudyResult",
+    "aggregate",
+    "fit_learned_aggregator",
+    "map_to_source",
+]
+
+_METHODS = ("max", "noisy_or", "learned")
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    """How slice probabilities become candidates and study scores.
+
+    Attributes
+    ----------
+    sigma_mm : float
+        Gaussian smoothing along z (mm); 0 disables smoothing.
+    threshold : float
+        Smoothed p(nodule) a slice needs to join a candidate.
+    min_length_mm : float
+        Shortest candidate kept (extent along z, mm, counting one slice as its spacing).
+    top_k : int
+        Candidates (and sub-threshold peaks) the study score looks at.
+    method : {"max", "noisy_or", "learned"}
+        Study-score aggregator.
+    leak : float
+        Noisy-OR leak probability (a nodule the candidates missed).
+    learned_any, learned_malignant : tuple of float
+        For ``"learned"``: intercept followed by ``2 * top_k`` weights over the
+        sorted top-k candidate p(nodule) and p(malignant); made by
+        :func:`fit_learned_aggregator`.
+    """
+
+    sigma_mm: float = 2.0
+    threshold: float = 0.5
+    min_length_mm: float = 3.0
+    top_k: int = 5
+    method: str = "noisy_or"
+    leak: float = 0.0
+    learned_any: tuple[float, ...] = ()
+    learned_malignant: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method not in _METHODS:
+            raise ConfigError(
+                f"AggregateConfig.method: expected one of {', '.join(_METHODS)}, "
+                f"got {self.method!r}."
+            )
+        if not 0.0 <= self.threshold <= 1.0 or not 0.0 <= self.leak < 1.0:
+            raise ConfigError(
+                f"AggregateConfig: threshold must be in [0, 1] and leak in [0, 1), got "
+                f"threshold={self.threshold}, leak={self.leak}."
+            )
+        if self.sigma_mm < 0 or self.min_length_mm < 0 or self.top_k < 1:
+            raise ConfigError(
+                f"AggregateConfig: expected sigma_mm >= 0, min_length_mm >= 0, top_k >= 1, got "
+                f"{self.sigma_mm}, {self.min_length_mm}, {self.top_k}."
+            )
+        if self.method == "learned":
+            n = 1 + 2 * self.top_k
+            if len(self.learned_any) != n or len(self.learned_malignant) != n:
+                raise ConfigError(
+                    f"AggregateConfig(method='learned') needs {n} weights in learned_any and "
+                    f"learned_malignant (intercept + 2 x top_k), got {len(self.learned_any)} and "
+                    f"{len(self.learned_malignant)}. Fix: make it with fit_learned_aggregator()."
+                )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Consecutive slices whose smoothed p(nodule) reaches the threshold.
+
+    Indices are into the study's slice arrays; ``end`` is inclusive. The
+    probabilities are the smoothed ones.
+    """
+
+    start: int
+    end: int
+    z_start: float
+    z_end: float
+    peak: int
+    peak_z: float
+    p_nodule: float
+    mean_p_malignant: float
+    max_p_malignant: float
+    mean_p_benign: float
+    max_p_benign: float
+
+    @property
+    def n_slices(self) -> int:
+        """Number of slices in the candidate."""
+        return self.end - self.start + 1
+
+
+@dataclass(frozen=True, eq=False)
+class StudyResult:
+    """Aggregated view of one series' slice probabilities.
+
+    Attributes
+    ----------
+    z_mm : numpy.ndarray
+        ``(n,)`` slice positions.
+    smoothed : numpy.ndarray
+        ``(n, 3)`` smoothed probabilities (non-nodule, benign, malignant).
+    candidates : tuple of Candidate
+        Sorted by ``p_nodule``, highest first.
+    peaks : numpy.ndarray
+        Indices of local maxima of smoothed p(nodule) outside every
+        candidate, highest first (they fill the top-k and the recommendations).
+    topk : numpy.ndarray
+        ``(top_k, 2)`` p(nodule), p(malignant) of the top-k candidates then peaks,
+        zero-padded: the aggregator's input.
+    p_any_nodule, p_malignant : float
+        Study scores.
+    config : AggregateConfig
+        The settings that made it.
+    """
+
+    z_mm: np.ndarray
+    smoothed: np.ndarray
+    candidates: tuple[Candidate, ...]
+    peaks: np.ndarray
+    topk: np.ndarray
+    p_any_nodule: float
+    p_malignant: float
+    config: AggregateConfig
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """``{"p_any_nodule": ..., "p_malignant": ...}``."""
+        return {"p_any_nodule": self.p_any_nodule, "p_malignant": self.p_malignant}
+
+    @property
+    def slice_score(self) -> np.ndarray:
+        """``(n,)`` smoothed p(nodule): the order slices are recommended in."""
+        return np.asarray(self.smoothed[:, 1] + self.smoothed[:, 2])
+
+    def ranking(self) -> np.ndarray:
+        """Every slice index in reading order (candidates, peaks, then the rest)."""
+        first = [c.peak for c in self.candidates] + [int(p) for p in self.peaks]
+        score = self.slice_score
+        rest = np.argsort(-score, kind="stable")
+        seen = np.zeros(score.size, dtype=bool)
+        seen[first] = True
+        order = np.concatenate([np.asarray(first, dtype=np.int64), rest[~seen[rest]]])
+        return order.astype(np.int64)
+
+    def recommendations(self, k: int) -> np.ndarray:
+        """The first ``k`` slices to read (distinct candidates first)."""
+        if k < 0:
+            raise ConfigError(f"recommendations(k): expected k >= 0, got {k}.")
+        return self.ranking()[:k]
+
+
+def _spacing(z: np.ndarray) -> float:
+    if z.size < 2:
+        return 1.0
+    d = np.diff(z)
+    if not (np.all(d > 0) or np.all(d < 0)):
+        raise ConfigError(
+            "z_mm must be strictly increasing or decreasing (one value per slice in order), "
+            f"got {z.size} positions with {int((d == 0).sum())} repeats and mixed steps."
+        )
+    return float(np.median(np.abs(d)))
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    padded = np.concatenate([[False], mask, [False]])
+    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
+    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def _noisy_or(p: np.ndarray, leak: float) -> float:
+    return float(1.0 - (1.0 - leak) * np.prod(1.0 - np.clip(p, 0.0, 1.0)))
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))
+
+
+def aggregate(probs: np.ndarray, z_mm: np.ndarray, config: AggregateConfig) -> StudyResult:
+    """Aggregate one series' slice probabilities.
+
+    Parameters
+    ----------
+    probs : numpy.ndarray
+        ``(n, 3)`` slice probabilities (non-nodule, benign, malignant), slices in z order.
+    z_mm : numpy.ndarray
+        ``(n,)`` slice positions, strictly monotonic.
+    config : AggregateConfig
+        Smoothing, threshold, minimum length, top-k and aggregator.
+
+    Returns
+    -------
+    StudyResult
+        Candidates, study scores and the reading order.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    z = np.asarray(z_mm, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != 3 or z.shape != (probs.shape[0],):
+        raise ConfigError(
+            f"aggregate: expected probs (n, 3) and z_mm (n,), got {probs.shape} and {z.shape}."
+        )
+    spacing = _spacing(z)
+    if config.sigma_mm > 0 and probs.shape[0] > 1:
+        smoothed = gaussian_filter1d(probs, config.sigma_mm / spacing, axis=0, mode="nearest")
+    else:
+        smoothed = probs.copy()
+    p_nod = smoothed[:, 1] + smoothed[:, 2]
+    candidates = []
+    for a, b in _runs(p_nod >= config.threshold):
+        if (b - a + 1) * spacing < config.min_length_mm:
+            continue
+        seg = slice(a, b + 1)
+        peak = a + int(np.argmax(p_nod[seg]))
+        candidates.append(
+            Candidate(
+                start=a,
+                end=b,
+                z_start=float(min(z[a], z[b])),
+                z_end=float(max(z[a], z[b])),
+                peak=peak,
+                peak_z=float(z[peak]),
+                p_nodule=float(p_nod[peak]),
+                mean_p_malignant=float(smoothed[seg, 2].mean()),
+                max_p_malignant=float(smoothed[seg, 2].max()),
+                mean_p_benign=float(smoothed[seg, 1].mean()),
+                max_p_benign=float(smoothed[seg, 1].max()),
+            )
+        )
+    candidates.sort(key=lambda c: (-c.p_nodule, c.start))
+    inside = np.zeros(p_nod.size, dtype=bool)
+    for c in candidates:
+        inside[c.start : c.end + 1] = True
+    padded = np.concatenate([[-1.0], p_nod, [-1.0]])  # edges count as maxima too
+    peak_idx, _ = find_peaks(padded, plateau_size=1)
+    peak_idx = peak_idx - 1
+    peak_idx = peak_idx[~inside[peak_idx]]
+    peaks = peak_idx[np.argsort(-p_nod[peak_idx], kind="stable")].astype(np.int64)
+
+    rows = [(c.p_nodule, c.max_p_malignant) for c in candidates]
+    rows += [(float(p_nod[i]), float(smoothed[i, 2])) for i in peaks]
+    topk = np.zeros((config.top_k, 2))
+    if rows:
+        take = np.asarray(rows[: config.top_k])
+        topk[: len(take)] = take
+    if config.method == "max":
+        p_any = float(p_nod.max()) if p_nod.size else 0.0
+        p_mal = float(smoothed[:, 2].max()) if p_nod.size else 0.0
+    elif config.method == "noisy_or":
+        p_any = _noisy_or(topk[:, 0], config.leak)
+        p_mal = _noisy_or(topk[:, 1], config.leak)
+    else:
+        feats = _learned_features(topk)
+        p_any = _sigmoid(config.learned_any[0] + float(feats @ np.asarray(config.learned_any[1:])))
+        p_mal = _sigmoid(
+            config.learned_malignant[0] + float(feats @ np.asarray(config.learned_malignant[1:]))
+        )
+    return StudyResult(
+        z_mm=z,
+        smoothed=smoothed.astype(np.float32),
+        candidates=tuple(candidates),
+        peaks=peaks,
+        topk=topk,
+        p_any_nodule=p_any,
+        p_malignant=p_mal,
+        config=config,
+    )
+
+
+def _learned_features(topk: np.ndarray) -> np.ndarray:
+    # sorted descending per column so the weights see "best, second best, ..."
+    return np.concatenate([np.sort(topk[:, 0])[::-1], np.sort(topk[:, 1])[::-1]])
+
+
+def fit_learned_aggregator(
+    results: list[StudyResult],
+    has_any: np.ndarray,
+    has_malignant: np.ndarray,
+    config: AggregateConfig,
+    C: float = 1.0,
+    seed: int = 0,
+) -> AggregateConfig:
+    """Fit the ``"learned"`` aggregator on studies with known outcomes.
+
+    Parameters
+    ----------
+    results : list of StudyResult
+        Aggregated training studies (any method; only ``topk`` is used).
+    has_any, has_malignant : numpy.ndarray
+        ``(n_studies,)`` bool: the study contains a nodule / a malignant nodule.
+    config : AggregateConfig
+        Smoothing and top-k settings to keep.
+    C : float
+        Inverse L2 strength of the two logistic regressions.
+    seed : int
+        Solver seed.
+
+    Returns
+    -------
+    AggregateConfig
+        ``config`` with ``method="learned"`` and the fitted weights. A target
+        with a single class gets a constant intercept (its base rate).
+    """
+    if len(results) != len(has_any) or len(results) != len(has_malignant):
+        raise ConfigError(
+            f"fit_learned_aggregator: {len(results)} studies but {len(has_any)} and "
+            f"{len(has_malignant)} outcomes; expected one outcome of each per study."
+        )
+    feats = np.stack([_learned_features(r.topk[: config.top_k]) for r in results])
+    if feats.shape[1] != 2 * config.top_k:
+        raise ConfigError(
+            f"results were aggregated with top_k={results[0].topk.shape[0]}, "
+            f"config has {config.top_k}; aggregate them again with this config."
+        )
+
+    def fit(target: np.ndarray) -> tuple[float, ...]:
+        t = np.asarray(target, dtype=bool)
+        if t.all() or not t.any():
+            rate = np.clip(t.mean(), 1e-3, 1 - 1e-3)
+            return (float(np.log(rate / (1 - rate))), *([0.0] * feats.shape[1]))
+        model = LogisticRegression(C=C, random_state=seed, max_iter=1000)
+        model.fit(feats, t)
+        return (float(model.intercept_[0]), *map(float, model.coef_[0]))
+
+    return dataclasses.replace(
+        config, method="learned", learned_any=fit(has_any), learned_malignant=fit(has_malignant)
+    )
+
+
+def map_to_source(indices: np.ndarray, slices: pd.DataFrame) -> pd.DataFrame:
+    """The original DICOM images behind resampled slice positions.
+
+    Parameters
+    ----------
+    indices : numpy.ndarray
+        Row positions into ``slices`` (one series' slice table in z order).
+    slices : pandas.DataFrame
+        The feature slice table (``slice_index``, ``z_mm``, ``sop_instance_uid``,
+        ``instance_number``, ...).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per index, in the given order, with ``rank`` (from 1), ``slice_index``,
+        ``z_mm``, ``sop_instance_uid`` and ``instance_number`` of the nearest source image.
+    """
+    needed = ["slice_index", "z_mm", "sop_instance_uid", "instance_number"]
+    missing = [c for c in needed if c not in slices.columns]
+    if missing:
+        raise ConfigError(
+            f"slice table lacks columns {missing}; expected the feature slice table "
+            "(load_features) with resampling provenance."
+        )
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= len(slices)):
+        raise ConfigError(
+            f"slice positions {idx.min()}..{idx.max()} fall outside the table's {len(slices)} rows."
+        )
+    table = slices.iloc[idx][needed].reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, idx.size + 1))
+    return table

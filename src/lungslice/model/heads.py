@@ -1,0 +1,433 @@
+"""Three-class slice classifiers ("heads") trained on cached backbone features.
+
+Two kinds, both standardising the features first and both returning
+probabilities in :data:`CLASSES` order (non-nodule, benign, malignant):
+
+- ``"logistic"``: multinomial logistic regression (scikit-learn, L-BFGS) with
+  balanced class weights for the ~94 % non-nodule imbalance.
+- ``"mlp"``: a small one-hidden-layer perceptron in torch (CPU), trained with
+  class-weighted cross-entropy and AdamW.
+
+Hyperparameters are chosen by an inner cross-validation grouped by patient
+(a patient's slices are never split between inner train and validation).
+A fitted head holds only arrays, so it saves without pickling objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
+
+from lungslice.errors import ConfigError
+from lungslice.progress import ProgressCallback, report
+
+__all__ = [
+    "CLASSES",
+    "Head",
+    "HeadConfig",
+    "LogisticHead",
+    "MLPHead",
+    "balanced_class_weights",
+    "train_head",
+]
+
+log = logging.getLogger(__name__)
+
+#: Class names in code order (0, 1, 2); the same as ``lungslice.lidc.labels.LABELS``.
+CLASSES: tuple[str, ...] = ("non-nodule", "benign", "malignant")
+_N_CLASSES = len(CLASSES)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """How to train a head.
+
+    Attributes
+    ----------
+    kind : {"logistic", "mlp"}
+        Logistic regression (scikit-learn) or a small torch MLP.
+    C_grid : tuple of float
+        Inverse L2 strengths tried for the logistic head.
+    hidden_grid : tuple of int
+        Hidden-layer widths tried for the MLP.
+    weight_decay_grid : tuple of float
+        AdamW weight decays tried for the MLP.
+    class_weight : {"balanced", "none"}
+        ``"balanced"`` weighs each class by ``n / (n_classes * n_class)``.
+    inner_folds : int
+        Patient-grouped inner CV folds for choosing hyperparameters (used only
+        when the grid has more than one point).
+    max_iter : int
+        L-BFGS iterations (logistic).
+    epochs, batch_size, learning_rate, dropout : int, int, float, float
+        MLP training settings.
+    """
+
+    kind: str = "logistic"
+    C_grid: tuple[float, ...] = (0.01, 0.1, 1.0)
+    hidden_grid: tuple[int, ...] = (128,)
+    weight_decay_grid: tuple[float, ...] = (1e-4, 1e-2)
+    class_weight: str = "balanced"
+    inner_folds: int = 3
+    max_iter: int = 200
+    epochs: int = 20
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("logistic", "mlp"):
+            raise ConfigError(
+                f"HeadConfig.kind: expected 'logistic' or 'mlp', got {self.kind!r}. "
+                "Fix: pass --head logistic or --head mlp."
+            )
+        if self.class_weight not in ("balanced", "none"):
+            raise ConfigError(
+                f"HeadConfig.class_weight: expected 'balanced' or 'none', "
+                f"got {self.class_weight!r}."
+            )
+        if self.inner_folds < 2:
+            raise ConfigError(f"HeadConfig.inner_folds: expected >= 2, got {self.inner_folds}.")
+        for name in ("C_grid", "hidden_grid", "weight_decay_grid"):
+            if len(getattr(self, name)) == 0:
+                raise ConfigError(f"HeadConfig.{name}: expected at least one value, got none.")
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every hyperparameter combination of this config's kind."""
+        if self.kind == "logistic":
+            return [{"C": float(c)} for c in self.C_grid]
+        return [
+            {"hidden": int(h), "weight_decay": float(w)}
+            for h, w in itertools.product(self.hidden_grid, self.weight_decay_grid)
+        ]
+
+
+class Head(ABC):
+    """A fitted three-class slice classifier.
+
+    Attributes
+    ----------
+    kind : str
+        ``"logistic"`` or ``"mlp"``.
+    hyperparameters : dict
+        The chosen hyperparameters.
+    mean, scale : numpy.ndarray
+        ``(d,)`` standardisation applied before the classifier.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(
+        self, hyperparameters: dict[str, Any], mean: np.ndarray, scale: np.ndarray
+    ) -> None:
+        self.hyperparameters = dict(hyperparameters)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.scale = np.asarray(scale, dtype=np.float32)
+
+    @property
+    def n_features(self) -> int:
+        """Feature dimension the head expects."""
+        return int(self.mean.shape[0])
+
+    def _standardise(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ConfigError(
+                f"features have shape {X.shape}, expected (n, {self.n_features}) for this "
+                f"{self.kind} head. Fix: use features made with the bundle's backbone settings."
+            )
+        return (X - self.mean) / self.scale
+
+    @abstractmethod
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """``(n, 3)`` unnormalised scores."""
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``(n, 3)`` class probabilities in :data:`CLASSES` order (rows sum to 1)."""
+        z = self.logits(X).astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    @abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        """The arrays that define the head (besides ``mean``/``scale``)."""
+
+
+class LogisticHead(Head):
+    """Multinomial logistic regression on standardised features."""
+
+    kind = "logistic"
+
+    def __init__(
+        self,
+        hyperparameters: dict[str, Any],
+        mean: np.ndarray,
+        scale: np.ndarray,
+        coef: np.ndarray,
+        intercept: np.ndarray,
+    ) -> None:
+        super().__init__(hyperparameters, mean, scale)
+        self.coef = np.asarray(coef, dtype=np.float32)
+        self.intercept = np.asarray(intercept, dtype=np.float32)
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        return self._standardise(X) @ self.coef.T + self.intercept
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef, "intercept": self.intercept}
+
+
+class _MLP(torch.nn.Module):
+    def __init__(self, d: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(d, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, _N_CLASSES),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+class MLPHead(Head):
+    """One-hidden-layer perceptron (torch) on standardised features."""
+
+    kind = "mlp"
+
+    def __init__(
+        self,
+        hyperparameters: dict[str, Any],
+        mean: np.ndarray,
+        scale: np.ndarray,
+        state_dict: dict[str, torch.Tensor],
+    ) -> None:
+        super().__init__(hyperparameters, mean, scale)
+        self.module = _MLP(
+            self.n_features,
+            int(hyperparameters["hidden"]),
+            float(hyperparameters.get("dropout", 0.0)),
+        )
+        self.module.load_state_dict(state_dict)
+        self.module.eval()
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        Xs = torch.from_numpy(np.ascontiguousarray(self._standardise(X)))
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, Xs.shape[0], 65536):
+                chunks.append(self.module(Xs[start : start + 65536]).numpy())
+        if not chunks:
+            return np.zeros((0, _N_CLASSES), dtype=np.float32)
+        return np.concatenate(chunks)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The torch parameters, for ``torch.save`` (tensors only)."""
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+
+def balanced_class_weights(y: np.ndarray) -> np.ndarray:
+    """``(3,)`` weights ``n / (k * n_c)`` over the k classes present (0 for absent ones)."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=_N_CLASSES)[:_N_CLASSES]
+    present = counts > 0
+    w = np.zeros(_N_CLASSES, dtype=np.float64)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w
+
+
+def _check_inputs(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> None:
+    if X.ndim != 2:
+        raise ConfigError(f"X: expected a 2-D (n, d) feature array, got shape {X.shape}.")
+    if y.shape != (X.shape[0],) or groups.shape != (X.shape[0],):
+        raise ConfigError(
+            f"X has {X.shape[0]} rows but y has shape {y.shape} and groups {groups.shape}; "
+            "expected one label and one patient id per row."
+        )
+    bad = np.setdiff1d(np.unique(y), np.arange(_N_CLASSES))
+    if bad.size:
+        raise ConfigError(
+            f"y holds codes {bad.tolist()}, expected only 0/1/2 ({', '.join(CLASSES)}). "
+            "Fix: drop excluded slices (code -1) before training."
+        )
+    if np.unique(y).size < 2:
+        raise ConfigError(
+            f"y holds a single class ({CLASSES[int(y[0])] if y.size else 'none'}); a head "
+            "needs at least two classes to learn from."
+        )
+
+
+def _scaler(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = X.mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = X.std(axis=0, dtype=np.float64).astype(np.float32)
+    std[std < 1e-8] = 1.0  # constant features: leave them centred, not divided by zero
+    return mean, std
+
+
+def _fit_logistic(
+    X: np.ndarray, y: np.ndarray, params: dict[str, Any], config: HeadConfig, seed: int
+) -> LogisticHead:
+    mean, scale = _scaler(X)
+    Xs = (X - mean) / scale
+    weights = balanced_class_weights(y) if config.class_weight == "balanced" else None
+    sample_weight = None if weights is None else weights[y]
+    model = LogisticRegression(
+        C=params["C"], solver="lbfgs", max_iter=config.max_iter, random_state=seed, tol=1e-4
+    )
+    model.fit(Xs, y, sample_weight=sample_weight)
+    # scikit-learn returns rows only for classes present; absent classes get -inf-like logits
+    coef = np.zeros((_N_CLASSES, X.shape[1]), dtype=np.float32)
+    intercept = np.full(_N_CLASSES, -30.0, dtype=np.float32)
+    classes = model.classes_.astype(int)
+    if classes.size == 2:  # binary: scikit-learn keeps one row for the second class
+        coef[classes[1]] = model.coef_[0] / 2
+        coef[classes[0]] = -model.coef_[0] / 2
+        intercept[classes[1]] = model.intercept_[0] / 2
+        intercept[classes[0]] = -model.intercept_[0] / 2
+    else:
+        coef[classes] = model.coef_
+        intercept[classes] = model.intercept_
+    return LogisticHead(params, mean, scale, coef, intercept)
+
+
+def _fit_mlp(
+    X: np.ndarray, y: np.ndarray, params: dict[str, Any], config: HeadConfig, seed: int
+) -> MLPHead:
+    mean, scale = _scaler(X)
+    Xs = torch.from_numpy(np.ascontiguousarray((X - mean) / scale, dtype=np.float32))
+    yt = torch.from_numpy(y.astype(np.int64))
+    gen = torch.Generator().manual_seed(seed)
+    module = _MLP(X.shape[1], int(params["hidden"]), config.dropout)
+    with torch.no_grad():  # seeded init from the local generator, not the global RNG
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.Linear):
+                bound = 1.0 / float(np.sqrt(layer.in_features))
+                layer.weight.uniform_(-bound, bound, generator=gen)
+                layer.bias.uniform_(-bound, bound, generator=gen)
+    weights = (
+        balanced_class_weights(y) if config.class_weight == "balanced" else np.ones(_N_CLASSES)
+    )
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    opt = torch.optim.AdamW(
+        module.parameters(), lr=config.learning_rate, weight_decay=params["weight_decay"]
+    )
+    n = Xs.shape[0]
+    module.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            # dropout draws from the global RNG; fork it so training stays reproducible
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                loss = loss_fn(module(Xs[idx]), yt[idx])
+                opt.zero_grad()
+                loss.backward()
+            opt.step()
+    hyper = {**params, "dropout": config.dropout}
+    return MLPHead(hyper, mean, scale, module.state_dict())
+
+
+def _fit(
+    X: np.ndarray, y: np.ndarray, params: dict[str, Any], config: HeadConfig, seed: int
+) -> Head:
+    if config.kind == "logistic":
+        return _fit_logistic(X, y, params, config, seed)
+    return _fit_mlp(X, y, params, config, seed)
+
+
+def _weighted_log_loss(y: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> float:
+    p = np.clip(proba[np.arange(y.size), y], 1e-7, 1.0)
+    w = weights[y]
+    return float(-(w * np.log(p)).sum() / w.sum())
+
+
+def train_head(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    config: HeadConfig | None = None,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> Head:
+    """Train a head, choosing hyperparameters by patient-grouped inner CV.
+
+    Parameters
+    ----------
+    X : numpy.ndarray
+        ``(n, d)`` slice features.
+    y : numpy.ndarray
+        ``(n,)`` int codes 0/1/2 (non-nodule, benign, malignant); no -1.
+    groups : numpy.ndarray
+        ``(n,)`` patient id of each row: inner folds never split a patient.
+    config : HeadConfig, optional
+        Kind and grid; defaults to ``HeadConfig()`` (logistic).
+    seed : int
+        Seeds the MLP's init/shuffling and the solver; nothing global.
+    progress : ProgressCallback, optional
+        Called once per fitted model.
+
+    Returns
+    -------
+    Head
+        Refitted on all rows with the hyperparameters of lowest class-balanced
+        validation log-loss; ``head.hyperparameters["inner_cv"]`` records the scores.
+
+    Raises
+    ------
+    ConfigError
+        On mismatched shapes, codes outside 0/1/2, a single class, or fewer
+        patients than inner folds while the grid has several points.
+    """
+    config = config or HeadConfig()
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y).astype(np.int64)
+    groups = np.asarray(groups)
+    _check_inputs(X, y, groups)
+    grid = config.grid()
+    n_groups = np.unique(groups).size
+    total = len(grid) * config.inner_folds + 1 if len(grid) > 1 else 1
+    done = 0
+    scores: list[float] = []
+    if len(grid) > 1:
+        if n_groups < config.inner_folds:
+            raise ConfigError(
+                f"inner CV needs at least {config.inner_folds} patients to choose among "
+                f"{len(grid)} hyperparameter settings, got {n_groups}. Fix: give one value "
+                "per grid or lower HeadConfig.inner_folds."
+            )
+        weights = balanced_class_weights(y)
+        folds = list(GroupKFold(n_splits=config.inner_folds).split(X, y, groups))
+        for params in grid:
+            losses = []
+            for tr, va in folds:
+                if np.unique(y[tr]).size < 2:
+                    continue  # a fold without two classes cannot score this setting
+                head = _fit(X[tr], y[tr], params, config, seed)
+                losses.append(_weighted_log_loss(y[va], head.predict_proba(X[va]), weights))
+                done += 1
+                report(progress, done, total, f"inner CV {params}")
+            scores.append(float(np.mean(losses)) if losses else float("inf"))
+            log.info("inner CV %s: balanced log-loss %.4f", params, scores[-1])
+        best = grid[int(np.argmin(scores))]
+    else:
+        best = grid[0]
+    head = _fit(X, y, best, config, seed)
+    head.hyperparameters["inner_cv"] = [
+        {**params, "balanced_log_loss": s} for params, s in zip(grid, scores, strict=False)
+    ]
+    report(progress, total, total, "final fit")
+    return head

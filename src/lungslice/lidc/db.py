@@ -170,6 +170,7 @@ def read_database(
                 annotations=annotations,
                 contrast_used=None if contrast is None else bool(contrast),
                 file_names=tuple(n for n in (names or "").split(",") if n),
+                source=str(db),
             )
         )
     log.info("read %d scans, %d annotations from %s", len(scans), len(ann_ids), db)

@@ -206,9 +206,10 @@ def cluster_scan(
         if tol < min_tol:
             converged = False
             log.warning(
-                "%s: could not split every cluster to <= %d annotations (tolerance fell "
-                "below %g); some nodules are close and keep > %d annotations",
+                "%s (series %s): could not split every cluster to <= %d annotations "
+                "(tolerance fell below %g); some nodules are close and keep > %d annotations",
                 scan.patient_id,
+                scan.series_uid,
                 _MAX_READERS,
                 min_tol,
                 _MAX_READERS,
@@ -360,6 +361,7 @@ def find_nodules(
     tol: float | None = None,
     factor: float = 0.9,
     min_tol: float = 0.1,
+    clustering: Clustering | None = None,
 ) -> list[Nodule]:
     """Cluster a scan's annotations and summarise each cluster as a :class:`Nodule`.
 
@@ -374,6 +376,8 @@ def find_nodules(
         ``"<patient_id>/s<scan_id>"`` for them).
     metric, tol, factor, min_tol
         As :func:`cluster_annotations`.
+    clustering : Clustering, optional
+        A result of :func:`cluster_scan` for this scan, to avoid clustering twice.
 
     Returns
     -------
@@ -381,5 +385,10 @@ def find_nodules(
         In cluster order (increasing mean centroid slice index).
     """
     prefix = scan.patient_id if id_prefix is None else id_prefix
-    clusters = cluster_annotations(scan, metric=metric, tol=tol, factor=factor, min_tol=min_tol)
-    return [_make_nodule(scan, c, f"{prefix}/n{i + 1}") for i, c in enumerate(clusters)]
+    if clustering is None:
+        clustering = cluster_scan(scan, metric=metric, tol=tol, factor=factor, min_tol=min_tol)
+    anns = scan.annotations
+    return [
+        _make_nodule(scan, [anns[j] for j in c], f"{prefix}/n{i + 1}")
+        for i, c in enumerate(clustering.clusters)
+    ]

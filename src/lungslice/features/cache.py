@@ -1,0 +1,273 @@
+"""The feature cache on disk: one folder per configuration key, one pair of files per series.
+
+Layout of ``WORK/features/<key>/``:
+
+``config.json``
+    The :class:`~lungslice.features.config.FeatureConfig`, the key, the
+    weights checksum, the backbone's layers/widths/data config, provenance.
+``<series_uid>.npy``
+    ``(n_slices, feature_dim)`` features of the resampled slices, in the
+    config's ``storage_dtype`` (float16 by default).
+``<series_uid>.slices.parquet``
+    One row per resampled slice, same order: ``series_uid, patient_id,
+    study_uid, slice_index, z_mm, source_lower, source_upper, weight_lower,
+    weight_upper, nearest_source, sop_instance_uid, instance_number`` (source
+    indices point into the original series sorted along the slice normal;
+    ``sop_instance_uid``/``instance_number`` are those of the nearest original
+    image).
+``manifest.parquet``
+    One row per series: status (``done``/``failed``), reason, slice counts,
+    timings.
+
+Every file is written to a temporary name in the same folder and renamed
+into place (``os.replace``), so a reader or a killed writer never sees a
+partial file. A series is *done* when both of its files exist; the slice
+table is written last and is the commit marker. Temporary files of dead
+processes are removed when a run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lungslice.errors import FeatureError
+
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "SLICE_COLUMNS",
+    "FeatureCache",
+    "atomic_write",
+    "load_features",
+]
+
+log = logging.getLogger(__name__)
+
+SLICE_COLUMNS = (
+    "series_uid",
+    "patient_id",
+    "study_uid",
+    "slice_index",
+    "z_mm",
+    "source_lower",
+    "source_upper",
+    "weight_lower",
+    "weight_upper",
+    "nearest_source",
+    "sop_instance_uid",
+    "instance_number",
+)
+
+MANIFEST_COLUMNS = (
+    "series_uid",
+    "patient_id",
+    "study_uid",
+    "status",
+    "reason",
+    "n_files",
+    "n_source_slices",
+    "n_slices",
+    "feature_dim",
+    "load_s",
+    "model_s",
+    "write_s",
+    "finished_utc",
+)
+
+_SAFE_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through ``write(temp_path)``, fsync, then rename into place."""
+    tmp = _temp_path(path)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FeatureCache:
+    """The folder ``WORK/features/<key>`` and the files in it.
+
+    Parameters
+    ----------
+    work_dir : Path
+        The work folder (``--out``).
+    key : str
+        The configuration key (:attr:`FeatureConfig.key`).
+    """
+
+    def __init__(self, work_dir: str | Path, key: str) -> None:
+        self.work_dir = Path(work_dir)
+        self.key = key
+        self.dir = self.work_dir / "features" / key
+
+    @property
+    def config_path(self) -> Path:
+        """``config.json``."""
+        return self.dir / "config.json"
+
+    @property
+    def manifest_path(self) -> Path:
+        """``manifest.parquet``."""
+        return self.dir / "manifest.parquet"
+
+    def _name(self, series_uid: str) -> str:
+        if not _SAFE_NAME.match(series_uid):
+            raise FeatureError(
+                f"series UID {series_uid!r} cannot name a cache file: expected letters, digits, "
+                "'.', '_' or '-' (DICOM UIDs are digits and dots)"
+            )
+        return series_uid
+
+    def features_path(self, series_uid: str) -> Path:
+        """``<series_uid>.npy``."""
+        return self.dir / f"{self._name(series_uid)}.npy"
+
+    def slices_path(self, series_uid: str) -> Path:
+        """``<series_uid>.slices.parquet``."""
+        return self.dir / f"{self._name(series_uid)}.slices.parquet"
+
+    def prepare(self) -> list[Path]:
+        """Create the folder and remove temporary files left by dead processes."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        removed = []
+        for path in self.dir.iterdir():
+            m = _TEMP.match(path.name)
+            if m and not _pid_alive(int(m["pid"])):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        if removed:
+            log.info(
+                "removed %d temporary file(s) of interrupted runs in %s", len(removed), self.dir
+            )
+        return removed
+
+    def is_done(self, series_uid: str) -> bool:
+        """True when both files of the series are in place."""
+        return self.slices_path(series_uid).is_file() and self.features_path(series_uid).is_file()
+
+    def write_series(self, series_uid: str, features: np.ndarray, slices: pd.DataFrame) -> None:
+        """Store a series: features first, then the slice table (the commit marker)."""
+        if features.shape[0] != len(slices):
+            raise FeatureError(
+                f"series {series_uid}: {features.shape[0]} feature rows for {len(slices)} slices"
+            )
+
+        def save_npy(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, features)
+
+        atomic_write(self.features_path(series_uid), save_npy)
+        atomic_write(self.slices_path(series_uid), lambda tmp: slices.to_parquet(tmp, index=False))
+
+    def read_config(self) -> dict[str, Any] | None:
+        """The stored ``config.json``, or None."""
+        if not self.config_path.is_file():
+            return None
+        return dict(json.loads(self.config_path.read_text()))
+
+    def write_config(self, record: dict[str, Any]) -> None:
+        """Store ``config.json``."""
+        text = json.dumps(record, indent=2, sort_keys=True)
+
+        def save(tmp: Path) -> None:
+            tmp.write_text(text + "\n")
+
+        atomic_write(self.config_path, save)
+
+    def read_manifest(self) -> pd.DataFrame:
+        """The manifest (empty with its columns when there is none yet)."""
+        if not self.manifest_path.is_file():
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in MANIFEST_COLUMNS})
+        return pd.read_parquet(self.manifest_path)
+
+    def write_manifest(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        """Store the manifest from one dict per series (columns in MANIFEST_COLUMNS order)."""
+        frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+        atomic_write(self.manifest_path, lambda tmp: frame.to_parquet(tmp, index=False))
+        return frame
+
+
+def load_features(
+    work_dir: str | Path, key: str, *, dtype: np.dtype | type | None = None
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """All cached series of ``key`` stacked, with their slice tables concatenated.
+
+    Series come in manifest order; only series with status ``done`` are
+    included (the manifest records why others are missing).
+
+    Parameters
+    ----------
+    work_dir : str or Path
+        The work folder given to extraction.
+    key : str
+        The configuration key (folder name under ``WORK/features``).
+    dtype : numpy dtype, optional
+        Convert the features (default: as stored, float16 unless configured).
+
+    Returns
+    -------
+    features : numpy.ndarray
+        ``(total_slices, feature_dim)``.
+    slices : pandas.DataFrame
+        One row per feature row (columns :data:`SLICE_COLUMNS`).
+
+    Raises
+    ------
+    FeatureError
+        If the folder or manifest is missing, or a done series lacks a file.
+    """
+    cache = FeatureCache(work_dir, key)
+    if not cache.manifest_path.is_file():
+        known = sorted(p.name for p in (cache.work_dir / "features").glob("*") if p.is_dir())
+        raise FeatureError(
+            f"no feature manifest at {cache.manifest_path}; run `lungslice extract` first "
+            f"(keys present: {', '.join(known) or 'none'})"
+        )
+    manifest = cache.read_manifest()
+    done = manifest[manifest["status"] == "done"]
+    arrays: list[np.ndarray] = []
+    tables: list[pd.DataFrame] = []
+    for uid in done["series_uid"]:
+        if not cache.is_done(uid):
+            raise FeatureError(
+                f"{cache.dir}: the manifest lists series {uid} as done but its files are "
+                "missing; rerun `lungslice extract` to recompute it"
+            )
+        arr = np.load(cache.features_path(uid))
+        arrays.append(arr if dtype is None else arr.astype(dtype))
+        tables.append(pd.read_parquet(cache.slices_path(uid)))
+    if not arrays:
+        raise FeatureError(f"{cache.dir}: no series is done (see {cache.manifest_path})")
+    return np.concatenate(arrays), pd.concat(tables, ignore_index=True)

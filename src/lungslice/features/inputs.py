@@ -1,0 +1,140 @@
+"""Axial HU slices -> 3-channel network inputs, normalised with the backbone's own statistics.
+
+Two modes:
+
+``"windows"``
+    Each channel is the same slice under a different HU window (default: lung
+    -1000..400, mediastinal -160..240, wide -1400..1000).
+``"2.5d"``
+    The channels are slices z-1, z, z+1 of the (1 mm) volume under one window;
+    the first and last slice repeat themselves as their missing neighbour.
+
+Each slice is resized to ``size`` x ``size`` (default: the backbone's input
+size; the whole field of view, no crop, so peripheral nodules stay in) with
+the backbone's interpolation and antialiasing, *then* windowed: resizing the
+HU slice once is three times cheaper than resizing three windowed channels.
+A window maps ``lo..hi`` to 0..1 (clipped), then the channel is normalised
+with the backbone's ``mean``/``std`` from timm's ``resolve_data_config``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lungslice.dicom.resample import ResampledVolume
+from lungslice.errors import ConfigError
+
+__all__ = ["DEFAULT_WINDOWS", "InputConfig", "input_size", "make_inputs"]
+
+#: Lung, mediastinal and wide windows (HU lo, hi).
+DEFAULT_WINDOWS: tuple[tuple[float, float], ...] = (
+    (-1000.0, 400.0),
+    (-160.0, 240.0),
+    (-1400.0, 1000.0),
+)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How a slice becomes a network input.
+
+    Attributes
+    ----------
+    mode : {"windows", "2.5d"}
+        Three HU windows of one slice, or three neighbouring slices in one window.
+    windows : tuple of (float, float)
+        The three windows of ``"windows"`` mode, (lo, hi) HU each.
+    window_25d : tuple of float
+        The window of ``"2.5d"`` mode.
+    size : int or None
+        Square input size in pixels; None means the backbone's input size.
+    """
+
+    mode: Literal["windows", "2.5d"] = "windows"
+    windows: tuple[tuple[float, float], ...] = DEFAULT_WINDOWS
+    window_25d: tuple[float, float] = (-1000.0, 400.0)
+    size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("windows", "2.5d"):
+            raise ConfigError(f"InputConfig.mode: expected 'windows' or '2.5d', got {self.mode!r}")
+        if self.mode == "windows" and len(self.windows) != 3:
+            raise ConfigError(
+                f"InputConfig.windows: 'windows' mode needs 3 windows (one per channel), "
+                f"got {len(self.windows)}"
+            )
+        for lo, hi in (*self.windows, self.window_25d):
+            if not hi > lo:
+                raise ConfigError(f"InputConfig: window ({lo}, {hi}) needs hi > lo")
+        if self.size is not None and self.size < 16:
+            raise ConfigError(f"InputConfig.size: expected >= 16 pixels or None, got {self.size}")
+
+
+def input_size(config: InputConfig, data_config: Mapping[str, Any]) -> int:
+    """The resolved square input size: ``config.size`` or the backbone's own."""
+    return int(config.size or data_config["input_size"][-1])
+
+
+def _as_tensor(hu: np.ndarray | torch.Tensor | ResampledVolume) -> torch.Tensor:
+    if isinstance(hu, ResampledVolume):
+        hu = hu.hu
+    t = torch.as_tensor(hu)
+    if t.ndim != 3:
+        raise ConfigError(
+            f"make_inputs: expected HU slices (n, rows, columns), got shape {tuple(t.shape)}"
+        )
+    return t.float()
+
+
+def make_inputs(
+    hu: np.ndarray | torch.Tensor | ResampledVolume,
+    config: InputConfig,
+    data_config: Mapping[str, Any],
+) -> torch.Tensor:
+    """Turn HU slices into normalised 3-channel network inputs.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray, torch.Tensor or ResampledVolume
+        ``(n, rows, columns)`` HU. In ``"2.5d"`` mode the slices must be
+        consecutive (neighbours come from this array).
+    config : InputConfig
+        Mode, windows and size.
+    data_config : mapping
+        The backbone's ``data_config`` (``input_size``, ``mean``, ``std``,
+        ``interpolation``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, 3, size, size)`` float32, on the device of ``hu``.
+    """
+    t = _as_tensor(hu)
+    size = input_size(config, data_config)
+    if tuple(t.shape[1:]) != (size, size):
+        mode = "bicubic" if data_config.get("interpolation") == "bicubic" else "bilinear"
+        t = F.interpolate(
+            t.unsqueeze(1), size=(size, size), mode=mode, align_corners=False, antialias=True
+        ).squeeze(1)
+    if config.mode == "windows":
+        channels = [_window(t, lo, hi) for lo, hi in config.windows]
+    else:
+        lo, hi = config.window_25d
+        w = _window(t, lo, hi)
+        idx = torch.arange(w.shape[0], device=w.device)
+        last = w.shape[0] - 1
+        channels = [w[(idx - 1).clamp(0, last)], w, w[(idx + 1).clamp(0, last)]]
+    mean = data_config["mean"]
+    std = data_config["std"]
+    x = torch.stack([(c - m) / s for c, m, s in zip(channels, mean, std, strict=True)], dim=1)
+    return x.contiguous()
+
+
+def _window(t: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return ((t - lo) / (hi - lo)).clamp_(0.0, 1.0)

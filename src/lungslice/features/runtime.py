@@ -1,0 +1,146 @@
+"""Running a backbone fast: device, precision, memory layout, compilation, allocator.
+
+Measured on the 2-core AVX-512-bf16 CPU these machines have (PERF_NOTES.md,
+benchmarks/extract.py): channels-last layout plus bfloat16 autocast is the big
+safe win (~2-3x over eager FP32, features within cosine 0.9999 of FP32);
+``torch.compile`` adds ~30 % for datasets but costs ~10 s up front and
+recompiles for every new batch shape, so the last batch is padded to the
+batch size. On a CUDA device the same code runs there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from lungslice.errors import ConfigError
+from lungslice.features.backbones import Backbone
+
+__all__ = ["FeatureRunner", "resolve_device", "tune_allocator"]
+
+log = logging.getLogger(__name__)
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_allocator() -> bool:
+    """Stop glibc returning big buffers to the OS after every batch (process-wide).
+
+    glibc maps and unmaps every large allocation by default; a batch loop then
+    page-faults its buffers in again on every batch. Raising the mmap and trim
+    thresholds to 1 GB keeps them mapped (PERF_NOTES: eager PyTorch 20-50 %
+    faster, pydicom decoding ~1.7x). Called by the CLI and the benchmark, not
+    by library functions, since it changes the whole process.
+
+    Returns
+    -------
+    bool
+        True when glibc accepted the settings (False on other C libraries).
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = all(
+        mallopt(param, value) == 1
+        for param, value in (
+            (_M_MMAP_THRESHOLD, 1_000_000_000),
+            (_M_TRIM_THRESHOLD, 1_000_000_000),
+            (_M_TOP_PAD, 100_000_000),
+        )
+    )
+    log.debug("glibc allocator tuned: %s", ok)
+    return ok
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"device {device!r}: {err}; expected 'auto', 'cpu' or 'cuda'") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available here; use 'auto' or 'cpu'")
+    return resolved
+
+
+class FeatureRunner:
+    """A backbone prepared for inference: device, layout, precision, optional compile.
+
+    Calling it with a ``(n, 3, H, W)`` float32 batch returns ``(n, d)`` float32
+    features as a NumPy array. The backbone is moved and converted to
+    channels-last in place.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        The backbone.
+    precision : {"bf16", "fp32"}
+        bfloat16 autocast or full FP32.
+    device : str
+        See :func:`resolve_device`.
+    compile : bool
+        ``torch.compile`` the backbone; batches smaller than ``batch_size``
+        are padded so that one shape compiles once.
+    batch_size : int
+        The batch size batches are padded to when compiled.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        precision: str = "bf16",
+        device: str = "auto",
+        compile: bool = False,
+        batch_size: int = 32,
+    ) -> None:
+        if precision not in ("bf16", "fp32"):
+            raise ConfigError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
+        self.backbone = backbone
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.compiled = compile
+        self.batch_size = batch_size
+        backbone.eval().to(self.device).to(memory_format=torch.channels_last)
+        self._fn: Any = backbone
+        if compile:
+            self._fn = torch.compile(backbone, dynamic=False, options={"freezing": True})
+
+    @property
+    def layout(self) -> str:
+        """A short description, e.g. ``"cpu channels_last bf16-autocast compiled"``."""
+        parts = [self.device.type, "channels_last"]
+        parts.append("bf16-autocast" if self.precision == "bf16" else "fp32")
+        if self.compiled:
+            parts.append("compiled")
+        return " ".join(parts)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        n = int(x.shape[0])
+        if self.compiled and n < self.batch_size:
+            pad = x.new_zeros((self.batch_size - n, *x.shape[1:]))
+            x = torch.cat([x, pad])
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+            ),
+        ):
+            features = self._fn(x)
+        return features[:n].float().cpu().numpy()

@@ -1,0 +1,302 @@
+"""Cached slice features joined with slice labels: the rows a head trains on.
+
+Each feature row is a resampled 1 mm slice; its label is that of the nearest
+original slice (ties to the more severe, :func:`lungslice.lidc.labels.resampled_labels`),
+found through the resampling provenance columns of the feature slice table
+(``source_lower``/``source_upper`` index the series' original slices in z order,
+which is the labels' ``slice_index``). Slices labelled ``"excluded"`` (code -1)
+are dropped and recorded in ``TrainingSet.rejected`` with their reason, as are
+the slices of series without labels when ``allow_unlabelled=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lungslice.errors import AnnotationError, FeatureError
+from lungslice.lidc.labels import (
+    LABELS,
+    LabelRule,
+    apply_rule,
+    read_labels,
+    resampled_labels,
+    rule_from_provenance,
+)
+from lungslice.model.cv import patient_strata
+from lungslice.provenance import config_dict
+
+__all__ = ["TrainingSet", "build_training_set", "join_labels", "resolve_features_dir"]
+
+log = logging.getLogger(__name__)
+
+_NODULE_CODES = {"benign": 1, "malignant": 2, "excluded": -1}
+_Z_TOLERANCE_MM = 0.05
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingSet:
+    """Features, labels and groups of the labelled slices.
+
+    Attributes
+    ----------
+    X : numpy.ndarray
+        ``(n, d)`` float32 features.
+    y : numpy.ndarray
+        ``(n,)`` int64 codes 0/1/2 in :data:`lungslice.lidc.labels.LABELS` order.
+    groups : numpy.ndarray
+        ``(n,)`` patient id of each row (CV groups).
+    slices : pandas.DataFrame
+        The feature slice table of the kept rows (same order) with ``label_code``.
+    nodules : pandas.DataFrame
+        Counted nodules of the kept series: ``nodule_id``, ``patient_id``,
+        ``series_uid``, ``z_min``, ``z_max``, ``label`` (name), ``code`` (1, 2 or -1).
+    rejected : pandas.DataFrame
+        Dropped slices: ``series_uid``, ``slice_index``, ``reason``.
+    rule : LabelRule
+        The label rule applied.
+    feature_config : dict
+        The features' ``config.json`` (empty when features were passed in directly).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    slices: pd.DataFrame
+    nodules: pd.DataFrame
+    rejected: pd.DataFrame
+    rule: LabelRule
+    feature_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def strata(self) -> np.ndarray:
+        """Per-row patient stratum (2 malignant, 1 benign-only, 0 none)."""
+        return patient_strata(self.groups, self.y)
+
+    def summary(self) -> dict[str, Any]:
+        """Patients, series, slices per class, nodules per class, rejected slices by reason."""
+        counts = np.bincount(self.y, minlength=len(LABELS))
+        strata = pd.Series(self.strata).groupby(self.groups).first()
+        return {
+            "patients": int(np.unique(self.groups).size),
+            "series": int(self.slices["series_uid"].nunique()),
+            "slices": int(self.y.size),
+            "feature_dim": int(self.X.shape[1]),
+            "slices_per_class": {name: int(counts[i]) for i, name in enumerate(LABELS)},
+            "nodules_per_class": {
+                name: int((self.nodules["label"] == name).sum())
+                for name in ("benign", "malignant", "excluded")
+            },
+            "patients_per_stratum": {
+                "malignant": int((strata == 2).sum()),
+                "benign-only": int((strata == 1).sum()),
+                "none": int((strata == 0).sum()),
+            },
+            "rejected_slices": {
+                str(k): int(v) for k, v in self.rejected["reason"].value_counts().items()
+            },
+            "label_rule": config_dict(self.rule),
+            "label_rule_name": self.rule.name,
+        }
+
+
+def _rejections(series: np.ndarray, index: np.ndarray, reason: str) -> pd.DataFrame:
+    return pd.DataFrame({"series_uid": series, "slice_index": index, "reason": reason})
+
+
+def join_labels(
+    X: np.ndarray,
+    feature_slices: pd.DataFrame,
+    label_slices: pd.DataFrame,
+    label_nodules: pd.DataFrame,
+    rule: LabelRule,
+    *,
+    allow_unlabelled: bool = False,
+    feature_config: dict[str, Any] | None = None,
+) -> TrainingSet:
+    """Label feature rows under ``rule`` and drop (recording) excluded ones.
+
+    Parameters
+    ----------
+    X : numpy.ndarray
+        ``(n, d)`` features, rows matching ``feature_slices``.
+    feature_slices : pandas.DataFrame
+        Feature slice table (``series_uid``, ``patient_id``, ``z_mm``,
+        ``source_lower``, ``source_upper``, ``weight_lower``, ``weight_upper``...).
+    label_slices, label_nodules : pandas.DataFrame
+        ``slices.parquet`` / ``nodules.parquet`` of ``lungslice labels`` (any rule;
+        ``rule`` is re-applied).
+    rule : LabelRule
+        Label rule.
+    allow_unlabelled : bool
+        Drop (and record) series that have features but no labels instead of failing.
+    feature_config : dict, optional
+        Stored with the result.
+
+    Raises
+    ------
+    AnnotationError
+        A series has features but no labels (unless ``allow_unlabelled``), or its
+        resampled positions disagree with the labelled slices' z positions.
+    """
+    if len(X) != len(feature_slices):
+        raise FeatureError(
+            f"features have {len(X)} rows but the slice table has {len(feature_slices)}; "
+            "expected one row per slice. Fix: re-extract the features."
+        )
+    lab, nod = apply_rule(label_slices, label_nodules, rule)
+    by_series: dict[Any, pd.DataFrame] = {
+        uid: g.sort_values("slice_index") for uid, g in lab.groupby("series_uid")
+    }
+    y = np.full(len(feature_slices), -2, dtype=np.int64)  # -2: no labels
+    rejected = []
+    fs = feature_slices.reset_index(drop=True)
+    for uid, rows in fs.groupby("series_uid", sort=False).indices.items():
+        part = fs.iloc[rows]
+        labelled = by_series.get(uid)
+        if labelled is None:
+            if not allow_unlabelled:
+                raise AnnotationError(
+                    f"series {uid} (patient {part['patient_id'].iloc[0]}) has features but no "
+                    "labels in the labels directory. Expected every feature series to be "
+                    "labelled. Fix: label its patient, or pass allow_unlabelled=True "
+                    "(--allow-unlabelled) to drop it with a recorded reason."
+                )
+            rejected.append(
+                _rejections(
+                    np.asarray([uid] * len(rows)), part["slice_index"].to_numpy(), "no labels"
+                )
+            )
+            continue
+        src = np.stack([part["source_lower"], part["source_upper"]], axis=1).astype(np.int64)
+        w = np.stack([part["weight_lower"], part["weight_upper"]], axis=1).astype(np.float64)
+        z_lab = labelled["z_mm"].to_numpy(dtype=np.float64)
+        if src.max() >= len(z_lab):
+            raise AnnotationError(
+                f"series {uid}: features refer to original slice {int(src.max())} but the labels "
+                f"have {len(z_lab)} slices. Expected features and labels of the same series. "
+                "Fix: relabel from the same LIDC data, or re-extract the features."
+            )
+        z_interp = (w * z_lab[src]).sum(axis=1)
+        z_feat = part["z_mm"].to_numpy(dtype=np.float64)
+        off = np.abs(z_interp - z_feat)
+        if off.max() > _Z_TOLERANCE_MM:
+            i = int(off.argmax())
+            raise AnnotationError(
+                f"series {uid}: resampled slice {int(part['slice_index'].iloc[i])} lies at "
+                f"z={z_feat[i]:.3f} mm, but its source slices {src[i].tolist()} are labelled at "
+                f"z={z_lab[src[i]].round(3).tolist()} mm (interpolated {z_interp[i]:.3f}). "
+                "Expected the labels' slice order to be the features' source order. "
+                "Fix: check that both come from the same series."
+            )
+        y[rows] = resampled_labels(labelled["label_code"].to_numpy(), src, w)
+    excluded = y == -1
+    if excluded.any():
+        rejected.append(
+            _rejections(
+                fs["series_uid"].to_numpy()[excluded],
+                fs["slice_index"].to_numpy()[excluded],
+                f"excluded by label rule {rule.name}",
+            )
+        )
+    keep = y >= 0
+    kept = fs[keep].reset_index(drop=True)
+    kept["label_code"] = y[keep]
+    series = set(kept["series_uid"])
+    nodules = nod[nod["counted"] & nod["series_uid"].isin(series)]
+    nodules = nodules[["nodule_id", "patient_id", "series_uid", "z_min", "z_max", "label"]].copy()
+    nodules["code"] = nodules["label"].map(_NODULE_CODES).astype(np.int64)
+    rej = (
+        pd.concat(rejected, ignore_index=True)
+        if rejected
+        else _rejections(np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64), "")
+    )
+    log.info("training set: %d slices kept, %d rejected (%s)", keep.sum(), len(rej), rule.name)
+    return TrainingSet(
+        X=np.ascontiguousarray(X[keep], dtype=np.float32),
+        y=y[keep],
+        groups=kept["patient_id"].astype(str).to_numpy(),
+        slices=kept,
+        nodules=nodules.reset_index(drop=True),
+        rejected=rej,
+        rule=rule,
+        feature_config=dict(feature_config or {}),
+    )
+
+
+def resolve_features_dir(path: str | Path, key: str | None = None) -> tuple[Path, str]:
+    """``(work_dir, key)`` from a work folder (one key, or ``key``) or a ``features/<key>`` folder.
+
+    Raises
+    ------
+    FeatureError
+        When the folder holds no feature cache, or several keys and none was chosen.
+    """
+    p = Path(path)
+    if (p / "config.json").is_file() and p.parent.name == "features":
+        if key is not None and key != p.name:
+            raise FeatureError(f"{p} is the cache of key {p.name}, but key {key} was asked for.")
+        return p.parent.parent, p.name
+    root = p / "features"
+    keys = sorted(d.name for d in root.glob("*") if (d / "config.json").is_file())
+    if key is not None:
+        if key not in keys:
+            raise FeatureError(
+                f"{root} has no feature cache {key}; keys present: {', '.join(keys) or 'none'}."
+            )
+        return p, key
+    if len(keys) != 1:
+        raise FeatureError(
+            f"{p}: expected a work folder with exactly one feature cache under features/, "
+            f"found {len(keys)} ({', '.join(keys) or 'none'}). Fix: pass WORK/features/<key> "
+            "or --key."
+        )
+    return p, keys[0]
+
+
+def build_training_set(
+    features: str | Path,
+    labels_dir: str | Path,
+    rule: LabelRule | None = None,
+    *,
+    key: str | None = None,
+    allow_unlabelled: bool = False,
+) -> TrainingSet:
+    """Load cached features and written labels and join them.
+
+    Parameters
+    ----------
+    features : path
+        A work folder (with one feature cache, or ``key``) or ``WORK/features/<key>``.
+    labels_dir : path
+        Output of ``lungslice labels``.
+    rule : LabelRule, optional
+        Label rule; defaults to the one the labels were written with.
+    key : str, optional
+        Feature cache key inside a work folder.
+    allow_unlabelled : bool
+        See :func:`join_labels`.
+    """
+    from lungslice.features.cache import load_features
+
+    work_dir, key = resolve_features_dir(features, key)
+    X, slices = load_features(work_dir, key)
+    config_path = work_dir / "features" / key / "config.json"
+    feature_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    labels = read_labels(labels_dir)
+    rule = rule or rule_from_provenance(labels.provenance)
+    return join_labels(
+        X,
+        slices,
+        labels.slices,
+        labels.nodules,
+        rule,
+        allow_unlabelled=allow_unlabelled,
+        feature_config=feature_config,
+    )

@@ -93,3 +93,30 @@ def test_tampered_or_missing_bundle(tmp_path, synthetic) -> None:
         BundleMismatchError, match=r"head.npz: SHA-256 is [0-9a-f]{64}, model.json records"
     ):
         load_bundle(tmp_path / "m")
+
+
+def test_check_features_uses_the_cache_key_payload(tmp_path, synthetic) -> None:
+    record = {
+        "config": {"backbone": "efficientnet_lite0", "batch_size": 32},
+        "key": "k1",
+        "weights_id": "aa",
+        "created": "2026-11-25T00:00:00+00:00",
+        "key_payload": {
+            "backbone": "efficientnet_lite0",
+            "weights": "aa",
+            "layers": ["blocks.5", "blocks.6"],
+            "inputs": {"mode": "windows"},
+        },
+    }
+    pids = synthetic.slices["patient_id"].to_numpy()
+    head = train_head(synthetic.X, synthetic.y, pids, HeadConfig(C_grid=(0.1,)))
+    save_bundle(tmp_path / "m", head, record, _Rule(), AggregateConfig(), {}, {})
+    bundle = load_bundle(tmp_path / "m")
+    other_run = {**record, "created": "2027", "config": {**record["config"], "batch_size": 8}}
+    bundle.check_features(other_run)  # runtime settings do not change the features
+    random = {**record, "key_payload": {**record["key_payload"], "weights": "random"}}
+    with pytest.raises(
+        BundleMismatchError,
+        match=r"weights: bundle trained with 'aa', features made with 'random'\. Fix:",
+    ):
+        bundle.check_features(random)

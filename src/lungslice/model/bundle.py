@@ -36,6 +36,7 @@ __all__ = [
     "FEATURE_IDENTITY_IGNORED",
     "ModelBundle",
     "compare_feature_configs",
+    "feature_identity",
     "load_bundle",
     "save_bundle",
 ]
@@ -64,6 +65,9 @@ FEATURE_IDENTITY_IGNORED: frozenset[str] = frozenset(
         "compile",
         "series",
         "key",
+        "provenance",
+        "runtime",
+        "storage",
     }
 )
 
@@ -89,13 +93,28 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+def feature_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings that change feature values, from a feature ``config.json`` record.
+
+    That is its ``key_payload`` (backbone, weights checksum, layers, inputs,
+    precision, spacing, storage dtype) when present; otherwise the record minus
+    :data:`FEATURE_IDENTITY_IGNORED` keys.
+    """
+    record = config_dict(record)
+    payload = record.get("key_payload")
+    if isinstance(payload, dict):
+        return payload
+    return record
+
+
 def compare_feature_configs(trained: dict[str, Any], given: dict[str, Any]) -> list[str]:
     """Describe every feature setting that differs (empty when they match).
 
-    Keys in :data:`FEATURE_IDENTITY_IGNORED` (timestamps, paths, batch size...)
-    are not compared; nested settings are compared leaf by leaf.
+    Compares :func:`feature_identity` of both, leaf by leaf; timestamps, paths,
+    batch size and other keys in :data:`FEATURE_IDENTITY_IGNORED` are not compared.
     """
-    a, b = _flatten(config_dict(trained)), _flatten(config_dict(given))
+    a = _flatten(feature_identity(trained))
+    b = _flatten(feature_identity(given))
     diffs = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")

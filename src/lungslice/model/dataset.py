@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from lungslice.errors import AnnotationError, FeatureError
+from lungslice.features.cache import load_features
 from lungslice.lidc.labels import (
     LABELS,
     LabelRule,
@@ -283,8 +284,6 @@ def build_training_set(
     allow_unlabelled : bool
         See :func:`join_labels`.
     """
-    from lungslice.features.cache import load_features
-
     work_dir, key = resolve_features_dir(features, key)
     X, slices = load_features(work_dir, key)
     config_path = work_dir / "features" / key / "config.json"

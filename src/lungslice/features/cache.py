@@ -220,7 +220,7 @@ class FeatureCache:
 
 
 def load_features(
-    work_dir: str | Path, key: str, *, dtype: np.dtype | type | None = None
+    work_dir: str | Path, key: str, *, dtype: np.dtype | type | None = np.float32
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """All cached series of ``key`` stacked, with their slice tables concatenated.
 
@@ -233,8 +233,9 @@ def load_features(
         The work folder given to extraction.
     key : str
         The configuration key (folder name under ``WORK/features``).
-    dtype : numpy dtype, optional
-        Convert the features (default: as stored, float16 unless configured).
+    dtype : numpy dtype or None
+        dtype of the returned features (default float32, what classifiers
+        train on); None keeps the stored dtype (float16 unless configured).
 
     Returns
     -------

@@ -61,12 +61,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SeriesJob:
-    """One CT series to extract: its identity and files."""
+    """One series found by the index: its identity, files, and why it is rejected (if so)."""
 
     series_uid: str
     patient_id: str
     study_uid: str
     files: tuple[Path, ...]
+    rejected: str | None = None
 
 
 @dataclass
@@ -115,26 +116,37 @@ class ExtractResult:
 
 
 def find_series(data_dir: str | Path) -> list[SeriesJob]:
-    """Index ``data_dir`` and list its CT series (sorted by patient, series UID).
+    """Index ``data_dir`` and list every series, sorted by patient and series UID.
+
+    Series the index rejects (not CT, too few slices, ...) come with
+    ``rejected`` set to the index's reason, so the manifest accounts for them.
 
     Raises
     ------
-    NoCTSeriesError
-        (from the index) when the tree holds no CT series.
+    FeatureError
+        When the tree holds no loadable CT series at all.
     """
     from lungslice.dicom.discover import index_tree
 
     index = index_tree(data_dir)
-    rows = index.ct_series()
-    jobs = [
-        SeriesJob(
-            series_uid=str(r.series_uid),
-            patient_id=str(r.patient_id),
-            study_uid=str(r.study_uid),
-            files=tuple(Path(p) for p in index.files_of(str(r.series_uid))),
+    jobs = []
+    for r in index.series.itertuples():
+        uid = str(r.series_uid)
+        ok = r.status == "ok"
+        jobs.append(
+            SeriesJob(
+                series_uid=uid,
+                patient_id=str(r.patient_id),
+                study_uid=str(r.study_uid),
+                files=tuple(Path(p) for p in index.files_of(uid)) if ok else (),
+                rejected=None if ok else str(r.reason),
+            )
         )
-        for r in rows.itertuples()
-    ]
+    if not any(j.rejected is None for j in jobs):
+        raise FeatureError(
+            f"{data_dir}: no loadable CT series ({len(index.files)} files, {len(jobs)} series "
+            "rejected by the index); run `lungslice index` to see why"
+        )
     return sorted(jobs, key=lambda j: (j.patient_id, j.series_uid))
 
 
@@ -442,7 +454,9 @@ def extract_dataset(
     result = ExtractResult(key=key, cache_dir=cache.dir, manifest=pd.DataFrame())
     pending: list[SeriesJob] = []
     for job in jobs:
-        if cache.is_done(job.series_uid):
+        if job.rejected is not None:
+            rows[job.series_uid] = _row(job, status="rejected", reason=job.rejected)
+        elif cache.is_done(job.series_uid):
             rows[job.series_uid] = _cached_row(job, cache, previous.get(job.series_uid))
             result.reused.append(job.series_uid)
         else:

@@ -1,0 +1,151 @@
+"""End-to-end extraction speed against model-only speed, side by side in one run.
+
+End-to-end: DICOM files on disk -> index -> HU -> 1 mm resampling -> inputs ->
+features -> cache files (``extract_dataset``). Model-only: the same prepared
+backbone (same precision, layout, compile, batch size) on random tensors of
+the input shape, as many slices as the end-to-end run made. Both are
+repeated alternately and the medians compared (the machines are shared and
+noisy). Also prints how close the chosen precision's features are to FP32.
+
+Usage::
+
+    MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 \\
+    .venv/bin/python benchmarks/extract.py [--series 3 --slices 60 --compile]
+
+(the script also tunes the allocator itself through ``mallopt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungslice.features.config import FeatureConfig
+from lungslice.features.extract import (
+    extract_dataset,
+    extract_volume,
+    find_series,
+    load_resampled,
+    make_runner,
+)
+from lungslice.features.inputs import InputConfig, input_size
+from lungslice.features.runtime import FeatureRunner, tune_allocator
+from lungslice.testing import body_phantom, write_ct_series
+
+
+def write_phantoms(root: Path, n_series: int, n_slices: int, size: int) -> None:
+    """Chest-like phantoms of ``size`` x ``size`` pixels, 2.5 mm slices (x2.5 at 1 mm)."""
+    for i in range(n_series):
+        hu = body_phantom(n_slices, size, size, seed=i)
+        write_ct_series(
+            root / f"LIDC-IDRI-{i:04d}" / "study" / "series",
+            hu,
+            spacing=(2.5, 0.7, 0.7),
+            patient_id=f"LIDC-IDRI-{i:04d}",
+            seed=i,
+        )
+
+
+def model_only(runner: FeatureRunner, n_slices: int, batch: int, size: int) -> float:
+    """Slices/s of the runner alone on random inputs of the same shape."""
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    done = 0
+    t0 = time.perf_counter()
+    while done < n_slices:
+        n = min(batch, n_slices - done)
+        runner(x[:n])
+        done += n
+    return n_slices / (time.perf_counter() - t0)
+
+
+def cosine_vs_fp32(config: FeatureConfig, data: Path) -> tuple[float, float]:
+    """(min, median) cosine similarity of ``config``'s features to FP32 ones on one series."""
+    job = next(j for j in find_series(data) if j.rejected is None)
+    rv = load_resampled(job, config)
+    ref = extract_volume(rv, make_runner(config.replace(precision="fp32", compile=False)), config)
+    got = extract_volume(rv, make_runner(config.replace(compile=False)), config)
+    cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    return float(cos.min()), float(np.median(cos))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--series", type=int, default=3, help="phantom series")
+    parser.add_argument("--slices", type=int, default=60, help="source slices per series")
+    parser.add_argument("--pixels", type=int, default=512, help="rows = columns")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of each")
+    parser.add_argument("--no-cosine", action="store_true", help="skip the FP32 comparison")
+    args = parser.parse_args(argv)
+
+    tuned = tune_allocator()
+    config = FeatureConfig(
+        backbone=args.backbone,
+        weights=args.weights,
+        inputs=InputConfig(),
+        precision=args.precision,
+        batch_size=args.batch_size,
+        compile=args.compile,
+    )
+    with tempfile.TemporaryDirectory(prefix="lungslice-bench-") as tmp:
+        data = Path(tmp) / "dicom"
+        t0 = time.perf_counter()
+        write_phantoms(data, args.series, args.slices, args.pixels)
+        print(
+            f"wrote {args.series} x {args.slices} slices of {args.pixels}^2 in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
+        runner = make_runner(config)
+        size = input_size(config.inputs, runner.backbone.data_config)
+        t0 = time.perf_counter()
+        model_only(runner, 2 * args.batch_size, args.batch_size, size)  # warm-up / compile
+        print(f"warm-up ({runner.layout}): {time.perf_counter() - t0:.1f} s")
+
+        e2e_rates: list[float] = []
+        model_rates: list[float] = []
+        n_slices = 0
+        for r in range(args.repeats):
+            work = Path(tmp) / f"work{r}"
+            result = extract_dataset(data, work, config, backbone=runner)
+            n_slices = result.slices_computed
+            e2e_rates.append(n_slices / result.seconds)
+            model_rates.append(model_only(runner, n_slices, args.batch_size, size))
+            m = result.manifest
+            print(
+                f"run {r}: end-to-end {e2e_rates[-1]:.1f} slices/s ({n_slices} slices, "
+                f"{result.seconds:.1f} s; loader {m['load_s'].sum():.1f} s in background, "
+                f"model {m['model_s'].sum():.1f} s), model-only {model_rates[-1]:.1f} slices/s"
+            )
+        e2e, model = statistics.median(e2e_rates), statistics.median(model_rates)
+        print()
+        print(
+            f"backbone        {config.backbone} ({config.weights}), input {size} px, "
+            f"batch {config.batch_size}"
+        )
+        print(
+            f"precision/layout {runner.layout}; torch threads {torch.get_num_threads()}; "
+            f"allocator tuned {tuned}"
+        )
+        print(f"end-to-end      {e2e:.1f} slices/s (median of {args.repeats})")
+        print(f"model-only      {model:.1f} slices/s (median of {args.repeats})")
+        print(f"ratio           {e2e / model:.3f} (target >= 0.9)")
+        if not args.no_cosine and args.precision != "fp32":
+            lo, med = cosine_vs_fp32(config, data)
+            print(f"cosine vs fp32  min {lo:.5f}, median {med:.5f} (needs >= 0.99)")
+        print(f"command         {shlex.join([sys.executable, *sys.argv])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -493,11 +493,13 @@ def write_labels(
     rule: LabelRule,
     marks: pd.DataFrame | None = None,
     source: str = "",
+    **extra: Any,
 ) -> Path:
     """Write ``slices.parquet``, ``nodules.parquet``, ``marks.parquet`` and ``labels.json``.
 
     ``labels.json`` holds the provenance: the rule, the annotation source,
-    library versions, row counts and each table's SHA-256.
+    library versions, row counts, each table's SHA-256 and any ``extra``
+    JSON-serialisable facts (e.g. the files rejected while reading).
 
     Returns
     -------
@@ -516,6 +518,7 @@ def write_labels(
         source=source,
         rows={name: len(t) for name, t in tables.items()},
         sha256={name: file_sha256(out / name) for name in tables},
+        **extra,
     )
     (out / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     log.info("wrote labels of %d slices, %d nodules to %s", len(slices), len(nodules), out)

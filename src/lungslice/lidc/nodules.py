@@ -22,8 +22,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial.distance import cdist, pdist
+from scipy.spatial import cKDTree
+from scipy.spatial.distance import pdist
 
 from lungslice.errors import ConfigError
 from lungslice.lidc.records import CHARACTERISTICS, Annotation, LidcScan
@@ -36,6 +36,7 @@ __all__ = [
     "annotation_slice_indices",
     "cluster_annotations",
     "cluster_scan",
+    "contour_diameters",
     "find_nodules",
 ]
 
@@ -95,6 +96,25 @@ def annotation_slice_indices(scan: LidcScan, annotation: Annotation) -> np.ndarr
     return np.unique(_contour_ks(scan, zs))
 
 
+def contour_diameters(contours: list[np.ndarray], pixel_spacing: float) -> np.ndarray:
+    """Greatest distance (mm) between two points of each contour; NaN for one point.
+
+    Computed as pylidc does, ``pdist(xy * pixel_spacing).max()``.
+
+    Parameters
+    ----------
+    contours : list of numpy.ndarray
+        ``(n_i, 2)`` integer ``(x, y)`` points per contour.
+    pixel_spacing : float
+        mm per pixel.
+    """
+    result = np.full(len(contours), np.nan)
+    for i, xy in enumerate(contours):
+        if len(xy) >= 2:
+            result[i] = pdist(np.asarray(xy, dtype=np.float64) * pixel_spacing).max()
+    return result
+
+
 def annotation_diameter(annotation: Annotation, pixel_spacing: float) -> float:
     """Greatest axial-plane diameter (mm) over the annotation's contours.
 
@@ -102,22 +122,18 @@ def annotation_diameter(annotation: Annotation, pixel_spacing: float) -> float:
     points of one contour, single-point contours ignored. Returns NaN when
     every contour is a single point (pylidc returns ``-inf`` there).
     """
-    best = -np.inf
-    for contour in annotation.contours:
-        xy = np.asarray(contour.xy, dtype=np.float64)
-        if xy.shape[0] < 2:
-            continue
-        best = max(best, float(pdist(xy * pixel_spacing).max()))
-    return float(best) if np.isfinite(best) else float("nan")
+    d = contour_diameters([c.xy for c in annotation.contours], pixel_spacing)
+    return float(np.nanmax(d)) if np.isfinite(d).any() else float("nan")
 
 
 def _distance_matrix(points: list[np.ndarray], reach: float) -> np.ndarray:
     """Minimum point distances between annotations, exact where ``<= reach``.
 
-    Pairs whose bounding boxes are farther apart than ``reach`` get ``inf``:
-    their true distance exceeds every tolerance the clustering will try.
-    Distances are sqrt of exact integer squared distances, the same float
-    scipy's ``cdist`` returns for these integer points.
+    Pairs farther apart than ``reach`` get ``inf``: their true distance exceeds
+    every tolerance the clustering will try. Candidates come from bounding
+    boxes, nearest neighbours from a k-d tree, and each distance is finally
+    recomputed as sqrt of the exact integer squared distance -- the float
+    scipy's ``cdist`` returns for these integer points, as pylidc uses.
     """
     n = len(points)
     dist = np.full((n, n), np.inf)
@@ -131,16 +147,49 @@ def _distance_matrix(points: list[np.ndarray], reach: float) -> np.ndarray:
     )
     near = np.sqrt((gap**2).sum(axis=2)) <= reach
     ii, jj = np.nonzero(np.triu(near, k=1))
+    trees: dict[int, cKDTree] = {}
+    bound = reach * (1 + 1e-9) + 1e-9  # the tree's float distances may round either way
     for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
-        a, b = points[i], points[j]
+        if len(points[i]) > len(points[j]):
+            i, j = j, i  # query the smaller set against the larger one's tree
+        a = points[i]
         # only points that can be within reach of the other annotation's box matter
         a = a[np.all((a >= lo[j] - reach) & (a <= hi[j] + reach), axis=1)]
-        b = b[np.all((b >= lo[i] - reach) & (b <= hi[i] + reach), axis=1)]
-        if len(a) == 0 or len(b) == 0:
+        if len(a) == 0:
             continue
-        d2 = cdist(a.astype(np.float64), b.astype(np.float64), "sqeuclidean").min()
-        dist[i, j] = dist[j, i] = np.sqrt(d2)
+        if j not in trees:
+            trees[j] = cKDTree(points[j])
+        d, idx = trees[j].query(a, k=1, distance_upper_bound=bound)
+        best = int(np.argmin(d))
+        if not np.isfinite(d[best]):
+            continue
+        diff = a[best] - points[j][idx[best]]
+        dist[i, j] = dist[j, i] = np.sqrt(float(np.dot(diff, diff)))
     return dist
+
+
+def _components(adjacency: np.ndarray) -> tuple[int, np.ndarray]:
+    """Connected components labelled as scipy's ``connected_components`` does.
+
+    Labels follow the smallest node index of each component (a new label for
+    each still-unlabelled node, in index order), which fixes the order of
+    clusters with equal centroids after pylidc's stable sort.
+    """
+    n = adjacency.shape[0]
+    labels = np.full(n, -1, dtype=np.int64)
+    current = 0
+    for start in range(n):
+        if labels[start] >= 0:
+            continue
+        stack = [start]
+        labels[start] = current
+        while stack:
+            node = stack.pop()
+            for nb in np.flatnonzero(adjacency[node] & (labels < 0)).tolist():
+                labels[nb] = current
+                stack.append(nb)
+        current += 1
+    return current, labels
 
 
 @dataclass(frozen=True)
@@ -197,7 +246,7 @@ def cluster_scan(
 
     points = [annotation_points(scan, a) for a in scan.annotations]
     dist = _distance_matrix(points, tol)
-    n_comp, cids = connected_components(dist <= tol, directed=False)
+    n_comp, cids = _components(dist <= tol)
     counts = np.bincount(cids)
     shrinks = 0
     converged = True
@@ -216,7 +265,7 @@ def cluster_scan(
             )
             break
         shrinks += 1
-        n_comp, cids = connected_components(dist <= tol, directed=False)
+        n_comp, cids = _components(dist <= tol)
         counts = np.bincount(cids)
 
     clusters: list[list[int]] = [[] for _ in range(n_comp)]
@@ -328,13 +377,14 @@ class Nodule:
         return self.mean_ratings["malignancy"]
 
 
-def _make_nodule(scan: LidcScan, cluster: list[Annotation], nodule_id: str) -> Nodule:
+def _make_nodule(
+    scan: LidcScan, cluster: list[Annotation], nodule_id: str, diameters: np.ndarray
+) -> Nodule:
     ratings = np.array([[a.ratings[c] for c in CHARACTERISTICS] for a in cluster], dtype=float)
     readers = [a.reader for a in cluster]
     n_readers = len(set(readers)) if all(r is not None for r in readers) else len(cluster)
     zs = np.array([c.z for a in cluster for c in a.contours], dtype=np.float64)
     slices = np.unique(np.concatenate([annotation_slice_indices(scan, a) for a in cluster]))
-    diameters = np.array([annotation_diameter(a, scan.pixel_spacing) for a in cluster])
     finite = diameters[np.isfinite(diameters)]
     return Nodule(
         nodule_id=nodule_id,
@@ -388,7 +438,17 @@ def find_nodules(
     if clustering is None:
         clustering = cluster_scan(scan, metric=metric, tol=tol, factor=factor, min_tol=min_tol)
     anns = scan.annotations
+    per_contour = contour_diameters(
+        [c.xy for a in anns for c in a.contours], float(scan.pixel_spacing)
+    )
+    bounds = np.cumsum([0] + [len(a.contours) for a in anns])
+    per_annotation = np.array(
+        [
+            np.nanmax(d) if np.isfinite(d).any() else np.nan
+            for d in (per_contour[bounds[k] : bounds[k + 1]] for k in range(len(anns)))
+        ]
+    )
     return [
-        _make_nodule(scan, [anns[j] for j in c], f"{prefix}/n{i + 1}")
+        _make_nodule(scan, [anns[j] for j in c], f"{prefix}/n{i + 1}", per_annotation[list(c)])
         for i, c in enumerate(clustering.clusters)
     ]

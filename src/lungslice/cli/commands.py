@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from lungslice.cli import features as _features  # noqa: F401
+from lungslice.cli import ingest as _ingest  # noqa: F401
 from lungslice.cli._app import app, out
 from lungslice.provenance import library_versions
 

@@ -1,0 +1,201 @@
+"""CLI: ``lungslice train`` (model bundle) and ``lungslice evaluate`` (CV report)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from lungslice.cli._app import app, console, fail, out, progress_bar
+from lungslice.errors import LungsliceError
+
+_FEATURES_HELP = (
+    "Work folder of `lungslice extract` (with one feature cache, else pass --key) "
+    "or its WORK/features/<key> folder."
+)
+_LABELS_HELP = "Labels folder written by `lungslice labels` (slices/nodules parquet + labels.json)."
+
+
+def _head_config(head: str, grid: str | None) -> Any:
+    from lungslice.errors import ConfigError
+    from lungslice.model.heads import HeadConfig
+
+    if grid is None:
+        return HeadConfig(kind=head)
+    try:
+        values = tuple(float(v) for v in grid.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--grid: expected comma-separated numbers such as 0.01,0.1,1, got {grid!r}."
+        ) from None
+    if head == "logistic":
+        return HeadConfig(kind=head, C_grid=values)
+    return HeadConfig(kind=head, weight_decay_grid=values)
+
+
+def _rule(labels_dir: Path, exclude_ambiguous: bool | None, min_readers: int | None) -> Any:
+    from lungslice.lidc.labels import read_labels, rule_from_provenance
+
+    rule = rule_from_provenance(read_labels(labels_dir).provenance)
+    changes: dict[str, Any] = {}
+    if exclude_ambiguous is not None:
+        changes["exclude_ambiguous"] = exclude_ambiguous
+    if min_readers is not None:
+        changes["min_readers"] = min_readers
+    return dataclasses.replace(rule, **changes) if changes else rule
+
+
+def _figure_table(title: str, columns: dict[str, dict[str, Any]], names: list[str]) -> Table:
+    table = Table(title=title)
+    table.add_column("figure")
+    for col in columns:
+        table.add_column(col)
+    for name in names:
+        cells = []
+        for figures in columns.values():
+            f = figures.get(name) or {}
+            v, lo, hi = f.get("value"), f.get("ci_low"), f.get("ci_high")
+            cells.append(
+                "n/a"
+                if v is None
+                else f"{v:.3f}" + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]")
+            )
+        table.add_row(name, *cells)
+    return table
+
+
+_HEADLINE = [
+    "slice.roc_auc.macro",
+    "slice.roc_auc.malignant",
+    "slice.pr_auc.malignant",
+    "nodule.recall@1.malignant",
+    "nodule.recall@5.malignant",
+    "nodule.recall@5.benign",
+    "nodule.skippable_at_95_recall",
+    "study.roc_auc.malignant",
+    "study.roc_auc.any_nodule",
+]
+
+
+@app.command("train")
+def train(
+    features: Path = typer.Argument(..., help=_FEATURES_HELP),
+    labels_dir: Path = typer.Argument(..., help=_LABELS_HELP),
+    out_dir: Path = typer.Option(..., "--out", help="Model bundle folder (model.json + weights)."),
+    head: str = typer.Option("logistic", "--head", help="Head kind: logistic or mlp."),
+    grid: str | None = typer.Option(
+        None,
+        "--grid",
+        help="Comma-separated grid chosen by inner patient CV: C for logistic (default "
+        "0.01,0.1,1), weight decay for mlp (default 1e-4,1e-2).",
+    ),
+    aggregator: str = typer.Option(
+        "auto",
+        "--aggregator",
+        help="Study aggregator stored in the bundle: auto (best by CV), max, noisy_or, learned.",
+    ),
+    folds: int = typer.Option(
+        5, "--folds", help="Patient folds for the CV metrics in model.json (0: skip CV)."
+    ),
+    n_boot: int = typer.Option(200, "--bootstrap", help="Patient bootstrap replicates for CIs."),
+    exclude_ambiguous: bool | None = typer.Option(
+        None,
+        "--exclude-ambiguous/--keep-ambiguous",
+        help="Override the labels' rule: drop slices whose nodule scores exactly the threshold.",
+    ),
+    min_readers: int | None = typer.Option(
+        None, "--min-readers", help="Override the labels' rule: ignore nodules with fewer readers."
+    ),
+    key: str | None = typer.Option(None, "--key", help="Feature cache key inside the work folder."),
+    allow_unlabelled: bool = typer.Option(
+        False, "--allow-unlabelled", help="Drop (and record) feature series without labels."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of folds, heads and bootstrap."),
+) -> None:
+    """Train a slice head on cached features and write a model bundle.
+
+    Cross-validates by patient first (figures with 95 % CIs go into model.json and
+    pick the study aggregator), then fits the head on all patients.
+    """
+    from lungslice.model.evaluate import EvaluateConfig
+    from lungslice.model.train import train_model
+
+    try:
+        rule = _rule(labels_dir, exclude_ambiguous, min_readers)
+        head_config = _head_config(head, grid)
+        with progress_bar("train", "steps") as progress:
+            result = train_model(
+                features,
+                labels_dir,
+                out_dir,
+                head_config,
+                rule=rule,
+                aggregator=aggregator,
+                config=EvaluateConfig(n_splits=folds, n_boot=n_boot),
+                key=key,
+                allow_unlabelled=allow_unlabelled,
+                seed=seed,
+                progress=progress,
+            )
+    except LungsliceError as err:
+        raise fail(err) from err
+    s = result.summary
+    out.print(
+        f"bundle: {result.bundle}\n"
+        f"rule {s['label_rule_name']}: {s['patients']} patients, {s['series']} series, "
+        f"slices per class {s['slices_per_class']}, rejected {s['rejected_slices']}\n"
+        f"study aggregator: {result.aggregate_config.method}"
+    )
+    if result.cv_metrics:
+        figures = result.cv_metrics["figures"]
+        out.print(_figure_table(f"{folds}-fold patient CV", {"value [95% CI]": figures}, _HEADLINE))
+
+
+@app.command("evaluate")
+def evaluate(
+    features: Path = typer.Argument(..., help=_FEATURES_HELP),
+    labels_dir: Path = typer.Argument(..., help=_LABELS_HELP),
+    out_dir: Path = typer.Option(
+        ..., "--out", help="Folder for metrics.json, report.md, PNG plots, predictions.parquet."
+    ),
+    head: str = typer.Option("logistic", "--head", help="Head kind: logistic or mlp."),
+    grid: str | None = typer.Option(None, "--grid", help="Hyperparameter grid (see train)."),
+    folds: int = typer.Option(5, "--folds", help="Patient folds (StratifiedGroupKFold)."),
+    n_boot: int = typer.Option(200, "--bootstrap", help="Patient bootstrap replicates for CIs."),
+    key: str | None = typer.Option(None, "--key", help="Feature cache key inside the work folder."),
+    allow_unlabelled: bool = typer.Option(
+        False, "--allow-unlabelled", help="Drop (and record) feature series without labels."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of folds, heads and bootstrap."),
+) -> None:
+    """Patient-disjoint cross-validated evaluation under three label rules side by side.
+
+    The labels' own rule, the same with ambiguous nodules (mean malignancy = 3)
+    excluded, and with nodules of >= 3 readers only; slice, nodule and study
+    figures with 95 % patient-bootstrap CIs.
+    """
+    from lungslice.model.evaluate import EvaluateConfig
+    from lungslice.model.evaluate import evaluate as run_evaluate
+
+    try:
+        head_config = _head_config(head, grid)
+        with progress_bar("evaluate", "folds") as progress:
+            result = run_evaluate(
+                features,
+                labels_dir,
+                out_dir,
+                head_config,
+                config=EvaluateConfig(n_splits=folds, n_boot=n_boot),
+                key=key,
+                allow_unlabelled=allow_unlabelled,
+                seed=seed,
+                progress=progress,
+            )
+    except LungsliceError as err:
+        raise fail(err) from err
+    columns = {name: r["figures"] for name, r in result["rules"].items()}
+    out.print(_figure_table("cross-validated figures, value [95% CI]", columns, _HEADLINE))
+    console.print(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'report.md'} and plots")

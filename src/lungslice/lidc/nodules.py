@@ -254,7 +254,7 @@ def cluster_scan(
         tol *= factor
         if tol < min_tol:
             converged = False
-            log.warning(
+            log.info(
                 "%s (series %s): could not split every cluster to <= %d annotations "
                 "(tolerance fell below %g); some nodules are close and keep > %d annotations",
                 scan.patient_id,

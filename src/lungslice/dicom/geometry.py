@@ -114,6 +114,10 @@ class StackError(SeriesGeometryError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[StackError], tuple[str, str]]:
+        # Survive pickling between processes (args hold only the message).
+        return (type(self), (self.reason, str(self)))
+
 
 @dataclass(frozen=True)
 class StackPlan:

@@ -10,6 +10,7 @@ import json
 from lungslice.cli import features as _features  # noqa: F401
 from lungslice.cli import ingest as _ingest  # noqa: F401
 from lungslice.cli import labels as _labels  # noqa: F401
+from lungslice.cli import synth as _synth  # noqa: F401
 from lungslice.cli._app import app, out
 from lungslice.provenance import library_versions
 

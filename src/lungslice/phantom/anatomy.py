@@ -27,6 +27,7 @@ __all__ = [
     "rasterise_segments",
     "render_slice",
     "scan_key",
+    "slice_planes",
     "vessel_tree",
 ]
 
@@ -225,14 +226,27 @@ def _dome(shape: ChestShape, u: np.ndarray, side: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip((top - u) / top, 0.0, 1.0)) * 1.2
 
 
-def lung_mask(shape: ChestShape, x: np.ndarray, y: np.ndarray, z: np.ndarray | float) -> np.ndarray:
-    """Whether points (broadcast arrays, mm) lie in either lung."""
+def lung_mask(
+    shape: ChestShape,
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray | float,
+    planes: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Whether points (broadcast arrays, mm) lie in either lung.
+
+    ``planes`` (from :func:`slice_planes`, for ``x``, ``y`` of the grid) saves
+    recomputing the z-independent body outline on every slice.
+    """
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32)
     u = shape.u(z)
     s = _lung_scale(u)
-    depth = _body_depth(shape, x, y)
-    cavity = depth > _wall(shape, x, y)
+    if planes is None:
+        depth = _body_depth(shape, x, y)
+        cavity = depth > _wall(shape, x, y)
+    else:
+        depth, cavity = planes["depth"], planes["cavity"]
     ax = np.abs(x)
     ell = ((ax - shape.lung_cx) / (shape.lung_ax * s + 1e-3)) ** 2 + (
         (y - shape.lung_cy) / (shape.lung_ay * s + 1e-3)
@@ -331,12 +345,12 @@ def _grow(
         cut = float(np.median(proj)) + float(rng.normal(0.0, 0.1)) * float(proj.std())
         for part in (pts[proj <= cut], pts[proj > cut]):
             share = len(part) / len(pts)
-            stack.append((end, r * share ** (1.0 / 2.7), part, gen + 1))
+            stack.append((end, r * share ** (1.0 / 3.0), part, gen + 1))
     return out
 
 
 def vessel_tree(
-    shape: ChestShape, rng: np.random.Generator, points_per_tree: int = 2600
+    shape: ChestShape, rng: np.random.Generator, points_per_tree: int = 3600
 ) -> tuple[Segments, Segments]:
     """Pulmonary arteries and veins of both lungs, and the airways beside the arteries.
 
@@ -446,8 +460,26 @@ def _ring_angle(x: np.ndarray, y: np.ndarray, cy: float) -> np.ndarray:
     return np.arctan2(x, -(y - cy))
 
 
+def slice_planes(shape: ChestShape, grid: Grid) -> dict[str, np.ndarray]:
+    """The z-independent in-plane maps of a chest (depth below skin, wall, cavity, angle)."""
+    x, y = grid.coords()
+    depth = _body_depth(shape, x, y)
+    wall = _wall(shape, x, y)
+    return {
+        "depth": depth,
+        "wall": wall,
+        "cavity": depth > wall,
+        "theta": np.cos(_ring_angle(x, y, shape.centre_y) / 2.0),
+        "front": np.abs(_ring_angle(x, y, shape.centre_y)) > 0.45,
+    }
+
+
 def render_slice(
-    shape: ChestShape, grid: Grid, z: float, texture: np.ndarray | None = None
+    shape: ChestShape,
+    grid: Grid,
+    z: float,
+    texture: np.ndarray | None = None,
+    planes: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One axial slice of the chest without vessels, noise or blur.
 
@@ -459,6 +491,8 @@ def render_slice(
         Slice position (mm).
     texture : numpy.ndarray, optional
         ``(M, M)`` HU added to the lung parenchyma.
+    planes : dict, optional
+        :func:`slice_planes` of this shape and grid (computed if not given).
 
     Returns
     -------
@@ -471,8 +505,10 @@ def render_slice(
     u = float(shape.u(z))
     # above the apices the body narrows into neck and shoulders
     neck = float(np.clip((u - 1.0) / 0.5, 0.0, 1.0))
-    depth = _body_depth(shape, x / (1.0 - 0.2 * neck), y)
-    wall = _wall(shape, x, y)
+    if planes is None:
+        planes = slice_planes(shape, grid)
+    wall = planes["wall"]
+    depth = planes["depth"] if neck == 0 else _body_depth(shape, x / (1.0 - 0.2 * neck), y)
     img = np.full((grid.matrix, grid.matrix), HU["air"], dtype=np.float32)
 
     body = depth > 0
@@ -480,15 +516,14 @@ def render_slice(
     sub = depth < shape.skin + shape.fat
     img[body & sub] = HU["fat"]
     img[body & (depth < shape.skin)] = HU["skin"]
-    cavity = depth > wall
+    cavity = planes["cavity"] if neck == 0 else depth > wall
     img[cavity] = HU["mediastinal_fat"]
 
     # ribs: bands running obliquely around the wall, lower at the front
     ring = (depth > wall - shape.rib_depth) & ~cavity & (depth > shape.skin + shape.fat + 3.0)
-    theta = _ring_angle(x, y, shape.centre_y)
-    phase = (z + 70.0 * np.cos(theta / 2.0)) / shape.rib_pitch + shape.rib_phase
+    phase = (z + 70.0 * planes["theta"]) / shape.rib_pitch + shape.rib_phase
     frac = phase - np.floor(phase)
-    rib = ring & (frac < 0.3) & (np.abs(theta) > 0.45) & (u < 1.15) & (u > -0.1)
+    rib = ring & (frac < 0.3) & planes["front"] & (u < 1.15) & (u > -0.1)
     rib_core = rib & (frac > 0.06) & (frac < 0.24) & (depth > wall - shape.rib_depth + 1.5)
     img[rib] = HU["cortical_bone"]
     img[rib_core] = HU["marrow"]
@@ -539,10 +574,13 @@ def render_slice(
     img[abdomen & (x <= 0)] = HU["liver"]
     img[abdomen & (x > 0)] = HU["spleen"]
 
-    lung = lung_mask(shape, x, y, z)
+    if -0.06 < u < 1.0 or shape.pockets:
+        lung = lung_mask(shape, x, y, z, planes if neck == 0 else None)
+    else:
+        lung = np.zeros(img.shape, dtype=bool)
     back = np.clip((y - shape.lung_cy) / shape.lung_ay, -1.0, 1.0)
     # dependent (posterior) lung is denser
-    lung_hu = HU["lung"] + 28.0 * back
+    lung_hu = HU["lung"] + 45.0 * back
     if texture is not None:
         lung_hu = lung_hu + texture
     img = np.where(lung, lung_hu, img).astype(np.float32)

@@ -20,22 +20,20 @@ class Kernel:
     blur_mm : float
         Gaussian sigma (mm) of the in-plane point spread.
     noise_hu : float
-        Noise standard deviation (HU) in uniform soft tissue.
-    noise_grain_mm : float
-        Gaussian sigma (mm) that correlates the noise (its grain size).
+        Noise standard deviation (HU) in uniform soft tissue (the noise is
+        blurred with the image, so ``blur_mm`` sets its grain).
     """
 
     name: str
     blur_mm: float
     noise_hu: float
-    noise_grain_mm: float
 
 
 #: The kernels a phantom can be reconstructed with (sharper = noisier).
 KERNELS: dict[str, Kernel] = {
-    "soft": Kernel("SOFT", blur_mm=0.9, noise_hu=15.0, noise_grain_mm=0.9),
-    "standard": Kernel("STANDARD", blur_mm=0.6, noise_hu=22.0, noise_grain_mm=0.7),
-    "lung": Kernel("LUNG", blur_mm=0.35, noise_hu=38.0, noise_grain_mm=0.5),
+    "soft": Kernel("SOFT", blur_mm=0.9, noise_hu=21.0),
+    "standard": Kernel("STANDARD", blur_mm=0.6, noise_hu=21.0),
+    "lung": Kernel("LUNG", blur_mm=0.35, noise_hu=58.0),
 }
 
 

@@ -22,6 +22,7 @@ from lungslice.phantom.anatomy import (
     rasterise_segments,
     render_slice,
     scan_key,
+    slice_planes,
     vessel_tree,
 )
 from lungslice.phantom.config import KERNELS, Kernel, PhantomConfig
@@ -36,8 +37,8 @@ log = logging.getLogger(__name__)
 PADDING_HU = -3024
 _VESSEL_HU = 40.0
 _AIRWAY_WALL_HU = 20.0
-_AIR_NOISE_RATIO = 0.55  # air around the body is less noisy than the body's interior
-_TEXTURE_HU = 18.0
+_AIR_NOISE_RATIO = 0.45  # air around the body is less noisy than the body's interior
+_TEXTURE_HU = 40.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,27 +86,24 @@ def scan_kernel(scan: LidcScan, config: PhantomConfig) -> Kernel:
 def select_slices(
     scan: LidcScan, nodules: list[Nodule], z_margin_mm: float | None
 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """Indices of the slices to write and the z intervals they come from.
+    """Indices of the slices to write and the z interval they come from.
 
-    ``None`` keeps every slice. Otherwise the slices within ``z_margin_mm`` of
-    any nodule's contours; a scan without nodules keeps those within
-    ``z_margin_mm`` of the middle of its z range.
+    ``None`` keeps every slice. Otherwise one contiguous block from
+    ``z_margin_mm`` below the lowest nodule contour to ``z_margin_mm`` above
+    the highest (contiguous, so the crop loads as a gap-free series); a scan
+    without nodules keeps the slices within ``z_margin_mm`` of its middle.
     """
     z = scan.slice_zvals
     if z_margin_mm is None:
         return np.arange(z.size), [(float(z.min()), float(z.max()))] if z.size else []
     m = float(z_margin_mm)
     if nodules:
-        spans = sorted((n.z_min - m, n.z_max + m) for n in nodules)
+        lo_z = min(n.z_min for n in nodules) - m
+        hi_z = max(n.z_max for n in nodules) + m
     else:
         mid = 0.5 * (float(z.min()) + float(z.max()))
-        spans = [(mid - m, mid + m)]
-    merged: list[tuple[float, float]] = []
-    for lo, hi in spans:
-        if merged and lo <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-        else:
-            merged.append((lo, hi))
+        lo_z, hi_z = mid - m, mid + m
+    merged = [(lo_z, hi_z)]
     keep = np.zeros(z.size, dtype=bool)
     eps = 1e-6
     for lo, hi in merged:
@@ -129,7 +127,7 @@ def _noise_gain(sigma_px: float) -> float:
 
 
 def _texture_fields(
-    grid: Grid, rng: np.random.Generator, n: int = 4
+    grid: Grid, rng: np.random.Generator, n: int = 3
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sigma = 2.5 / grid.spacing
     fields = np.empty((n, grid.matrix, grid.matrix), dtype=np.float32)
@@ -207,15 +205,20 @@ def render(
     m = grid.matrix
     x, y = grid.coords()
     fov = (x**2 + y**2) > (m / 2.0 * grid.spacing) ** 2
+    planes = slice_planes(shape, grid)
     blur_px = kernel.blur_mm / grid.spacing
-    grain_px = kernel.noise_grain_mm / grid.spacing
     noise_hu = kernel.noise_hu if config.noise_hu is None else config.noise_hu
-    gain = np.sqrt(_noise_gain(grain_px)) * noise_hu
+    # white noise blurred with the image: the kernel's blur sets its grain
+    gain = np.float32(_noise_gain(blur_px) * noise_hu)
+    air_gain = np.float32(_AIR_NOISE_RATIO) * gain
     out = np.empty((zs.size, m, m), dtype=np.int16)
     for i, (k, z) in enumerate(zip(sel.tolist(), zs.tolist(), strict=True)):
-        w = np.cos(freq * z + phase).astype(np.float32)
-        texture = np.tensordot(w / np.sqrt((w**2).sum() + 1e-6), fields, axes=1) * _TEXTURE_HU
-        img, lung = render_slice(shape, grid, z, texture)
+        w = np.cos(freq * z + phase)
+        w = (w / np.sqrt((w**2).sum() + 1e-6) * _TEXTURE_HU).astype(np.float32)
+        texture = fields[0] * w[0]
+        for j in range(1, len(w)):
+            texture += fields[j] * w[j]
+        img, lung = render_slice(shape, grid, z, texture, planes)
         soft = lung | ((img > -150.0) & (img < 100.0))
         aw = a_wall[i] * np.float32(1 / 255) * soft
         img += (_AIRWAY_WALL_HU - img) * aw * lung
@@ -230,16 +233,11 @@ def render(
             a = p.alpha[: r1 - p.row0, : c1 - p.col0]
             target = np.maximum(region, p.hu[: r1 - p.row0, : c1 - p.col0])
             region += (target - region) * a
-        body = img > -500.0
-        if blur_px > 0.05:
-            img = ndi.gaussian_filter(img, blur_px, mode="nearest")
         rng = np.random.default_rng([config.seed, key, 4, k])
         noise = rng.standard_normal((m, m), dtype=np.float32)
-        if grain_px > 0.05:
-            noise = ndi.gaussian_filter(noise, grain_px, mode="wrap")
-        noise *= np.float32(gain)
-        noise[~ndi.binary_dilation(body, iterations=2)] *= np.float32(_AIR_NOISE_RATIO)
-        img += noise
+        img += noise * np.where(img > -500.0, gain, air_gain)
+        if blur_px > 0.05:
+            img = ndi.gaussian_filter(img, blur_px, mode="nearest")
         np.clip(img, -1024.0, 3071.0, out=img)
         if config.fov_padding:
             img[fov] = PADDING_HU

@@ -1,0 +1,93 @@
+"""render_scan / render: determinism, crops, geometry and nodules exactly on labelled slices."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from lungslice.lidc.labels import label_scans
+from lungslice.lidc.records import LidcScan
+from lungslice.phantom import PhantomConfig, render, render_scan
+from lungslice.phantom.calibrate import lung_field
+from lungslice.phantom.nodules import annotation_slice_mask
+from lungslice.phantom.render import PADDING_HU
+
+SMALL = PhantomConfig(seed=1, matrix=256)
+
+
+@pytest.fixture(scope="module")
+def mixed_render(mixed: LidcScan) -> Any:
+    return render(mixed, SMALL)
+
+
+def test_geometry_and_dtype(mixed: LidcScan, mixed_render: Any) -> None:
+    r = mixed_render
+    assert r.hu.shape == (mixed.n_slices, 256, 256)
+    assert r.hu.dtype == np.int16
+    np.testing.assert_array_equal(r.z_positions, mixed.slice_zvals)
+    assert r.pixel_spacing == pytest.approx(2 * mixed.pixel_spacing)
+    assert not r.cropped
+    # GE-style padding outside the reconstruction circle, HU inside
+    assert r.hu[0, 0, 0] == PADDING_HU
+    inside = r.hu[:, 128, 128]
+    assert inside.min() >= -1024 and inside.max() <= 3071
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(mixed: LidcScan, mixed_render: Any) -> None:
+    hu2, z2 = render_scan(mixed, SMALL)
+    np.testing.assert_array_equal(hu2, mixed_render.hu)
+    np.testing.assert_array_equal(z2, mixed.slice_zvals)
+    hu3, _ = render_scan(mixed, replace(SMALL, seed=2, z_margin_mm=0.0))
+    k = render(mixed, replace(SMALL, seed=2, z_margin_mm=0.0)).slice_indices
+    assert not np.array_equal(hu3, mixed_render.hu[k])
+
+
+def test_z_margin_crop_holds_the_full_scans_pixels(mixed: LidcScan, mixed_render: Any) -> None:
+    crop = render(mixed, replace(SMALL, z_margin_mm=5.0))
+    assert crop.cropped
+    z = mixed.slice_zvals
+    lo = min(n.z_min for n in crop.nodules) - 5.0
+    hi = max(n.z_max for n in crop.nodules) + 5.0
+    np.testing.assert_array_equal(crop.slice_indices, np.flatnonzero((z >= lo) & (z <= hi)))
+    assert crop.z_ranges == [(lo, hi)]
+    np.testing.assert_array_equal(crop.hu, mixed_render.hu[crop.slice_indices])
+
+
+def test_nodule_pixels_on_exactly_the_labelled_slices(mixed: LidcScan, mixed_render: Any) -> None:
+    """Every slice the label stage calls malignant/benign has nodule pixels inside the
+    readers' contours; no non-nodule slice has any nodule pixel."""
+    bare = render(mixed, replace(SMALL, nodules=False))
+    nodule_pixels = mixed_render.hu != bare.hu
+    slices, nodules = label_scans([mixed])
+    assert set(nodules["label"]) == {"malignant", "benign"}
+    labelled = set(slices.loc[slices["label"] != "non-nodule", "slice_index"].tolist())
+    assert set(np.flatnonzero(nodule_pixels.any(axis=(1, 2))).tolist()) == labelled
+    for k in sorted(labelled):
+        outlined = np.zeros((512, 512), dtype=bool)
+        for a in mixed.annotations:
+            outlined |= annotation_slice_mask(
+                mixed, a, k, (0, 0, 512, 512), include_contour_points=True
+            )
+        outlined_256 = outlined.reshape(256, 2, 256, 2).any(axis=(1, 3))
+        assert (nodule_pixels[k] & outlined_256).any(), f"slice {k}"
+
+
+def test_vessel_cross_sections_are_round_blobs_that_move(one_nodule: LidcScan) -> None:
+    scan = one_nodule
+    r = render(scan, PhantomConfig(seed=0, kernel="soft", nodules=False), np.array([66, 67]))
+    blobs = []
+    for sl in r.hu:
+        bright = (sl > -400) & lung_field(sl)
+        lab, n = ndi.label(bright)
+        sizes = np.bincount(lab.ravel())[1:]
+        blobs.append((n, bright))
+        # many small (a few mm) cross-sections on one slice
+        assert ((sizes >= 3) & (sizes <= 150)).sum() >= 20
+    # on the next slice 2.5 mm away most of them have moved
+    (_, a), (_, b) = blobs
+    overlap = (a & b).sum() / max(a.sum(), 1)
+    assert overlap < 0.6

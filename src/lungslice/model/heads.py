@@ -324,8 +324,30 @@ def _fit_mlp(
     opt = torch.optim.AdamW(
         module.parameters(), lr=config.learning_rate, weight_decay=params["weight_decay"]
     )
-    n = Xs.shape[0]
     module.train()
+    threads = torch.get_num_threads()
+    # tiny batches: thread hand-off costs more than it saves (40x slower on a busy 2-core box)
+    small = config.batch_size * X.shape[1] * int(params["hidden"]) < 20_000_000
+    if small:
+        torch.set_num_threads(1)
+    try:
+        _train_epochs(module, Xs, yt, loss_fn, opt, config, gen)
+    finally:
+        torch.set_num_threads(threads)
+    hyper = {**params, "dropout": config.dropout}
+    return MLPHead(hyper, mean, scale, module.state_dict())
+
+
+def _train_epochs(
+    module: torch.nn.Module,
+    Xs: torch.Tensor,
+    yt: torch.Tensor,
+    loss_fn: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    config: HeadConfig,
+    gen: torch.Generator,
+) -> None:
+    n = Xs.shape[0]
     for _ in range(config.epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, config.batch_size):
@@ -337,8 +359,6 @@ def _fit_mlp(
                 opt.zero_grad()
                 loss.backward()
             opt.step()
-    hyper = {**params, "dropout": config.dropout}
-    return MLPHead(hyper, mean, scale, module.state_dict())
 
 
 def _fit(

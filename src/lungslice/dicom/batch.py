@@ -26,7 +26,7 @@ from lungslice.dicom.volume import CTVolume, LoadConfig, load_series
 from lungslice.errors import LungsliceError
 from lungslice.progress import ProgressCallback, report
 
-__all__ = ["iter_series"]
+__all__ = ["iter_series", "iter_sources"]
 
 Source = str | Path | Sequence[str | Path] | DicomIndex
 
@@ -80,7 +80,7 @@ def iter_series(
     workers: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> Iterator[tuple[str | None, CTVolume | LungsliceError]]:
-    """Load several series, in input order, with ``workers`` processes.
+    """Load several series of one source, in input order, with ``workers`` processes.
 
     Parameters
     ----------
@@ -102,10 +102,29 @@ def iter_series(
         Volumes from workers hold a memory-mapped ``hu`` (a numpy.memmap).
     """
     uids = list(series_uids)
-    total = len(uids)
+    jobs = [(_job_source(source, uid), uid) for uid in uids]
+    results = iter_sources(jobs, config=config, workers=workers, progress=progress)
+    yield from zip(uids, results, strict=True)
+
+
+def iter_sources(
+    jobs: Sequence[tuple[Source, str | None]],
+    *,
+    config: LoadConfig = LoadConfig(),
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> Iterator[CTVolume | LungsliceError]:
+    """Like :func:`iter_series` for ``(source, series_uid)`` pairs (e.g. one folder each).
+
+    Yields
+    ------
+    CTVolume or LungsliceError
+        One per job, in order.
+    """
+    total = len(jobs)
     workers = os.cpu_count() or 1 if workers is None else max(int(workers), 1)
     if workers == 1 or total <= 1:
-        for done, uid in enumerate(uids, start=1):
+        for done, (source, uid) in enumerate(jobs, start=1):
             try:
                 result: CTVolume | LungsliceError = load_series(
                     source, series_uid=uid, config=config
@@ -113,7 +132,7 @@ def iter_series(
             except LungsliceError as err:
                 result = err
             report(progress, done, total, uid or "")
-            yield uid, result
+            yield result
         return
     folder = str(_shared_dir())
     # forkserver: no fork of a parent that may run threads (torch, prefetchers).
@@ -122,14 +141,11 @@ def iter_series(
     pool = ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context)
     futures: list[Future[CTVolume | LungsliceError]] = []
     try:
-        futures = [
-            pool.submit(_load_to_file, _job_source(source, uid), uid, config, folder)
-            for uid in uids
-        ]
-        for done, (uid, future) in enumerate(zip(uids, futures, strict=True), start=1):
+        futures = [pool.submit(_load_to_file, source, uid, config, folder) for source, uid in jobs]
+        for done, ((_, uid), future) in enumerate(zip(jobs, futures, strict=True), start=1):
             result = _open(future.result())
             report(progress, done, total, uid or "")
-            yield uid, result
+            yield result
     finally:
         for future in futures:
             future.cancel()

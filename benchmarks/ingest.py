@@ -1,0 +1,167 @@
+"""Ingest speed: lungslice.load_series vs a naive pydicom loop vs SimpleITK, side by side.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/ingest.py                  # default allocator
+    .venv/bin/python benchmarks/ingest.py --tuned-malloc   # PERF_NOTES' glibc settings
+
+It unpacks ``../shared/realct`` (three real uncompressed GE chest CT series)
+into a temporary folder, or reads ``--data DIR`` (folders of one series each),
+and measures the methods interleaved, ``--repeats`` times each, printing the
+median slices/s and the ratios. The machines here are shared and noisy:
+compare ratios from one run, not numbers across runs.
+
+Single series: every method reads every file, sorts slices by position and
+returns one array (lungslice: float32 HU with padding set to air; naive:
+``pixel_array`` * slope + intercept; SimpleITK: its rescaled output array).
+
+Many series: all series of the folder, one after another in one process
+(lungslice and SimpleITK) vs :func:`lungslice.dicom.batch.iter_series` with
+all cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from lungslice.dicom.batch import iter_sources
+from lungslice.dicom.volume import CTVolume, load_series
+
+REPO = Path(__file__).resolve().parents[1]
+REALCT = REPO / ".." / "shared" / "realct"
+TUNED = {
+    "MALLOC_MMAP_THRESHOLD_": "1000000000",
+    "MALLOC_TRIM_THRESHOLD_": "1000000000",
+    "MALLOC_TOP_PAD_": "100000000",
+}
+
+
+def naive(folder: Path) -> np.ndarray:
+    """The usual tutorial loop: dcmread each file, pixel_array, rescale, sort by z, stack."""
+    slices = []
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        slices.append((float(ds.ImagePositionPatient[2]), hu))
+    slices.sort(key=lambda s: s[0])
+    return np.stack([s[1] for s in slices])
+
+
+def simpleitk(folder: Path) -> np.ndarray:
+    """SimpleITK's ImageSeriesReader with GDCM's own file ordering."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return sitk.GetArrayFromImage(reader.Execute())
+
+
+def ours(folder: Path) -> np.ndarray:
+    return load_series(folder).hu
+
+
+def time_it(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def series_folders(args: argparse.Namespace, tmp: Path) -> list[Path]:
+    if args.data is not None:
+        return sorted(p for p in Path(args.data).iterdir() if p.is_dir())
+    if not REALCT.is_dir():
+        sys.exit(f"{REALCT} is absent: pass --data DIR (a folder of series folders)")
+    for archive in sorted(REALCT.glob("*.tar.xz")):
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+    return sorted(p for p in tmp.iterdir() if p.is_dir())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--data", type=Path, default=None, help="folder of series folders")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tuned-malloc", action="store_true", help="re-run with PERF_NOTES env")
+    args = parser.parse_args()
+    if args.tuned_malloc and any(os.environ.get(k) != v for k, v in TUNED.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED})
+    tuned = all(os.environ.get(k) == v for k, v in TUNED.items())
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        folders = series_folders(args, Path(tmp_name))
+        n_slices = {f: len(list(f.iterdir())) for f in folders}
+        methods: dict[str, Callable[[Path], object]] = {
+            "lungslice": ours,
+            "naive pydicom": naive,
+            "SimpleITK": simpleitk,
+        }
+        # Warm the page cache and imports once.
+        for f in folders:
+            for fn in methods.values():
+                fn(f)
+        rates: dict[str, list[float]] = {m: [] for m in methods}
+        for _ in range(args.repeats):
+            for name, method in methods.items():
+                seconds = 0.0
+                for folder in folders:
+                    start = time.perf_counter()
+                    method(folder)
+                    seconds += time.perf_counter() - start
+                rates[name].append(sum(n_slices.values()) / seconds)
+
+        def many_serial() -> None:
+            for f in folders:
+                load_series(f)
+
+        def many_sitk() -> None:
+            for f in folders:
+                simpleitk(f)
+
+        def many_parallel() -> None:
+            for vol in iter_sources([(f, None) for f in folders]):
+                assert isinstance(vol, CTVolume), vol
+
+        many = {
+            "lungslice serial": many_serial,
+            "lungslice iter_series (all cores)": many_parallel,
+            "SimpleITK serial": many_sitk,
+        }
+        many_rates: dict[str, list[float]] = {m: [] for m in many}
+        total = sum(n_slices.values())
+        for _ in range(args.repeats):
+            for label, run in many.items():
+                many_rates[label].append(total / time_it(run))
+
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    many_med = {k: statistics.median(v) for k, v in many_rates.items()}
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(
+        f"cores: {os.cpu_count()}  allocator: {'tuned (PERF_NOTES)' if tuned else 'glibc default'}"
+        f"  series: {len(folders)} ({total} slices, uncompressed)  repeats: {args.repeats}"
+    )
+    print("single series, slices/s (median):")
+    for name, rate in med.items():
+        print(f"  {name:36s} {rate:8.0f}")
+    print(f"  ratio lungslice / SimpleITK      {med['lungslice'] / med['SimpleITK']:.2f}")
+    print(f"  ratio lungslice / naive pydicom  {med['lungslice'] / med['naive pydicom']:.2f}")
+    print("all series of the folder, slices/s (median):")
+    for name, rate in many_med.items():
+        print(f"  {name:36s} {rate:8.0f}")
+    par = many_med["lungslice iter_series (all cores)"]
+    print(f"  ratio iter_series / serial       {par / many_med['lungslice serial']:.2f}")
+    print(f"  ratio iter_series / SimpleITK    {par / many_med['SimpleITK serial']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

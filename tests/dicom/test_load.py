@@ -366,3 +366,33 @@ def test_single_slice_needs_opt_in(tmp_path: Path) -> None:
 def test_config_validation() -> None:
     with pytest.raises(ConfigError, match=r"LoadConfig.tilt must be 'refuse' or 'correct'"):
         LoadConfig(tilt="shear")  # type: ignore[arg-type]
+
+
+def test_normal_towards_feet_still_stacks_by_patient_z(tmp_path: Path) -> None:
+    hu = _hu()
+    # Row x column points to the feet; positions still advance up the table.
+    write_ct_series(
+        tmp_path, hu, orientation=(1, 0, 0, 0, -1, 0), stack_direction=(0, 0, 1), z0=10.0
+    )
+    vol = load_series(tmp_path)
+    np.testing.assert_allclose(vol.z_positions, 10.0 + 2.5 * np.arange(6))
+    np.testing.assert_array_equal(vol.hu, hu)
+    assert (
+        "row x column normal points to the feet: stacked along its reverse"
+        in (vol.info["decisions"])
+    )
+
+
+def test_localizer_inside_an_axial_series_is_left_out(tmp_path: Path) -> None:
+    paths = write_ct_series(
+        tmp_path,
+        ImageType=lambda i: ["ORIGINAL", "PRIMARY", "LOCALIZER"] if i == 0 else ...,
+        ImageOrientationPatient=lambda i: [0, 1, 0, 0, 0, -1] if i == 0 else ...,
+        **SMALL,
+    )
+    vol = load_series(tmp_path)
+    assert vol.n_slices == 5
+    (dropped,) = vol.info["dropped_images"]
+    assert dropped["path"] == str(paths[0])
+    assert dropped["reason"] == "localizer image (ImageType LOCALIZER)"
+    assert vol.info["dropped_duplicates"] == []

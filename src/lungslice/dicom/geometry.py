@@ -341,6 +341,21 @@ def plan_stack(
     if not headers:
         raise StackError("no images", f"{label or 'series'}: no image files to stack")
     label = label or f"series {headers[0].series_uid}"
+    localizers: list[dict[str, Any]] = []
+    if any(h.is_localizer for h in headers) and not all(h.is_localizer for h in headers):
+        # A scout filed under the axial series' UID is not one of its slices.
+        localizers = [
+            {
+                "sop_instance_uid": h.sop_instance_uid,
+                "instance_number": h.instance_number,
+                "path": str(h.path),
+                "z": None,
+                "reason": "localizer image (ImageType LOCALIZER)",
+            }
+            for h in headers
+            if h.is_localizer
+        ]
+        headers = [h for h in headers if not h.is_localizer]
     _check_identity(headers, label)
     _check_same_grid(headers, label, config.spacing_tolerance)
     first = headers[0]
@@ -355,21 +370,26 @@ def plan_stack(
             "lungslice classifies axial slices - load the axial series, or pass "
             "LoadConfig(require_axial=False)",
         )
+    if normal[2] < 0:
+        # Stack towards the head either way, so z_positions stay patient z.
+        normal = -normal
+        decisions.append("row x column normal points to the feet: stacked along its reverse")
     positions = np.array([h.position for h in headers], dtype=np.float64)
     z = positions @ normal
     order = np.argsort(z, kind="stable")
     hs = [headers[i] for i in order]
     z = z[order]
     positions = positions[order]
-    if normal[2] < 0:
-        decisions.append("slice normal points to the feet: z_positions increase towards them")
 
     hs, z, dropped = _resolve_duplicates(hs, z, label, config)
-    if dropped:
+    dropped = localizers + dropped
+    if localizers:
+        decisions.append(f"left out {len(localizers)} localizer image(s) of the series")
+    if len(dropped) > len(localizers):
         positions = np.array([h.position for h in hs], dtype=np.float64)
         decisions.append(
-            f"dropped {len(dropped)} image(s) at duplicate positions, keeping the lower "
-            "InstanceNumber (as pylidc does)"
+            f"dropped {len(dropped) - len(localizers)} image(s) at duplicate positions, keeping "
+            "the lower InstanceNumber (as pylidc does)"
         )
     if len(hs) < config.min_slices:
         raise StackError(

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from lungslice.lidc.db import read_database
 from lungslice.lidc.records import LidcScan
@@ -84,7 +85,10 @@ def _ds(value: float) -> str:
 
 
 def _uid(*parts: object) -> str:
-    return str(generate_uid(prefix=None, entropy_srcs=["lungslice-phantom", *map(str, parts)]))
+    # a name-based (version 5) UUID as a 2.25 UID: the same parts give the same UID
+    # (pydicom's generate_uid(prefix=None) ignores its entropy sources and is random)
+    name = "/".join(["lungslice-phantom", *map(str, parts)])
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
 
 
 def _template(scan: LidcScan, rendered: RenderedScan, config: PhantomConfig) -> Dataset:

@@ -396,3 +396,22 @@ def test_localizer_inside_an_axial_series_is_left_out(tmp_path: Path) -> None:
     assert dropped["path"] == str(paths[0])
     assert dropped["reason"] == "localizer image (ImageType LOCALIZER)"
     assert vol.info["dropped_duplicates"] == []
+
+
+def test_allocate_receives_the_volume(tmp_path: Path) -> None:
+    hu = _hu()
+    write_ct_series(tmp_path, hu)
+    given: list[np.ndarray] = []
+
+    def allocate(shape: tuple[int, int, int]) -> np.ndarray:
+        given.append(np.zeros(shape, np.float32))
+        return given[-1]
+
+    vol = load_series(tmp_path, allocate=allocate)
+    assert vol.hu is given[0]
+    np.testing.assert_array_equal(given[0], hu)
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("allocate returned float64 (6, 16, 16), expected float32 (6, 16, 16)"),
+    ):
+        load_series(tmp_path, allocate=lambda shape: np.zeros(shape))

@@ -41,12 +41,22 @@ def _shared_dir() -> Path:
 def _load_to_file(
     source: Source, series_uid: str | None, config: LoadConfig, folder: str
 ) -> CTVolume | LungsliceError:
-    try:
-        volume = load_series(source, series_uid=series_uid, config=config)
-    except LungsliceError as err:
-        return err
     path = Path(folder) / f"lungslice-{uuid.uuid4().hex}.npy"
-    np.save(path, volume.hu, allow_pickle=False)
+
+    def allocate(shape: tuple[int, int, int]) -> np.ndarray:
+        # HU are decoded straight into the shared file: no copy to hand over.
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+
+    try:
+        volume = load_series(source, series_uid=series_uid, config=config, allocate=allocate)
+    except LungsliceError as err:
+        path.unlink(missing_ok=True)
+        return err
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if isinstance(volume.hu, np.memmap):
+        volume.hu.flush()
     # The array travels as a file name; everything else pickles cheaply.
     return replace(volume, hu=np.array(str(path)))
 

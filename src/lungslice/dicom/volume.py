@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,12 @@ from pydicom.uid import UID
 from lungslice.dicom.discover import DicomIndex, reason_category, walk_files
 from lungslice.dicom.geometry import LoadConfig, StackError, plan_stack
 from lungslice.dicom.header import SliceHeader, read_header_dataset
-from lungslice.errors import DicomReadError, NoCTSeriesError, UnsupportedTransferSyntaxError
+from lungslice.errors import (
+    ConfigError,
+    DicomReadError,
+    NoCTSeriesError,
+    UnsupportedTransferSyntaxError,
+)
 from lungslice.progress import ProgressCallback, report
 from lungslice.provenance import config_dict
 
@@ -379,6 +384,7 @@ def load_series(
     series_uid: str | None = None,
     config: LoadConfig = LoadConfig(),
     progress: ProgressCallback | None = None,
+    allocate: Callable[[tuple[int, int, int]], np.ndarray] | None = None,
 ) -> CTVolume:
     """Load one CT series as a Hounsfield-unit volume.
 
@@ -394,6 +400,11 @@ def load_series(
         Strictness and opt-outs (gaps, duplicates, tilt) and the air value.
     progress : ProgressCallback, optional
         Called as ``progress(files_read, files_total, label)``.
+    allocate : callable, optional
+        Returns the float32 array of the given ``(slices, rows, columns)``
+        shape that HU are written into (e.g. a memory map or shared memory,
+        to hand the volume to another process without a copy); default
+        ``numpy.empty``.
 
     Returns
     -------
@@ -420,7 +431,12 @@ def load_series(
         _check_decodable(h)
     first = plan.headers[0]
     assert first.rows is not None and first.columns is not None
-    hu = np.empty((len(plan.headers), first.rows, first.columns), dtype=np.float32)
+    shape = (len(plan.headers), first.rows, first.columns)
+    hu = np.empty(shape, dtype=np.float32) if allocate is None else allocate(shape)
+    if hu.shape != shape or hu.dtype != np.float32:
+        raise ConfigError(
+            f"load_series: allocate returned {hu.dtype} {hu.shape}, expected float32 {shape}"
+        )
     buffer = np.empty(first.rows * first.columns * 4, dtype=np.uint8)
     n_air = 0
     for k, h in enumerate(plan.headers):

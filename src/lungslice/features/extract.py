@@ -19,6 +19,7 @@ pickling that made worker processes slower on 2 cores (PERF_NOTES.md).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import queue
@@ -38,7 +39,7 @@ from lungslice.errors import FeatureError, LungsliceError
 from lungslice.features.backbones import Backbone, load_backbone
 from lungslice.features.cache import SLICE_COLUMNS, FeatureCache
 from lungslice.features.config import FeatureConfig
-from lungslice.features.inputs import input_size, make_inputs
+from lungslice.features.inputs import input_size, make_inputs, resize_slices
 from lungslice.features.runtime import FeatureRunner
 from lungslice.progress import ProgressCallback, report
 from lungslice.provenance import provenance
@@ -150,13 +151,40 @@ def find_series(data_dir: str | Path) -> list[SeriesJob]:
     return sorted(jobs, key=lambda j: (j.patient_id, j.series_uid))
 
 
-def load_resampled(job: SeriesJob, config: FeatureConfig) -> ResampledVolume:
-    """Load a series' files as HU and resample to ``config.slice_spacing``."""
+def load_resampled(
+    job: SeriesJob, config: FeatureConfig, size: int | None = None
+) -> ResampledVolume:
+    """Load a series' files as HU and resample to ``config.slice_spacing``.
+
+    With ``size``, the slices also come out ``size`` x ``size`` (what the
+    network takes), resized in whichever order touches fewer slices: in-plane
+    resizing and linear interpolation along z are both linear, so they
+    commute, and shrinking the source slices first is 2.5x cheaper for 2.5 mm
+    series. ``source`` then holds the resized source volume (same identity,
+    SOPInstanceUIDs and positions; in-plane spacing scaled).
+    """
     from lungslice.dicom.resample import resample
     from lungslice.dicom.volume import load_series
 
     volume = load_series(list(job.files), series_uid=job.series_uid)
-    return resample(volume, slice_spacing=config.slice_spacing)
+    if size is None:
+        return resample(volume, slice_spacing=config.slice_spacing)
+    n_out = int(np.floor((volume.z_positions[-1] - volume.z_positions[0]) / config.slice_spacing))
+    if volume.n_slices <= n_out + 1:
+        _, rows, cols = volume.shape
+        small = resize_slices(volume.hu, size).numpy()
+        spacing = (
+            volume.spacing[0],
+            volume.spacing[1] * rows / size,
+            volume.spacing[2] * cols / size,
+        )
+        return resample(
+            dataclasses.replace(volume, hu=small, spacing=spacing), config.slice_spacing
+        )
+    rv = resample(volume, slice_spacing=config.slice_spacing)
+    _, rows, cols = rv.hu.shape
+    spacing = (rv.spacing[0], rv.spacing[1] * rows / size, rv.spacing[2] * cols / size)
+    return dataclasses.replace(rv, hu=resize_slices(rv.hu, size).numpy(), spacing=spacing)
 
 
 def slice_table(resampled: ResampledVolume) -> pd.DataFrame:
@@ -309,7 +337,8 @@ def extract_series(
         return _cached_row(job, cache)
     t0 = time.perf_counter()
     try:
-        resampled = load_resampled(job, config)
+        size = input_size(config.inputs, runner.backbone.data_config)
+        resampled = load_resampled(job, config, size)
     except LungsliceError as err:
         return _row(job, status="failed", reason=str(err))
     t1 = time.perf_counter()
@@ -358,13 +387,16 @@ def _producer(
     stop: threading.Event,
 ) -> None:
     """Loader thread: for each series, its loaded volume and then its input batches."""
+    # One intra-op thread here (the setting is per thread): the model keeps its cores.
+    torch.set_num_threads(1)
+    size = input_size(config.inputs, data_config)
     try:
         for job in jobs:
             if stop.is_set():
                 return
             t0 = time.perf_counter()
             try:
-                resampled: ResampledVolume | None = load_resampled(job, config)
+                resampled: ResampledVolume | None = load_resampled(job, config, size)
                 error = None
             except LungsliceError as err:
                 resampled, error = None, err

@@ -195,7 +195,8 @@ def test_bad_input_is_accounted_for(broken_tree: Path) -> None:
     bad = trunc[trunc["path"].str.endswith("0002.dcm")].iloc[0]
     assert bad["status"] == "skipped"
     assert bad["reason"].startswith("unreadable: truncated file: PixelData needs ")
-    assert pd.isna(bad["series_uid"])
+    # Its header still names the series, which is rejected like load_series would.
+    assert bad["series_uid"] == trunc["series_uid"].iloc[0]
     assert by_folder["notdicom"]["reason"].tolist() == ["not DICOM"]
 
     series = index.series.set_index("series_uid")
@@ -205,8 +206,8 @@ def test_bad_input_is_accounted_for(broken_tree: Path) -> None:
         assert len(uids) == 1
         return str(series.loc[uids[0], "reason"])
 
-    # The truncated slice is skipped, so its series has a gap where it was.
-    assert series_reason("truncated").startswith("missing slices: step of 5 mm between z=-97.5")
+    assert series_reason("truncated") == f"unreadable file: 1 file(s), first {bad['path']}"
+    assert set(trunc["reason"]) == {bad["reason"], "series rejected: unreadable file"}
     assert series_reason("nopixels").startswith("no pixel data: ")
     assert series_reason("missing").startswith("missing slices: ")
     assert series_reason("spacing").startswith("mixed pixel spacing: ")
@@ -221,12 +222,26 @@ def test_bad_input_is_accounted_for(broken_tree: Path) -> None:
     # Headers are fine; the decoder is checked when loading.
     assert (jpeg["status"], jpeg["transfer_syntax"]) == ("ok", JPEGLosslessSV1)
     assert index.summary()["series_rejected"] == {
-        "missing slices": 2,
+        "unreadable file": 1,
+        "missing slices": 1,
         "no pixel data": 1,
         "mixed pixel spacing": 1,
         "gantry tilt": 1,
         "duplicate positions": 1,
     }
+
+
+def test_damaged_slice_fails_loading_from_the_index_too(tmp_path: Path) -> None:
+    from lungslice.dicom.volume import load_series
+
+    paths = write_ct_series(tmp_path, **SMALL)
+    paths[4].write_bytes(paths[4].read_bytes()[:-10])  # the top slice: no gap to notice
+    index = index_tree(tmp_path, workers=1)
+    (row,) = index.series.itertuples()
+    assert row.status == "rejected"
+    assert len(index.files_of(row.series_uid)) == 5
+    with pytest.raises(DicomReadError, match=r"0004\.dcm: unreadable: truncated file: "):
+        load_series(index, series_uid=row.series_uid)
 
 
 def test_duplicate_z_like_lidc_is_ok_and_recorded(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lungslice.dicom.geometry import LoadConfig, StackError, plan_stack, slice_normal
-from lungslice.dicom.header import SliceHeader, read_header
+from lungslice.dicom.header import DamagedPixelDataError, SliceHeader, read_header
 from lungslice.errors import DicomReadError, LungsliceError
 from lungslice.progress import ProgressCallback, report
 from lungslice.provenance import provenance
@@ -104,7 +104,9 @@ class DicomIndex:
     def files_of(self, series_uid: str) -> list[Path]:
         """The image files of a series (also of a rejected one), sorted by path.
 
-        Left out: unreadable files and extra copies of an SOPInstanceUID.
+        Left out: extra copies of an SOPInstanceUID. Files with damaged pixel
+        data stay in, so that loading the series fails on them as it does
+        from the folder.
 
         Raises
         ------
@@ -114,7 +116,7 @@ class DicomIndex:
         rows = self.files[self.files["series_uid"] == series_uid]
         if rows.empty:
             raise KeyError(f"series {series_uid} is not in the index of {self.root}")
-        keep = ~rows["reason"].fillna("").str.startswith(("duplicate SOPInstanceUID", "unread"))
+        keep = ~rows["reason"].fillna("").str.startswith("duplicate SOPInstanceUID")
         return sorted(Path(p) for p in rows.loc[keep, "path"])
 
     def summary(self) -> dict[str, Any]:
@@ -199,9 +201,11 @@ def walk_files(root: str | Path) -> list[Path]:
     return found
 
 
-def _read_one(path: Path) -> SliceHeader | str:
+def _read_one(path: Path) -> SliceHeader | str | tuple[str, SliceHeader]:
     try:
         return read_header(path)
+    except DamagedPixelDataError as err:
+        return str(err).removeprefix(f"{path}: "), err.header
     except DicomReadError as err:
         message = str(err)
         prefix = f"{path}: "
@@ -210,7 +214,10 @@ def _read_one(path: Path) -> SliceHeader | str:
         return f"unreadable: {type(err).__name__}: {err}"
 
 
-def _read_chunk(paths: Sequence[Path]) -> list[SliceHeader | str]:
+_Result = SliceHeader | str | tuple[str, SliceHeader]
+
+
+def _read_chunk(paths: Sequence[Path]) -> list[_Result]:
     return [_read_one(p) for p in paths]
 
 
@@ -221,15 +228,18 @@ def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 def read_headers(
     paths: Sequence[Path], *, workers: int | None = None, progress: ProgressCallback | None = None
-) -> list[SliceHeader | str]:
+) -> list[_Result]:
     """Read the headers of ``paths``; a string (the skip reason) where a file fails.
+
+    A file whose header reads but whose pixel data is damaged gives
+    ``(reason, header)``.
 
     Uses ``workers`` processes (default: all cores) for long lists; results are
     small records, so the processes pay off, unlike returning pixel arrays.
     """
     n = len(paths)
     workers = os.cpu_count() or 1 if workers is None else max(int(workers), 1)
-    results: list[SliceHeader | str] = []
+    results: list[_Result] = []
     report(progress, 0, n, "headers")
     if workers == 1 or n < _PARALLEL_MIN_FILES:
         for chunk in _chunks(paths, _CHUNK):
@@ -244,7 +254,11 @@ def read_headers(
 
 
 def _series_row(
-    uid: str, headers: list[SliceHeader], n_files: int, config: LoadConfig
+    uid: str,
+    headers: list[SliceHeader],
+    n_files: int,
+    config: LoadConfig,
+    damaged: Sequence[SliceHeader] = (),
 ) -> tuple[dict[str, Any], dict[Path, str]]:
     """The series row and the skip reason of each of its files that is not used."""
     first = headers[0]
@@ -285,6 +299,11 @@ def _series_row(
     if all(h.is_localizer for h in headers):
         row["status"], row["reason"] = "rejected", "localizer"
         return row, {h.path: "localizer" for h in headers}
+    if damaged:
+        # load_series refuses a series with a damaged slice; say so here too.
+        row["status"] = "rejected"
+        row["reason"] = f"unreadable file: {len(damaged)} file(s), first {damaged[0].path}"
+        return row, {h.path: "series rejected: unreadable file" for h in headers}
     try:
         plan = plan_stack(headers, config, label=f"series {uid}")
     except StackError as err:
@@ -341,6 +360,7 @@ def index_tree(
     by_series: dict[str, list[SliceHeader]] = defaultdict(list)
     n_files: Counter[str] = Counter()
     seen_sop: dict[str, Path] = {}
+    damaged: dict[str, list[SliceHeader]] = defaultdict(list)
     for path, result in zip(paths, results, strict=True):
         row: dict[str, Any] = {
             "path": str(path),
@@ -352,6 +372,14 @@ def index_tree(
         file_rows.append(row)
         if isinstance(result, str):
             row["reason"] = result
+            continue
+        if isinstance(result, tuple):
+            row["reason"], damaged_header = result
+            row["series_uid"] = damaged_header.series_uid
+            row["sop_instance_uid"] = damaged_header.sop_instance_uid
+            if damaged_header.series_uid is not None:
+                damaged[damaged_header.series_uid].append(damaged_header)
+                n_files[damaged_header.series_uid] += 1
             continue
         row["series_uid"] = result.series_uid
         row["sop_instance_uid"] = result.sop_instance_uid
@@ -373,8 +401,12 @@ def index_tree(
 
     series_rows: list[dict[str, Any]] = []
     file_reasons: dict[Path, str] = {}
-    for uid in sorted(by_series, key=lambda u: (by_series[u][0].patient_id or "", u)):
-        srow, reasons = _series_row(uid, by_series[uid], n_files[uid], config)
+    uids = set(by_series) | set(damaged)
+    first_of = {u: (by_series.get(u) or damaged[u])[0] for u in uids}
+    for uid in sorted(uids, key=lambda u: (first_of[u].patient_id or "", u)):
+        srow, reasons = _series_row(
+            uid, by_series.get(uid) or damaged[uid], n_files[uid], config, damaged.get(uid, [])
+        )
         series_rows.append(srow)
         file_reasons.update(reasons)
     for row in file_rows:

@@ -22,6 +22,7 @@ from lungslice.errors import DicomReadError
 
 __all__ = [
     "HEADER_TAGS",
+    "DamagedPixelDataError",
     "SliceHeader",
     "header_from_dataset",
     "read_dataset",
@@ -365,15 +366,28 @@ def read_header_dataset(path: str | Path) -> tuple[Dataset, SliceHeader]:
     header = header_from_dataset(ds, path)
     expected = header.expected_pixel_bytes()
     if header.pixel_bytes is not None and expected is not None and header.pixel_bytes < expected:
-        raise DicomReadError(
+        raise DamagedPixelDataError(
             f"{path}: unreadable: PixelData holds {header.pixel_bytes} bytes, expected "
-            f"{expected} for {header.n_frames} frame(s) of {header.rows}x{header.columns} pixels"
+            f"{expected} for {header.n_frames} frame(s) of {header.rows}x{header.columns} pixels",
+            header,
         )
     if header.pixel_offset is not None and header.pixel_bytes is not None:
         size = os.path.getsize(path)
         if header.pixel_offset + header.pixel_bytes > size:
-            raise DicomReadError(
+            raise DamagedPixelDataError(
                 f"{path}: unreadable: truncated file: PixelData needs "
-                f"{header.pixel_offset + header.pixel_bytes} bytes, the file has {size}"
+                f"{header.pixel_offset + header.pixel_bytes} bytes, the file has {size}",
+                header,
             )
     return ds, header
+
+
+class DamagedPixelDataError(DicomReadError):
+    """The header reads but the pixel data is short; ``header`` says whose file it is."""
+
+    def __init__(self, message: str, header: SliceHeader) -> None:
+        super().__init__(message)
+        self.header = header
+
+    def __reduce__(self) -> tuple[type[DamagedPixelDataError], tuple[str, SliceHeader]]:
+        return (type(self), (str(self), self.header))

@@ -76,3 +76,15 @@ def test_bad_inputs_raise_with_fix(synthetic) -> None:
     )
     with pytest.raises(ConfigError, match=r"features have shape \(2, 4\), expected \(n, 16\)"):
         head.predict_proba(np.zeros((2, 4)))
+
+
+def test_logistic_head_matches_scikit_learn(synthetic) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = synthetic.X, synthetic.y
+    pids = synthetic.slices["patient_id"].to_numpy()
+    head = train_head(X, y, pids, HeadConfig(C_grid=(0.05,), max_iter=500))
+    Xs = (X - X.mean(axis=0)) / X.std(axis=0)
+    w = balanced_class_weights(y)[y]
+    ref = LogisticRegression(C=0.05, max_iter=2000, tol=1e-8).fit(Xs, y, sample_weight=w)
+    np.testing.assert_allclose(head.predict_proba(X), ref.predict_proba(Xs), atol=2e-3)

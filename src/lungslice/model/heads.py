@@ -3,8 +3,10 @@
 Two kinds, both standardising the features first and both returning
 probabilities in :data:`CLASSES` order (non-nodule, benign, malignant):
 
-- ``"logistic"``: multinomial logistic regression (scikit-learn, L-BFGS) with
-  balanced class weights for the ~94 % non-nodule imbalance.
+- ``"logistic"``: multinomial logistic regression with balanced class weights
+  for the ~94 % non-nodule imbalance: scikit-learn's ``LogisticRegression``
+  objective, minimised by scipy's L-BFGS on a chunked float32 loss (3-10x
+  faster than scikit-learn's own solver on 300,000 x 1,280 features).
 - ``"mlp"``: a small one-hidden-layer perceptron in torch (CPU), trained with
   class-weighted cross-entropy and AdamW.
 
@@ -23,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
+from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 
 from lungslice.errors import ConfigError
@@ -271,36 +273,102 @@ def _check_inputs(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> None:
 
 
 def _scaler(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = X.mean(axis=0, dtype=np.float64).astype(np.float32)
-    std = X.std(axis=0, dtype=np.float64).astype(np.float32)
-    std[std < 1e-8] = 1.0  # constant features: leave them centred, not divided by zero
-    return mean, std
+    # chunked float64 sums: no full-size temporary for 300,000 x 1,280 features
+    total = np.zeros(X.shape[1])
+    total_sq = np.zeros(X.shape[1])
+    for start in range(0, X.shape[0], 16384):
+        chunk = X[start : start + 16384].astype(np.float64)
+        total += chunk.sum(axis=0)
+        total_sq += (chunk * chunk).sum(axis=0)
+    n = max(X.shape[0], 1)
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0))
+    std[std < 1e-6] = 1.0  # constant features: leave them centred, not divided by zero
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+_CHUNK_ROWS = 4096  # ~20 MB of float32 features at d=1280: stays in cache between the two products
+
+
+def _logistic_loss_grad(
+    params: np.ndarray,
+    X: np.ndarray,
+    onehot: np.ndarray,
+    sw: np.ndarray,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    l2: float,
+) -> tuple[float, np.ndarray]:
+    """Weighted mean multinomial log-loss + L2 on standardised weights, and its gradient.
+
+    Standardisation is folded into the weights (``X @ (W / scale) - mean @ (W / scale)``)
+    so the raw features are read without a standardised copy, once per evaluation.
+    """
+    d, k = X.shape[1], onehot.shape[1]
+    W = params[: d * k].reshape(d, k).astype(np.float32)
+    b = params[d * k :].astype(np.float32)
+    V = W / scale[:, None]
+    offset = b - mean @ V
+    sw_sum = float(sw.sum())
+    loss = 0.0
+    gV = np.zeros((d, k), dtype=np.float64)
+    r_sum = np.zeros(k, dtype=np.float64)
+    for start in range(0, X.shape[0], _CHUNK_ROWS):
+        xc = X[start : start + _CHUNK_ROWS]
+        z = (xc @ V + offset).astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        logsum = np.log(np.exp(z).sum(axis=1, keepdims=True))
+        logp = z - logsum
+        yc, wc = onehot[start : start + _CHUNK_ROWS], sw[start : start + _CHUNK_ROWS]
+        loss -= float((wc * (yc * logp).sum(axis=1)).sum())
+        r = ((np.exp(logp) - yc) * wc[:, None]).astype(np.float32)
+        gV += xc.T @ r  # X.T @ R: the fast BLAS path (R.T @ X is ~10x slower here)
+        r_sum += r.sum(axis=0, dtype=np.float64)
+    gW = (gV - np.outer(mean, r_sum)) / scale[:, None] / sw_sum
+    W64 = W.astype(np.float64)
+    loss = loss / sw_sum + 0.5 * l2 * float((W64 * W64).sum())
+    grad = np.concatenate([(gW + l2 * W64).ravel(), r_sum / sw_sum])
+    return loss, grad
 
 
 def _fit_logistic(
     X: np.ndarray, y: np.ndarray, params: dict[str, Any], config: HeadConfig, seed: int
 ) -> LogisticHead:
+    # scikit-learn's LogisticRegression objective (multinomial, penalty 1 / (2 C sum(w)) on the
+    # standardised weights), minimised with scipy's L-BFGS on a float32 chunked loss/gradient:
+    # scikit-learn 1.9 computes the multinomial gradient as R.T @ X, which is ~10x slower
+    # than X.T @ R on OpenBLAS for 3 columns. tests/model/test_heads.py checks agreement.
     mean, scale = _scaler(X)
-    Xs = (X - mean) / scale
-    weights = balanced_class_weights(y) if config.class_weight == "balanced" else None
-    sample_weight = None if weights is None else weights[y]
-    model = LogisticRegression(
-        C=params["C"], solver="lbfgs", max_iter=config.max_iter, random_state=seed, tol=1e-4
+    present = np.flatnonzero(np.bincount(y, minlength=_N_CLASSES)[:_N_CLASSES] > 0)
+    col = np.full(_N_CLASSES, -1)
+    col[present] = np.arange(present.size)
+    onehot = np.zeros((y.size, present.size), dtype=np.float64)
+    onehot[np.arange(y.size), col[y]] = 1.0
+    weights = (
+        balanced_class_weights(y) if config.class_weight == "balanced" else np.ones(_N_CLASSES)
     )
-    model.fit(Xs, y, sample_weight=sample_weight)
-    # scikit-learn returns rows only for classes present; absent classes get -inf-like logits
-    coef = np.zeros((_N_CLASSES, X.shape[1]), dtype=np.float32)
-    intercept = np.full(_N_CLASSES, -30.0, dtype=np.float32)
-    classes = model.classes_.astype(int)
-    if classes.size == 2:  # binary: scikit-learn keeps one row for the second class
-        coef[classes[1]] = model.coef_[0] / 2
-        coef[classes[0]] = -model.coef_[0] / 2
-        intercept[classes[1]] = model.intercept_[0] / 2
-        intercept[classes[0]] = -model.intercept_[0] / 2
-    else:
-        coef[classes] = model.coef_
-        intercept[classes] = model.intercept_
-    return LogisticHead(params, mean, scale, coef, intercept)
+    sw = weights[y].astype(np.float64)
+    l2 = 1.0 / (float(params["C"]) * float(sw.sum()))
+    d, k = X.shape[1], present.size
+    result = minimize(
+        _logistic_loss_grad,
+        np.zeros(d * k + k),
+        args=(X, onehot, sw, mean, scale, l2),
+        method="L-BFGS-B",
+        jac=True,
+        options={"maxiter": config.max_iter, "gtol": 1e-4, "maxls": 50},
+    )
+    if not result.success:
+        log.info(
+            "logistic head: L-BFGS stopped after %d iterations: %s", result.nit, result.message
+        )
+    W = result.x[: d * k].reshape(d, k)
+    coef = np.zeros((_N_CLASSES, d), dtype=np.float32)
+    intercept = np.full(_N_CLASSES, -30.0, dtype=np.float32)  # absent classes: p ~ 0
+    coef[present] = W.T
+    intercept[present] = result.x[d * k :]
+    hyper = {**params, "n_iter": int(result.nit)}
+    return LogisticHead(hyper, mean, scale, coef, intercept)
 
 
 def _fit_mlp(

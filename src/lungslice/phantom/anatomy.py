@@ -144,7 +144,7 @@ def chest_shape(
     z_lo, z_hi = float(z_range[0]), float(z_range[1])
     length = max(z_hi - z_lo, 1.0)
     a = float(rng.uniform(0.78, 0.93)) * fov_half
-    b = a * float(rng.uniform(0.66, 0.76))
+    b = a * float(rng.uniform(0.62, 0.72))
     centre_y = float(rng.uniform(-15.0, 5.0))
     # LIDC scans run from above the apices to below the bases, a few cm either side
     z_base = z_lo + float(rng.uniform(0.06, 0.14)) * length
@@ -158,8 +158,8 @@ def chest_shape(
     z_base = max(z_base, z_lo - 40.0)
     if z_apex - z_base < 60.0:
         z_apex = z_base + 60.0
-    fat = float(rng.uniform(5.0, 22.0))
-    muscle = float(rng.uniform(8.0, 14.0))
+    fat = float(rng.uniform(6.0, 26.0))
+    muscle = float(rng.uniform(10.0, 18.0))
     shape = ChestShape(
         half_width=a,
         half_depth=b,
@@ -274,11 +274,12 @@ def _dome_mask(shape: ChestShape, ax: np.ndarray, y: np.ndarray, d: np.ndarray) 
 
 
 def _mediastinum_half(shape: ChestShape, y: np.ndarray, u: np.ndarray) -> np.ndarray:
-    # narrow anterior junction, wider behind (aorta, oesophagus) and above the heart
-    front = shape.centre_y - 0.7 * shape.half_depth
-    t = np.clip((y - front) / (1.3 * shape.half_depth), 0.0, 1.0)
-    upper = 1.0 + 0.5 * np.clip((u - 0.6) / 0.3, 0.0, 1.0)
-    return shape.mediastinum_half * (0.35 + 0.9 * t) * upper
+    # a narrow anterior junction that bulges around the great vessels, aorta and
+    # oesophagus in the middle, and widens above the heart
+    mid = shape.centre_y + 0.05 * shape.half_depth
+    bulge = np.exp(-(((y - mid) / (0.4 * shape.half_depth)) ** 2))
+    upper = 1.0 + 0.4 * np.clip((u - 0.6) / 0.3, 0.0, 1.0)
+    return shape.mediastinum_half * (0.3 + 1.3 * bulge) * upper
 
 
 def _heart_scale(u: np.ndarray) -> np.ndarray:

@@ -31,8 +31,8 @@ class Kernel:
 
 #: The kernels a phantom can be reconstructed with (sharper = noisier).
 KERNELS: dict[str, Kernel] = {
-    "soft": Kernel("SOFT", blur_mm=0.9, noise_hu=21.0),
-    "standard": Kernel("STANDARD", blur_mm=0.6, noise_hu=21.0),
+    "soft": Kernel("SOFT", blur_mm=0.9, noise_hu=17.0),
+    "standard": Kernel("STANDARD", blur_mm=0.6, noise_hu=18.0),
     "lung": Kernel("LUNG", blur_mm=0.35, noise_hu=58.0),
 }
 

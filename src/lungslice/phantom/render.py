@@ -38,7 +38,7 @@ PADDING_HU = -3024
 _VESSEL_HU = 40.0
 _AIRWAY_WALL_HU = 20.0
 _AIR_NOISE_RATIO = 0.45  # air around the body is less noisy than the body's interior
-_TEXTURE_HU = 40.0
+_TEXTURE_HU = 35.0
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,6 +8,7 @@ they agree on what a file is and why it is skipped.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from lungslice.dicom.rawheader import RawHeader, RawHeaderUnsupported, read_raw_header
 from lungslice.errors import DicomReadError
 
 __all__ = [
@@ -27,7 +29,6 @@ __all__ = [
     "header_from_dataset",
     "read_dataset",
     "read_header",
-    "read_header_dataset",
 ]
 
 #: Keywords read by :func:`read_header` (everything else is skipped while parsing).
@@ -67,6 +68,7 @@ HEADER_TAGS: tuple[str, ...] = (
 _PIXEL_DATA_TAG = 0x7FE00010
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
 @dataclass(frozen=True)
@@ -147,37 +149,64 @@ _BINARY_US = frozenset(
         "PixelPaddingRangeLimit",
     )
 )
-_TAGS = {keyword: tag_for_keyword(keyword) for keyword in HEADER_TAGS}
+_TAGS: dict[str, int] = {keyword: int(tag_for_keyword(keyword) or 0) for keyword in HEADER_TAGS}
+_WANTED = frozenset(tag for keyword, tag in _TAGS.items() if keyword != "PixelData")
 
 
-def _get(ds: Dataset, keyword: str) -> Any:
-    """An element's value, converted here from raw bytes where possible.
-
-    pydicom's generic conversion costs ~30 us an element, as much as parsing
-    the file; the few value kinds read here are simple enough to convert
-    directly (text, or unsigned 16 bit). Anything unusual takes pydicom's path.
-    """
-    tag = _TAGS.get(keyword) or tag_for_keyword(keyword)
-    if tag is None:
-        return None
-    elem = ds.get_item(tag)
-    if elem is None:
-        return None
-    if isinstance(elem, RawDataElement) and elem.is_little_endian and elem.value is not None:
-        raw = elem.value
-        if keyword in _BINARY_US:
-            return int.from_bytes(raw[:2], "little") if len(raw) >= 2 else None
-        if elem.VR in (None, "CS", "UI", "DS", "IS", "LO", "SH", "ST", "LT", "PN"):
-            text = raw.decode("latin-1").strip(" \x00")
-            return text.split("\\") if "\\" in text else text
-    value = ds[tag].value
-    if isinstance(value, pydicom.multival.MultiValue):
-        return [str(v) for v in value]
-    return value
+_TEXT_VRS = frozenset(
+    (None, "AE", "AS", "CS", "DA", "DS", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UI")
+)
+_Getter = Callable[[str], Any]
 
 
-def _str(ds: Dataset, keyword: str) -> str | None:
-    value = _get(ds, keyword)
+class _NotSimple(Exception):
+    """A raw value this module does not convert itself."""
+
+
+def _convert_raw(keyword: str, vr: str | None, raw: bytes) -> Any:
+    # Text, or unsigned 16 bit: all the header needs. pydicom's generic
+    # conversion costs ~30 us an element, as much as parsing the file.
+    if keyword in _BINARY_US:
+        if vr not in (None, "US", "SS", "OB", "OW") or len(raw) < 2:
+            raise _NotSimple(keyword)
+        return int.from_bytes(raw[:2], "little")
+    if vr in _TEXT_VRS:
+        text = raw.decode("latin-1").strip(" \x00")
+        return text.split("\\") if "\\" in text else text
+    raise _NotSimple(keyword)
+
+
+def _dataset_getter(ds: Dataset) -> _Getter:
+    def get(keyword: str) -> Any:
+        tag = _TAGS.get(keyword) or tag_for_keyword(keyword)
+        if tag is None:
+            return None
+        elem = ds.get_item(tag)
+        if elem is None:
+            return None
+        if isinstance(elem, RawDataElement) and elem.is_little_endian and elem.value is not None:
+            try:
+                return _convert_raw(keyword, elem.VR, elem.value)
+            except _NotSimple:
+                pass
+        value = ds[tag].value
+        if isinstance(value, pydicom.multival.MultiValue):
+            return [str(v) for v in value]
+        return value
+
+    return get
+
+
+def _raw_getter(raw: RawHeader) -> _Getter:
+    def get(keyword: str) -> Any:
+        item = raw.elements.get(_TAGS[keyword])
+        return None if item is None else _convert_raw(keyword, item[0], item[1])
+
+    return get
+
+
+def _str(get: _Getter, keyword: str) -> str | None:
+    value = get(keyword)
     if value is None or value == "":
         return None
     if isinstance(value, list):
@@ -185,8 +214,8 @@ def _str(ds: Dataset, keyword: str) -> str | None:
     return str(value).strip()
 
 
-def _float(ds: Dataset, keyword: str) -> float | None:
-    value = _get(ds, keyword)
+def _float(get: _Getter, keyword: str) -> float | None:
+    value = get(keyword)
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, list):
@@ -194,8 +223,8 @@ def _float(ds: Dataset, keyword: str) -> float | None:
     return float(value)
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = _get(ds, keyword)
+def _int(get: _Getter, keyword: str) -> int | None:
+    value = get(keyword)
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, list):
@@ -203,8 +232,8 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     return int(float(value)) if isinstance(value, str) else int(value)
 
 
-def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
-    value = _get(ds, keyword)
+def _floats(get: _Getter, keyword: str, n: int) -> tuple[float, ...] | None:
+    value = get(keyword)
     if value is None or value == "":
         return None
     values = tuple(float(v) for v in value) if isinstance(value, list) else (float(value),)
@@ -235,66 +264,78 @@ def header_from_dataset(ds: Dataset, path: str | Path) -> SliceHeader:
         If a geometry element holds the wrong number of values or a value
         that is not a number.
     """
-    path = Path(path)
+    meta = getattr(ds, "file_meta", None)
+    syntax = media_class = None
+    if meta is not None and "TransferSyntaxUID" in meta:
+        syntax = str(meta.TransferSyntaxUID)
+    if meta is not None and "MediaStorageSOPClassUID" in meta:
+        media_class = str(meta.MediaStorageSOPClassUID)
+    pixel_bytes: int | None = None
+    pixel_offset: int | None = None
+    has_pixels = _PIXEL_DATA_TAG in ds
+    if has_pixels:
+        raw = ds.get_item(_PIXEL_DATA_TAG, keep_deferred=True)
+        length = getattr(raw, "length", None)
+        if isinstance(length, int) and length != _UNDEFINED_LENGTH:
+            pixel_bytes = length
+            tell = getattr(raw, "value_tell", None)
+            # In a deflated file the offset is into the inflated stream.
+            if isinstance(tell, int) and syntax != _DEFLATED:
+                pixel_offset = tell
+        elif raw is not None and not getattr(raw, "is_raw", False):
+            value = ds[_PIXEL_DATA_TAG].value
+            if isinstance(value, bytes | bytearray) and not (
+                syntax is not None and pydicom.uid.UID(syntax).is_compressed
+            ):
+                pixel_bytes = len(value)
+    return _build(
+        _dataset_getter(ds), Path(path), syntax, media_class, has_pixels, pixel_bytes, pixel_offset
+    )
+
+
+def _build(
+    get: _Getter,
+    path: Path,
+    syntax: str | None,
+    media_class: str | None,
+    has_pixels: bool,
+    pixel_bytes: int | None,
+    pixel_offset: int | None,
+) -> SliceHeader:
     try:
-        pixel_rep = _int(ds, "PixelRepresentation")
-        meta = getattr(ds, "file_meta", None)
-        syntax = (
-            str(meta.TransferSyntaxUID)
-            if meta is not None and "TransferSyntaxUID" in meta
-            else None
-        )
-        media_class = None
-        if meta is not None and "MediaStorageSOPClassUID" in meta:
-            media_class = str(meta.MediaStorageSOPClassUID)
-        pixel_bytes: int | None = None
-        pixel_offset: int | None = None
-        has_pixels = _PIXEL_DATA_TAG in ds
-        if has_pixels:
-            raw = ds.get_item(_PIXEL_DATA_TAG, keep_deferred=True)
-            length = getattr(raw, "length", None)
-            if isinstance(length, int) and length != _UNDEFINED_LENGTH:
-                pixel_bytes = length
-                tell = getattr(raw, "value_tell", None)
-                pixel_offset = tell if isinstance(tell, int) else None
-            elif raw is not None and not getattr(raw, "is_raw", False):
-                value = ds[_PIXEL_DATA_TAG].value
-                if isinstance(value, bytes | bytearray) and not (
-                    syntax is not None and pydicom.uid.UID(syntax).is_compressed
-                ):
-                    pixel_bytes = len(value)
-        spacing = _floats(ds, "PixelSpacing", 2)
-        position = _floats(ds, "ImagePositionPatient", 3)
+        pixel_rep = _int(get, "PixelRepresentation")
+        spacing = _floats(get, "PixelSpacing", 2)
+        position = _floats(get, "ImagePositionPatient", 3)
         return SliceHeader(
             path=path,
-            sop_class_uid=_str(ds, "SOPClassUID") or media_class,
-            sop_instance_uid=_str(ds, "SOPInstanceUID"),
-            series_uid=_str(ds, "SeriesInstanceUID"),
-            study_uid=_str(ds, "StudyInstanceUID"),
-            patient_id=_str(ds, "PatientID"),
-            modality=_str(ds, "Modality"),
-            image_type=tuple(v for v in (_str(ds, "ImageType") or "").upper().split("\\") if v),
-            manufacturer=_str(ds, "Manufacturer"),
-            kernel=_str(ds, "ConvolutionKernel"),
-            series_description=_str(ds, "SeriesDescription"),
-            instance_number=_int(ds, "InstanceNumber"),
+            sop_class_uid=_str(get, "SOPClassUID") or media_class,
+            sop_instance_uid=_str(get, "SOPInstanceUID"),
+            series_uid=_str(get, "SeriesInstanceUID"),
+            study_uid=_str(get, "StudyInstanceUID"),
+            patient_id=_str(get, "PatientID"),
+            modality=_str(get, "Modality"),
+            image_type=tuple(v for v in (_str(get, "ImageType") or "").upper().split("\\") if v),
+            manufacturer=_str(get, "Manufacturer"),
+            kernel=_str(get, "ConvolutionKernel"),
+            series_description=_str(get, "SeriesDescription"),
+            instance_number=_int(get, "InstanceNumber"),
             position=None if position is None else (position[0], position[1], position[2]),
-            orientation=_floats(ds, "ImageOrientationPatient", 6),
+            orientation=_floats(get, "ImageOrientationPatient", 6),
             pixel_spacing=None if spacing is None else (spacing[0], spacing[1]),
-            slice_thickness=_float(ds, "SliceThickness"),
-            gantry_tilt=_float(ds, "GantryDetectorTilt"),
-            rows=_int(ds, "Rows"),
-            columns=_int(ds, "Columns"),
-            n_frames=_int(ds, "NumberOfFrames") or 1,
-            samples_per_pixel=_int(ds, "SamplesPerPixel"),
-            photometric=_str(ds, "PhotometricInterpretation"),
-            bits_allocated=_int(ds, "BitsAllocated"),
-            bits_stored=_int(ds, "BitsStored"),
+            slice_thickness=_float(get, "SliceThickness"),
+            gantry_tilt=_float(get, "GantryDetectorTilt"),
+            rows=_int(get, "Rows"),
+            columns=_int(get, "Columns"),
+            n_frames=_int(get, "NumberOfFrames") or 1,
+            samples_per_pixel=_int(get, "SamplesPerPixel"),
+            photometric=_str(get, "PhotometricInterpretation"),
+            bits_allocated=_int(get, "BitsAllocated"),
+            bits_stored=_int(get, "BitsStored"),
             pixel_representation=pixel_rep,
-            rescale_slope=_float(ds, "RescaleSlope") or 1.0,
-            rescale_intercept=_float(ds, "RescaleIntercept") or 0.0,
-            padding_value=_signed_padding(_get(ds, "PixelPaddingValue"), pixel_rep),
-            padding_limit=_signed_padding(_get(ds, "PixelPaddingRangeLimit"), pixel_rep),
+            rescale_slope=_float(get, "RescaleSlope") or 1.0,
+            rescale_intercept=_float(get, "RescaleIntercept") or 0.0,
+            padding_value=_signed_padding(get("PixelPaddingValue"), pixel_rep),
+            padding_limit=_signed_padding(get("PixelPaddingRangeLimit"), pixel_rep),
             transfer_syntax=syntax,
             has_pixels=has_pixels,
             pixel_bytes=pixel_bytes,
@@ -304,6 +345,22 @@ def header_from_dataset(ds: Dataset, path: str | Path) -> SliceHeader:
         raise DicomReadError(f"{path}: {err}") from None
     except (ValueError, TypeError) as err:
         raise DicomReadError(f"{path}: a header value is not valid: {err}") from None
+
+
+def _fast_header(path: Path) -> SliceHeader:
+    raw = read_raw_header(path, _WANTED)
+    try:
+        return _build(
+            _raw_getter(raw),
+            path,
+            raw.transfer_syntax,
+            raw.media_class,
+            raw.has_pixels,
+            raw.pixel_bytes,
+            raw.pixel_offset,
+        )
+    except _NotSimple as err:
+        raise RawHeaderUnsupported(f"value of {err}") from None
 
 
 def _looks_like_raw_dicom(path: Path) -> bool:
@@ -356,14 +413,13 @@ def read_header(path: str | Path) -> SliceHeader:
     DicomReadError
         When the file is not DICOM, cannot be parsed, or is truncated.
     """
-    return read_header_dataset(path)[1]
-
-
-def read_header_dataset(path: str | Path) -> tuple[Dataset, SliceHeader]:
-    """Like :func:`read_header`, also returning the (pixel-deferred) dataset."""
     path = Path(path)
-    ds = read_dataset(path, pixels=False)
-    header = header_from_dataset(ds, path)
+    try:
+        header = _fast_header(path)
+    except RawHeaderUnsupported:
+        header = header_from_dataset(read_dataset(path, pixels=False), path)
+    except OSError as err:
+        raise DicomReadError(f"{path}: unreadable: {type(err).__name__}: {err}") from None
     expected = header.expected_pixel_bytes()
     if header.pixel_bytes is not None and expected is not None and header.pixel_bytes < expected:
         raise DamagedPixelDataError(
@@ -379,7 +435,7 @@ def read_header_dataset(path: str | Path) -> tuple[Dataset, SliceHeader]:
                 f"{header.pixel_offset + header.pixel_bytes} bytes, the file has {size}",
                 header,
             )
-    return ds, header
+    return header
 
 
 class DamagedPixelDataError(DicomReadError):

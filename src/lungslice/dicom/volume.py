@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from lungslice.dicom.discover import DicomIndex, reason_category, walk_files
 from lungslice.dicom.geometry import LoadConfig, StackError, plan_stack
-from lungslice.dicom.header import SliceHeader, read_header_dataset
+from lungslice.dicom.header import SliceHeader, read_dataset, read_header
 from lungslice.errors import (
     ConfigError,
     DicomReadError,
@@ -157,7 +156,7 @@ def _native_dtype(h: SliceHeader) -> np.dtype[Any]:
     return np.dtype(f"{order}{kind}{bits // 8}")
 
 
-def _stored_values(ds: Dataset, h: SliceHeader, buffer: np.ndarray) -> np.ndarray:
+def _stored_values(h: SliceHeader, buffer: np.ndarray) -> np.ndarray:
     """The stored pixel values of one image.
 
     Native pixel data is read from the file straight into ``buffer`` (reused
@@ -169,7 +168,7 @@ def _stored_values(ds: Dataset, h: SliceHeader, buffer: np.ndarray) -> np.ndarra
     if uid and UID(uid).is_compressed:
         _check_decodable(h)
         try:
-            arr = ds.pixel_array
+            arr = read_dataset(h.path, pixels=True).pixel_array
         except Exception as err:  # decoders raise many types on damaged data
             raise DicomReadError(
                 f"{h.path} (SOPInstanceUID {h.sop_instance_uid}): could not decode "
@@ -185,7 +184,7 @@ def _stored_values(ds: Dataset, h: SliceHeader, buffer: np.ndarray) -> np.ndarra
             got = fh.readinto(buffer.data[:nbytes])
         data: bytes | np.ndarray = buffer
     else:
-        data = ds.PixelData
+        data = read_dataset(h.path, pixels=True).PixelData
         got = len(data)
     if got < nbytes:
         raise DicomReadError(
@@ -234,23 +233,21 @@ def _to_hu(arr: np.ndarray, h: SliceHeader, out: np.ndarray, config: LoadConfig)
 @dataclass
 class _Gathered:
     headers: list[SliceHeader]
-    datasets: dict[Path, Dataset]
     skipped: list[dict[str, str]]
     label: str
 
 
 def _read_files(
     paths: Sequence[Path], progress: ProgressCallback | None
-) -> tuple[list[SliceHeader], dict[Path, Dataset], list[dict[str, str]]]:
+) -> tuple[list[SliceHeader], list[dict[str, str]]]:
     headers: list[SliceHeader] = []
-    datasets: dict[Path, Dataset] = {}
     skipped: list[dict[str, str]] = []
     seen: dict[str, Path] = {}
     n = len(paths)
     for i, path in enumerate(paths):
         try:
             # Headers now, pixels later straight into the volume, in slice order.
-            ds, h = read_header_dataset(path)
+            h = read_header(path)
         except DicomReadError as err:
             reason = str(err).removeprefix(f"{path}: ")
             if reason != "not DICOM":
@@ -271,10 +268,9 @@ def _read_files(
         if h.sop_instance_uid is not None:
             seen[h.sop_instance_uid] = path
         headers.append(h)
-        datasets[path] = ds
         if (i + 1) % 32 == 0 or i + 1 == n:
             report(progress, i + 1, n, "read")
-    return headers, datasets, skipped
+    return headers, skipped
 
 
 def _describe(headers: Sequence[SliceHeader]) -> str:
@@ -314,8 +310,8 @@ def _gather(
                 f"index of {source.root}: no series {series_uid}; it holds "
                 f"{len(source.series)} series - see its series table"
             ) from None
-        headers, datasets, skipped = _read_files(paths, progress)
-        return _Gathered(headers, datasets, skipped, f"series {series_uid}")
+        headers, skipped = _read_files(paths, progress)
+        return _Gathered(headers, skipped, f"series {series_uid}")
 
     if isinstance(source, str | Path):
         root = Path(source)
@@ -331,7 +327,7 @@ def _gather(
             raise NoCTSeriesError("load_series: the list of files is empty")
         where = f"{len(paths)} files starting {paths[0]}"
 
-    headers, datasets, skipped = _read_files(paths, progress)
+    headers, skipped = _read_files(paths, progress)
     if series_uid is not None:
         chosen = [h for h in headers if h.series_uid == series_uid]
         if not chosen:
@@ -375,7 +371,7 @@ def _gather(
     label = f"series {chosen[0].series_uid}" + (
         f" in {where}" if isinstance(source, str | Path) else ""
     )
-    return _Gathered(chosen, datasets, skipped, label)
+    return _Gathered(chosen, skipped, label)
 
 
 def load_series(
@@ -440,9 +436,8 @@ def load_series(
     buffer = np.empty(first.rows * first.columns * 4, dtype=np.uint8)
     n_air = 0
     for k, h in enumerate(plan.headers):
-        arr = _stored_values(gathered.datasets[h.path], h, buffer)
+        arr = _stored_values(h, buffer)
         n_air += _to_hu(arr, h, hu[k], config)
-    gathered.datasets.clear()
     decisions = list(plan.decisions)
     if n_air:
         decisions.append(

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from lungslice.errors import AnnotationError, ConfigError
-from lungslice.lidc.nodules import cluster_scan, find_nodules
+from lungslice.lidc.nodules import cluster_and_find_nodules
 from lungslice.lidc.records import CHARACTERISTICS, LidcScan
 from lungslice.progress import ProgressCallback, report
 from lungslice.provenance import file_sha256, provenance
@@ -217,8 +217,7 @@ def nodule_table(
     rows: list[dict[str, Any]] = []
     total = len(scans)
     for done, (scan, prefix) in enumerate(zip(scans, _id_prefixes(scans), strict=True), 1):
-        clustering = cluster_scan(scan)
-        nodules = find_nodules(scan, id_prefix=prefix, clustering=clustering)
+        clustering, nodules = cluster_and_find_nodules(scan, id_prefix=prefix)
         for nod in nodules:
             row: dict[str, Any] = {
                 "nodule_id": nod.nodule_id,

@@ -34,6 +34,7 @@ __all__ = [
     "annotation_diameter",
     "annotation_points",
     "annotation_slice_indices",
+    "cluster_and_find_nodules",
     "cluster_annotations",
     "cluster_scan",
     "contour_diameters",
@@ -46,7 +47,9 @@ _MAX_READERS = 4
 
 
 def _contour_ks(scan: LidcScan, zs: np.ndarray) -> np.ndarray:
-    # pylidc's Contour.image_k_position: argmin |slice_zvals - z|, first on ties
+    # pylidc's Contour.image_k_position: argmin |slice_zvals - z|, first on ties;
+    # the nearest of the two neighbours in the sorted z values, then the first
+    # occurrence of that z (duplicated z values keep pylidc's argmin choice)
     if zs.size == 0:
         return np.zeros(0, dtype=np.int64)
     if scan.n_slices == 0:
@@ -55,7 +58,45 @@ def _contour_ks(scan: LidcScan, zs: np.ndarray) -> np.ndarray:
             "so contours cannot be mapped to slices. Fix: pass the series' slice z values."
         )
     zvals = scan.slice_zvals
-    return np.abs(zvals[None, :] - zs[:, None]).argmin(axis=1).astype(np.int64)
+    right = np.clip(np.searchsorted(zvals, zs), 0, len(zvals) - 1)
+    left = np.maximum(right - 1, 0)
+    pick = np.where(np.abs(zvals[left] - zs) <= np.abs(zvals[right] - zs), left, right)
+    return np.searchsorted(zvals, zvals[pick], side="left").astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class _ScanIndex:
+    """Per-annotation index-space data of a scan, computed once."""
+
+    points: list[np.ndarray]  # (n, 3) (i, j, k), contours in pylidc's contours_matrix order
+    slices: list[np.ndarray]  # sorted unique k with a contour
+
+
+def _index_scan(scan: LidcScan) -> _ScanIndex:
+    anns = scan.annotations
+    counts = [len(a.contours) for a in anns]
+    zs = np.array([c.z for a in anns for c in a.contours], dtype=np.float64)
+    ks_all = _contour_ks(scan, zs)
+    points: list[np.ndarray] = []
+    slices: list[np.ndarray] = []
+    start = 0
+    for a, n in zip(anns, counts, strict=True):
+        ks = ks_all[start : start + n]
+        z = zs[start : start + n]
+        start += n
+        if n == 0:
+            points.append(np.zeros((0, 3), dtype=np.int64))
+            slices.append(np.zeros(0, dtype=np.int64))
+            continue
+        order = np.argsort(z, kind="stable")  # pylidc: sorted(contours, key=z), stable
+        xy = [a.contours[o].xy for o in order.tolist()]
+        sizes = [len(v) for v in xy]
+        block = np.empty((sum(sizes), 3), dtype=np.int64)
+        block[:, :2] = np.concatenate(xy)[:, ::-1]
+        block[:, 2] = np.repeat(ks[order], sizes)
+        points.append(block)
+        slices.append(np.unique(ks))
+    return _ScanIndex(points=points, slices=slices)
 
 
 def annotation_points(scan: LidcScan, annotation: Annotation) -> np.ndarray:
@@ -76,18 +117,8 @@ def annotation_points(scan: LidcScan, annotation: Annotation) -> np.ndarray:
     numpy.ndarray
         ``(n, 3)`` int64 array.
     """
-    contours = sorted(annotation.contours, key=lambda c: c.z)
-    if not contours:
-        return np.zeros((0, 3), dtype=np.int64)
-    ks = _contour_ks(scan, np.array([c.z for c in contours], dtype=np.float64))
-    blocks = []
-    for contour, k in zip(contours, ks, strict=True):
-        ij = np.asarray(contour.ij, dtype=np.int64)
-        block = np.empty((ij.shape[0], 3), dtype=np.int64)
-        block[:, :2] = ij
-        block[:, 2] = k
-        blocks.append(block)
-    return np.vstack(blocks)
+    one = LidcScan(**{**scan.__dict__, "annotations": (annotation,)})
+    return _index_scan(one).points[0]
 
 
 def annotation_slice_indices(scan: LidcScan, annotation: Annotation) -> np.ndarray:
@@ -228,6 +259,18 @@ def cluster_scan(
 
     See :func:`cluster_annotations` for the parameters.
     """
+    return _cluster_indexed(scan, None, metric=metric, tol=tol, factor=factor, min_tol=min_tol)
+
+
+def _cluster_indexed(
+    scan: LidcScan,
+    index: _ScanIndex | None,
+    *,
+    metric: str,
+    tol: float | None,
+    factor: float,
+    min_tol: float,
+) -> Clustering:
     if metric != "min":
         raise ConfigError(
             f"cluster_annotations: metric {metric!r} is not supported; expected 'min' "
@@ -244,7 +287,7 @@ def cluster_scan(
     if n == 1:
         return Clustering(clusters=((0,),), tol=tol, n_shrinks=0, converged=True)
 
-    points = [annotation_points(scan, a) for a in scan.annotations]
+    points = (index if index is not None else _index_scan(scan)).points
     dist = _distance_matrix(points, tol)
     n_comp, cids = _components(dist <= tol)
     counts = np.bincount(cids)
@@ -378,13 +421,17 @@ class Nodule:
 
 
 def _make_nodule(
-    scan: LidcScan, cluster: list[Annotation], nodule_id: str, diameters: np.ndarray
+    scan: LidcScan,
+    cluster: list[Annotation],
+    nodule_id: str,
+    diameters: np.ndarray,
+    slice_sets: list[np.ndarray],
 ) -> Nodule:
     ratings = np.array([[a.ratings[c] for c in CHARACTERISTICS] for a in cluster], dtype=float)
     readers = [a.reader for a in cluster]
     n_readers = len(set(readers)) if all(r is not None for r in readers) else len(cluster)
     zs = np.array([c.z for a in cluster for c in a.contours], dtype=np.float64)
-    slices = np.unique(np.concatenate([annotation_slice_indices(scan, a) for a in cluster]))
+    slices = np.unique(np.concatenate(slice_sets))
     finite = diameters[np.isfinite(diameters)]
     return Nodule(
         nodule_id=nodule_id,
@@ -411,7 +458,6 @@ def find_nodules(
     tol: float | None = None,
     factor: float = 0.9,
     min_tol: float = 0.1,
-    clustering: Clustering | None = None,
 ) -> list[Nodule]:
     """Cluster a scan's annotations and summarise each cluster as a :class:`Nodule`.
 
@@ -423,20 +469,35 @@ def find_nodules(
         Prefix of the nodule ids; default: the patient id, so ids read
         ``"LIDC-IDRI-0001/n1"``. Patients with several scans need a unique
         prefix per scan (:func:`lungslice.lidc.labels.label_scans` uses
-        ``"<patient_id>/s<scan_id>"`` for them).
+        ``"<patient_id>/s<k>"``, scans numbered by series UID).
     metric, tol, factor, min_tol
         As :func:`cluster_annotations`.
-    clustering : Clustering, optional
-        A result of :func:`cluster_scan` for this scan, to avoid clustering twice.
 
     Returns
     -------
     list of Nodule
         In cluster order (increasing mean centroid slice index).
     """
+    return cluster_and_find_nodules(
+        scan, id_prefix=id_prefix, metric=metric, tol=tol, factor=factor, min_tol=min_tol
+    )[1]
+
+
+def cluster_and_find_nodules(
+    scan: LidcScan,
+    *,
+    id_prefix: str | None = None,
+    metric: str = "min",
+    tol: float | None = None,
+    factor: float = 0.9,
+    min_tol: float = 0.1,
+) -> tuple[Clustering, list[Nodule]]:
+    """:func:`cluster_scan` and :func:`find_nodules` in one pass over the contours."""
     prefix = scan.patient_id if id_prefix is None else id_prefix
-    if clustering is None:
-        clustering = cluster_scan(scan, metric=metric, tol=tol, factor=factor, min_tol=min_tol)
+    index = _index_scan(scan)
+    clustering = _cluster_indexed(
+        scan, index, metric=metric, tol=tol, factor=factor, min_tol=min_tol
+    )
     anns = scan.annotations
     per_contour = contour_diameters(
         [c.xy for a in anns for c in a.contours], float(scan.pixel_spacing)
@@ -448,7 +509,14 @@ def find_nodules(
             for d in (per_contour[bounds[k] : bounds[k + 1]] for k in range(len(anns)))
         ]
     )
-    return [
-        _make_nodule(scan, [anns[j] for j in c], f"{prefix}/n{i + 1}", per_annotation[list(c)])
+    nodules = [
+        _make_nodule(
+            scan,
+            [anns[j] for j in c],
+            f"{prefix}/n{i + 1}",
+            per_annotation[list(c)],
+            [index.slices[j] for j in c],
+        )
         for i, c in enumerate(clustering.clusters)
     ]
+    return clustering, nodules

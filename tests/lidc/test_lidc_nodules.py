@@ -163,3 +163,20 @@ def test_diameter_ignores_single_point_contours() -> None:
         **{**a.__dict__, "contours": (*a.contours, Contour(0.0, True, square(5, 5), "b"))}
     )
     assert annotation_diameter(b, 1.0) == pytest.approx(4 * np.sqrt(2))
+
+
+def test_slice_mapping_is_pylidcs_argmin_even_with_duplicated_z() -> None:
+    rng = np.random.default_rng(3)
+    zvals = np.sort(np.r_[np.arange(20) * 1.25, [5.0, 5.0, 12.5]])  # duplicated z values
+    s = LidcScan(**{**sorted_scan([]).__dict__, "slice_zvals": zvals})
+    zs = np.r_[rng.uniform(-3, 28, 500), zvals, zvals + 0.625, [5.0, 5.6, 5.625]]
+    a = Annotation(
+        annotation_id=1,
+        nodule_id="x",
+        reader=None,
+        ratings={c: 1 for c in CHARACTERISTICS},
+        contours=tuple(Contour(float(z), True, np.array([[1, 1]]), "") for z in zs),
+    )
+    expected = np.abs(zvals[None, :] - zs[:, None]).argmin(axis=1)  # pylidc's image_k_position
+    got = annotation_points(LidcScan(**{**s.__dict__, "annotations": (a,)}), a)[:, 2]
+    np.testing.assert_array_equal(got, expected[np.argsort(zs, kind="stable")])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -63,8 +64,9 @@ SERIES_COLUMNS = (
     "status",
     "reason",
 )
-_CHUNK = 128
-_PARALLEL_MIN_FILES = 256
+_CHUNK = 512
+# Headers read at ~8000 files/s a core: below this a process pool costs more than it saves.
+_PARALLEL_MIN_FILES = 4096
 
 
 def reason_category(reason: str | None) -> str:
@@ -246,7 +248,10 @@ def read_headers(
             results.extend(_read_chunk(chunk))
             report(progress, len(results), n, "headers")
         return results
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # forkserver: never fork a parent that may run threads (torch, prefetchers).
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["lungslice.dicom.header"])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         for part in pool.map(_read_chunk, list(_chunks(paths, _CHUNK))):
             results.extend(part)
             report(progress, len(results), n, "headers")

@@ -26,6 +26,7 @@ from lungslice.lidc.labels import (
     LABELS,
     LabelRule,
     apply_rule,
+    labels_for_positions,
     read_labels,
     resampled_labels,
     rule_from_provenance,
@@ -175,28 +176,14 @@ def join_labels(
                 )
             )
             continue
-        src = np.stack([part["source_lower"], part["source_upper"]], axis=1).astype(np.int64)
+        # Match source slices to labelled slices by z, not by index: the features may
+        # come from a z-crop of the labelled scan (phantom --z-margin, partial series)
+        # or from a volume that dropped duplicated positions.
+        z_src = np.stack([part["source_z_lower"], part["source_z_upper"]], axis=1)
         w = np.stack([part["weight_lower"], part["weight_upper"]], axis=1).astype(np.float64)
-        z_lab = labelled["z_mm"].to_numpy(dtype=np.float64)
-        if src.max() >= len(z_lab):
-            raise AnnotationError(
-                f"series {uid}: features refer to original slice {int(src.max())} but the labels "
-                f"have {len(z_lab)} slices. Expected features and labels of the same series. "
-                "Fix: relabel from the same LIDC data, or re-extract the features."
-            )
-        z_interp = (w * z_lab[src]).sum(axis=1)
-        z_feat = part["z_mm"].to_numpy(dtype=np.float64)
-        off = np.abs(z_interp - z_feat)
-        if off.max() > _Z_TOLERANCE_MM:
-            i = int(off.argmax())
-            raise AnnotationError(
-                f"series {uid}: resampled slice {int(part['slice_index'].iloc[i])} lies at "
-                f"z={z_feat[i]:.3f} mm, but its source slices {src[i].tolist()} are labelled at "
-                f"z={z_lab[src[i]].round(3).tolist()} mm (interpolated {z_interp[i]:.3f}). "
-                "Expected the labels' slice order to be the features' source order. "
-                "Fix: check that both come from the same series."
-            )
-        y[rows] = resampled_labels(labelled["label_code"].to_numpy(), src, w)
+        z_unique, where = np.unique(z_src.astype(np.float64), return_inverse=True)
+        codes = labels_for_positions(labelled, z_unique, tol=_Z_TOLERANCE_MM)
+        y[rows] = resampled_labels(codes, where.reshape(-1, 2), w)
     excluded = y == -1
     if excluded.any():
         rejected.append(

@@ -54,16 +54,17 @@ def write_phantoms(root: Path, n_series: int, n_slices: int, size: int) -> None:
         )
 
 
-def model_only(runner: FeatureRunner, n_slices: int, batch: int, size: int) -> float:
-    """Slices/s of the runner alone on random inputs of the same shape."""
+def model_only(runner: FeatureRunner, n_slices: int, batch: int, size: int) -> tuple[float, float]:
+    """(slices/s, CPU ms/slice) of the runner alone on random inputs of the same shape."""
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     done = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while done < n_slices:
         n = min(batch, n_slices - done)
         runner(x[:n])
         done += n
-    return n_slices / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return n_slices / wall, 1000 * cpu / n_slices
 
 
 def cosine_vs_fp32(config: FeatureConfig, data: Path) -> tuple[float, float]:
@@ -115,13 +116,19 @@ def main(argv: list[str] | None = None) -> None:
 
         e2e_rates: list[float] = []
         model_rates: list[float] = []
+        e2e_cpu: list[float] = []
+        model_cpu: list[float] = []
         n_slices = 0
         for r in range(args.repeats):
             work = Path(tmp) / f"work{r}"
+            c0 = time.process_time()
             result = extract_dataset(data, work, config, backbone=runner)
             n_slices = result.slices_computed
+            e2e_cpu.append(1000 * (time.process_time() - c0) / n_slices)
             e2e_rates.append(n_slices / result.seconds)
-            model_rates.append(model_only(runner, n_slices, args.batch_size, size))
+            rate, cpu = model_only(runner, n_slices, args.batch_size, size)
+            model_rates.append(rate)
+            model_cpu.append(cpu)
             m = result.manifest
             print(
                 f"run {r}: end-to-end {e2e_rates[-1]:.1f} slices/s ({n_slices} slices, "
@@ -129,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"model {m['model_s'].sum():.1f} s), model-only {model_rates[-1]:.1f} slices/s"
             )
         e2e, model = statistics.median(e2e_rates), statistics.median(model_rates)
+        cpu_e2e, cpu_model = statistics.median(e2e_cpu), statistics.median(model_cpu)
         print()
         print(
             f"backbone        {config.backbone} ({config.weights}), input {size} px, "
@@ -141,6 +149,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"end-to-end      {e2e:.1f} slices/s (median of {args.repeats})")
         print(f"model-only      {model:.1f} slices/s (median of {args.repeats})")
         print(f"ratio           {e2e / model:.3f} (target >= 0.9)")
+        print(
+            f"CPU per slice   end-to-end {cpu_e2e:.2f} ms, model-only {cpu_model:.2f} ms "
+            f"(ratio {cpu_model / cpu_e2e:.3f}; less sensitive to other load on the machine)"
+        )
+        hours = 325_000 / e2e / 3600
+        print(f"LIDC-IDRI       ~325,000 slices at 1 mm -> ~{hours:.1f} h at this end-to-end rate")
         if not args.no_cosine and args.precision != "fp32":
             lo, med = cosine_vs_fp32(config, data)
             print(f"cosine vs fp32  min {lo:.5f}, median {med:.5f} (needs >= 0.99)")

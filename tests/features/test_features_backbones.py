@@ -129,7 +129,10 @@ def test_imagenet_resnet_without_cache_names_remedies(empty_caches: Path) -> Non
         load_backbone("resnet50", "imagenet")
     msg = str(info.value)
     assert msg.startswith("resnet50: no ImageNet weights on this machine")
-    assert "(1) pass --weights FILE" in msg and "(3) run once with network access" in msg
+    assert (
+        "(1) pass --weights FILE" in msg
+        and "(3) rerun with --download where the network is reachable" in msg
+    )
     assert "--backbone efficientnet_lite0" in msg and "--weights random" in msg
     assert backbone_info("resnet50").weights == "unavailable"
 

@@ -56,7 +56,7 @@ def backbones(
         result = verify_backbone(bb)
     except LungsliceError as err:
         raise fail(err) from err
-    out.print(f"{result.backbone}  weights {result.weights_id}")
+    out.print(f"{result.backbone}  weights sha256 {result.weights_id}", soft_wrap=True)
     for check in result.checks:
         verdict = "PASS" if check.passed else "FAIL"
         out.print(f"{check.image}: {verdict} (expected ImageNet class {list(check.expected)})")
@@ -92,12 +92,16 @@ def extract(
     keep_going: bool = typer.Option(
         False, "--keep-going", help="Record a failing series in the manifest and go on."
     ),
+    allow_download: bool = typer.Option(
+        False, "--download", help="Allow downloading ImageNet weights when no cache has them."
+    ),
 ) -> None:
     """Extract per-slice features of every CT series under DATA_DIR (resumable)."""
     from lungslice.features.config import FeatureConfig
     from lungslice.features.extract import extract_dataset
     from lungslice.features.inputs import InputConfig
     from lungslice.features.runtime import tune_allocator
+    from lungslice.features.weights import resolve_weights
 
     try:
         config = FeatureConfig(
@@ -113,6 +117,8 @@ def extract(
             compile=compile_model,
             device=device,
         )
+        if allow_download:
+            resolve_weights(backbone, weights, allow_download=True)  # fills the torch hub cache
         tune_allocator()
         with progress_bar("extract", unit="series") as progress:
             result = extract_dataset(

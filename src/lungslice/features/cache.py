@@ -61,6 +61,8 @@ SLICE_COLUMNS = (
     "source_upper",
     "weight_lower",
     "weight_upper",
+    "source_z_lower",
+    "source_z_upper",
     "nearest_source",
     "sop_instance_uid",
     "instance_number",

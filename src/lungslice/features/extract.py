@@ -204,6 +204,14 @@ def slice_table(resampled: ResampledVolume) -> pd.DataFrame:
             "source_upper": np.asarray(resampled.source_index[:, 1], dtype=np.int64),
             "weight_lower": np.asarray(resampled.source_weight[:, 0], dtype=np.float64),
             "weight_upper": np.asarray(resampled.source_weight[:, 1], dtype=np.float64),
+            # Source positions let labels be matched by z, not by index: a series may be
+            # a z-crop of the labelled scan, or lose duplicated positions on loading.
+            "source_z_lower": np.asarray(src.z_positions, dtype=np.float64)[
+                np.asarray(resampled.source_index[:, 0], dtype=np.int64)
+            ],
+            "source_z_upper": np.asarray(src.z_positions, dtype=np.float64)[
+                np.asarray(resampled.source_index[:, 1], dtype=np.int64)
+            ],
             "nearest_source": nearest,
             "sop_instance_uid": [src.sop_instance_uids[i] for i in nearest],
             "instance_number": instance,

@@ -156,7 +156,7 @@ def _unavailable(name: str, why: str) -> WeightsUnavailableError:
         f"{name}: no ImageNet weights on this machine ({why}). Remedies: "
         f"(1) pass --weights FILE with a torchvision .pth or timm .safetensors of {name}; "
         f"(2) put the file into the torch hub cache {checkpoints} or the Hugging Face hub "
-        f"cache; (3) run once with network access so it downloads. Or use the offline "
+        f"cache; (3) rerun with --download where the network is reachable. Or use the offline "
         f"backbone --backbone {OFFLINE_BACKBONE}, or --weights random for the no-transfer "
         f"ablation."
     )

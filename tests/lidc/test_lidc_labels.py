@@ -18,6 +18,8 @@ from lungslice.lidc.labels import (
     label_scans,
     label_stats,
     labels_for_positions,
+    labels_for_resampled,
+    labels_for_volume,
     read_labels,
     resampled_labels,
     rule_from_provenance,
@@ -237,3 +239,30 @@ def test_resampled_labels_nearest_and_ties_to_more_severe() -> None:
         resampled_labels(codes, idx + 3, w)
     with pytest.raises(ConfigError, match=r"shape \(m, 2\), got \(7,\) and \(7, 2\)"):
         resampled_labels(codes, idx[:, 0], w)
+
+
+def test_labels_for_loaded_and_resampled_volumes(scans: list[LidcScan]) -> None:
+    from lungslice.dicom.resample import resample
+    from lungslice.dicom.volume import CTVolume
+
+    slices, _ = label_scans(scans)
+    z = np.arange(8, dtype=float) * 2.0  # the labelled series: labels 0 2 2 1 0 2 0 0
+    volume = CTVolume(
+        hu=np.zeros((8, 4, 4), dtype=np.float32),
+        spacing=(2.0, 0.7, 0.7),
+        z_positions=z,
+        sop_instance_uids=tuple(f"1.1.{i}" for i in range(8)),
+        instance_numbers=tuple(range(1, 9)),
+        series_uid="1.1",
+        study_uid="1.1.0",
+        patient_id="LIDC-IDRI-0001",
+    )
+    assert labels_for_volume(slices, volume).tolist() == [0, 2, 2, 1, 0, 2, 0, 0]
+    resampled = resample(volume, slice_spacing=1.0)
+    got = labels_for_resampled(slices, resampled)
+    # at odd mm a new slice lies half-way: the more severe of its two neighbours
+    assert resampled.z_positions.tolist() == list(np.arange(15, dtype=float))
+    assert got.tolist() == [0, 2, 2, 2, 2, 2, 1, 1, 0, 2, 2, 2, 0, 0, 0]
+    other = CTVolume(**{**volume.__dict__, "series_uid": "7.7"})
+    with pytest.raises(AnnotationError, match=r"no slice labels for series 7\.7 \(patient LIDC"):
+        labels_for_volume(slices, other)

@@ -36,6 +36,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from lungslice.dicom.resample import ResampledVolume
+from lungslice.dicom.volume import CTVolume
 from lungslice.errors import AnnotationError, ConfigError
 from lungslice.lidc.nodules import cluster_and_find_nodules
 from lungslice.lidc.records import CHARACTERISTICS, LidcScan
@@ -53,6 +55,8 @@ __all__ = [
     "label_scans",
     "label_stats",
     "labels_for_positions",
+    "labels_for_resampled",
+    "labels_for_volume",
     "mark_table",
     "nodule_table",
     "read_labels",
@@ -653,3 +657,35 @@ def resampled_labels(
     severe = np.where(_CODE_RANK[a + 1] >= _CODE_RANK[b + 1], a, b)
     nearest = np.where(w[:, 0] > w[:, 1], a, b)
     return np.where(tie, severe, nearest).astype(np.int64)
+
+
+def _series_rows(slices: pd.DataFrame, series_uid: str, patient_id: str) -> pd.DataFrame:
+    rows = slices[slices["series_uid"] == series_uid]
+    if rows.empty:
+        raise AnnotationError(
+            f"no slice labels for series {series_uid} (patient {patient_id}): the labels hold "
+            f"{slices['series_uid'].nunique()} other series. Expected a series annotated in "
+            "LIDC-IDRI. Fix: label its annotations (lungslice labels) or pick another series."
+        )
+    return rows
+
+
+def labels_for_volume(slices: pd.DataFrame, volume: CTVolume, tol: float = 0.01) -> np.ndarray:
+    """Label codes of a loaded volume's slices (its series' rows matched by z).
+
+    See :func:`labels_for_positions`; ``slices`` may hold many series.
+    """
+    rows = _series_rows(slices, volume.series_uid, volume.patient_id)
+    return labels_for_positions(rows, volume.z_positions, tol=tol)
+
+
+def labels_for_resampled(
+    slices: pd.DataFrame, resampled: ResampledVolume, tol: float = 0.01
+) -> np.ndarray:
+    """Label codes of a resampled volume's slices: nearest source slice, ties to the more severe.
+
+    Combines :func:`labels_for_volume` on ``resampled.source`` with
+    :func:`resampled_labels` on the resampling's provenance.
+    """
+    codes = labels_for_volume(slices, resampled.source, tol=tol)
+    return resampled_labels(codes, resampled.source_index, resampled.source_weight)

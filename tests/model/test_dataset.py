@@ -60,6 +60,8 @@ def _features(series: str, patient: str, z_src: np.ndarray) -> pd.DataFrame:
             "source_upper": upper,
             "weight_lower": 1 - w_up,
             "weight_upper": w_up,
+            "source_z_lower": z_src[lower],
+            "source_z_upper": z_src[upper],
             "nearest_source": np.where(w_up > 0.5, upper, lower),
             "sop_instance_uid": [f"{series}.{i}" for i in range(z.size)],
             "instance_number": np.arange(z.size) + 1,
@@ -117,9 +119,24 @@ def test_z_disagreement_is_an_error() -> None:
     z_src = np.arange(4) * 2.0
     lab, nod = _labels("1.1", "P1", z_src[::-1].copy() * -1 + 10, [])
     feats = _features("1.1", "P1", z_src)
-    with pytest.raises(AnnotationError, match=r"series 1.1: resampled slice \d+ lies at z="):
+    with pytest.raises(
+        AnnotationError,
+        match=r"series 1.1: 2 of 4 slice positions have no labelled slice within 0.05 mm",
+    ):
         join_labels(np.zeros((len(feats), 2)), feats, lab, nod, LabelRule())
 
 
 def test_class_order_matches_labels() -> None:
     assert CLASSES == LABELS
+
+
+def test_labels_of_a_z_cropped_series_match_by_position() -> None:
+    # The phantom (--z-margin) and partial series hold only some of the labelled slices:
+    # source indices then differ from label indices, positions do not.
+    z_all = np.arange(12) * 2.5
+    lab, nod = _labels("1.1", "P1", z_all, [{"slices": [6, 7], "mal": 4.0, "readers": 4}])
+    feats = _features("1.1", "P1", z_all[4:10])
+    X = np.zeros((len(feats), 2), dtype=np.float32)
+    ts = join_labels(X, feats, lab, nod, LabelRule())
+    malignant = ts.slices.loc[ts.slices["label_code"] == 2, "z_mm"].tolist()
+    assert malignant == [14.0, 15.0, 16.0, 17.0, 18.0]

@@ -2,9 +2,10 @@
 
 Each feature row is a resampled 1 mm slice; its label is that of the nearest
 original slice (ties to the more severe, :func:`lungslice.lidc.labels.resampled_labels`),
-found through the resampling provenance columns of the feature slice table
-(``source_lower``/``source_upper`` index the series' original slices in z order,
-which is the labels' ``slice_index``). Slices labelled ``"excluded"`` (code -1)
+found through the resampling provenance columns of the feature slice table:
+the positions of its two source slices (``source_z_lower``/``source_z_upper``)
+are matched to labelled slices by z (within 0.05 mm), so a z-cropped series or
+one that lost duplicated positions still gets the right labels. Slices labelled ``"excluded"`` (code -1)
 are dropped and recorded in ``TrainingSet.rejected`` with their reason, as are
 the slices of series without labels when ``allow_unlabelled=True``.
 """
@@ -179,6 +180,12 @@ def join_labels(
         # Match source slices to labelled slices by z, not by index: the features may
         # come from a z-crop of the labelled scan (phantom --z-margin, partial series)
         # or from a volume that dropped duplicated positions.
+        if "source_z_lower" not in part.columns or "source_z_upper" not in part.columns:
+            raise FeatureError(
+                f"series {uid}: the feature slice table lacks source_z_lower/source_z_upper "
+                "(positions of the source slices), needed to match labels by z. Expected a "
+                "cache written by this lungslice. Fix: re-run `lungslice extract`."
+            )
         z_src = np.stack([part["source_z_lower"], part["source_z_upper"]], axis=1)
         w = np.stack([part["weight_lower"], part["weight_upper"]], axis=1).astype(np.float64)
         z_unique, where = np.unique(z_src.astype(np.float64), return_inverse=True)

@@ -37,6 +37,8 @@ def workspace(tmp_path_factory):
             source_upper=np.minimum(i + 1, n - 1),
             weight_lower=1.0,
             weight_upper=0.0,
+            source_z_lower=part["z_mm"].to_numpy(),
+            source_z_upper=part["z_mm"].to_numpy()[np.minimum(i + 1, n - 1)],
             nearest_source=i,
         )
         cache.write_series(uid, syn.X[rows].astype(np.float16), part)

@@ -5,9 +5,10 @@ original slice (ties to the more severe, :func:`lungslice.lidc.labels.resampled_
 found through the resampling provenance columns of the feature slice table:
 the positions of its two source slices (``source_z_lower``/``source_z_upper``)
 are matched to labelled slices by z (within 0.05 mm), so a z-cropped series or
-one that lost duplicated positions still gets the right labels. Slices labelled ``"excluded"`` (code -1)
-are dropped and recorded in ``TrainingSet.rejected`` with their reason, as are
-the slices of series without labels when ``allow_unlabelled=True``.
+one that lost duplicated positions still gets the right labels. Slices
+labelled ``"excluded"`` (code -1) are dropped and recorded in
+``TrainingSet.rejected`` with their reason, as are the slices of series
+without labels when ``allow_unlabelled=True``.
 """
 
 from __future__ import annotations

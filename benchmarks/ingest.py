@@ -93,6 +93,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="folder of series folders")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tuned-malloc", action="store_true", help="re-run with PERF_NOTES env")
+    parser.add_argument("--many", type=int, default=4, help="times each series is loaded")
+    parser.add_argument(
+        "--index-series",
+        type=int,
+        default=40,
+        help="synthetic series (128 slices of 64x64) for the index benchmark; 0 to skip",
+    )
     args = parser.parse_args()
     if args.tuned_malloc and any(os.environ.get(k) != v for k, v in TUNED.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED})
@@ -120,16 +127,20 @@ def main() -> None:
                     seconds += time.perf_counter() - start
                 rates[name].append(sum(n_slices.values()) / seconds)
 
+        # "Many series": every folder --many times over, so that starting the
+        # worker processes (included in the timing) is amortised as in real use.
+        jobs = [f for f in folders for _ in range(args.many)]
+
         def many_serial() -> None:
-            for f in folders:
+            for f in jobs:
                 load_series(f)
 
         def many_sitk() -> None:
-            for f in folders:
+            for f in jobs:
                 simpleitk(f)
 
         def many_parallel() -> None:
-            for vol in iter_sources([(f, None) for f in folders]):
+            for vol in iter_sources([(f, None) for f in jobs]):
                 assert isinstance(vol, CTVolume), vol
 
         many = {
@@ -138,29 +149,66 @@ def main() -> None:
             "SimpleITK serial": many_sitk,
         }
         many_rates: dict[str, list[float]] = {m: [] for m in many}
-        total = sum(n_slices.values())
+        total = sum(n_slices[f] for f in jobs)
         for _ in range(args.repeats):
             for label, run in many.items():
                 many_rates[label].append(total / time_it(run))
 
+    index_med = index_benchmark(args.index_series, args.repeats) if args.index_series else {}
     med = {k: statistics.median(v) for k, v in rates.items()}
     many_med = {k: statistics.median(v) for k, v in many_rates.items()}
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
         f"cores: {os.cpu_count()}  allocator: {'tuned (PERF_NOTES)' if tuned else 'glibc default'}"
-        f"  series: {len(folders)} ({total} slices, uncompressed)  repeats: {args.repeats}"
+        f"  series: {len(folders)} ({sum(n_slices.values())} slices, uncompressed)"
+        f"  repeats: {args.repeats}"
     )
     print("single series, slices/s (median):")
     for name, rate in med.items():
         print(f"  {name:36s} {rate:8.0f}")
     print(f"  ratio lungslice / SimpleITK      {med['lungslice'] / med['SimpleITK']:.2f}")
     print(f"  ratio lungslice / naive pydicom  {med['lungslice'] / med['naive pydicom']:.2f}")
-    print("all series of the folder, slices/s (median):")
+    print(f"{len(folders)} series x {args.many} loads ({total} slices), slices/s (median):")
     for name, rate in many_med.items():
         print(f"  {name:36s} {rate:8.0f}")
     par = many_med["lungslice iter_series (all cores)"]
     print(f"  ratio iter_series / serial       {par / many_med['lungslice serial']:.2f}")
     print(f"  ratio iter_series / SimpleITK    {par / many_med['SimpleITK serial']:.2f}")
+    if index_med:
+        print(f"index of {args.index_series} synthetic series x 128 files, files/s (median):")
+        for name, rate in index_med.items():
+            print(f"  {name:36s} {rate:8.0f}")
+        one, two = index_med["index_tree workers=1"], index_med["index_tree all cores"]
+        print(f"  ratio all cores / 1 worker       {two / one:.2f}")
+        print(f"  ratio 1 worker / pydicom loop    {one / index_med['pydicom headers loop']:.2f}")
+
+
+def index_benchmark(n_series: int, repeats: int) -> dict[str, float]:
+    """index_tree with 1 worker and all cores vs a dcmread(stop_before_pixels) loop."""
+    from lungslice.dicom import discover
+    from lungslice.testing import body_phantom, write_ct_series
+
+    hu = body_phantom(128, 64, 64, noise=0.0)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        root = Path(tmp_name)
+        for i in range(n_series):
+            write_ct_series(root / f"P{i:03d}" / "s", hu, seed=i, patient_id=f"P{i:03d}")
+        files = discover.walk_files(root)
+
+        def loop() -> None:
+            for path in files:
+                pydicom.dcmread(path, stop_before_pixels=True)
+
+        runs: dict[str, Callable[[], object]] = {
+            "index_tree workers=1": lambda: discover.index_tree(root, workers=1),
+            "index_tree all cores": lambda: discover.index_tree(root, workers=None),
+            "pydicom headers loop": loop,
+        }
+        rates: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(repeats):
+            for name, run in runs.items():
+                rates[name].append(len(files) / time_it(run))
+    return {k: statistics.median(v) for k, v in rates.items()}
 
 
 if __name__ == "__main__":

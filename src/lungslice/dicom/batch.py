@@ -18,17 +18,20 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import numpy as np
 
-from lungslice.dicom.discover import DicomIndex
-from lungslice.dicom.volume import CTVolume, LoadConfig, load_series
+from lungslice.dicom.volume import CTVolume, LoadConfig, _is_index, load_series
 from lungslice.errors import LungsliceError
 from lungslice.progress import ProgressCallback, report
 
+if TYPE_CHECKING:  # pandas stays out of the worker processes
+    from lungslice.dicom.discover import DicomIndex
+
 __all__ = ["iter_series", "iter_sources"]
 
-Source = str | Path | Sequence[str | Path] | DicomIndex
+Source: TypeAlias = "str | Path | Sequence[str | Path] | DicomIndex"
 
 
 def _shared_dir() -> Path:
@@ -63,9 +66,9 @@ def _load_to_file(
 
 def _job_source(source: Source, uid: str | None) -> Source:
     # Send a worker its series' file list, not the whole index table.
-    if isinstance(source, DicomIndex) and uid is not None:
+    if _is_index(source) and uid is not None:
         try:
-            return source.files_of(uid)
+            return cast("DicomIndex", source).files_of(uid)
         except KeyError:
             return source  # load_series names the missing series
     return source
@@ -147,7 +150,7 @@ def iter_sources(
     folder = str(_shared_dir())
     # forkserver: no fork of a parent that may run threads (torch, prefetchers).
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["lungslice.dicom.volume"])
+    context.set_forkserver_preload(["lungslice.dicom.batch"])
     pool = ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context)
     futures: list[Future[CTVolume | LungsliceError]] = []
     try:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from lungslice.dicom.geometry import LoadConfig, StackError, plan_stack, slice_normal
 from lungslice.dicom.header import DamagedPixelDataError, SliceHeader, read_header
+from lungslice.dicom.walk import reason_category, walk_files
 from lungslice.errors import DicomReadError, LungsliceError
 from lungslice.progress import ProgressCallback, report
 from lungslice.provenance import provenance
@@ -67,13 +68,6 @@ SERIES_COLUMNS = (
 _CHUNK = 512
 # Headers read at ~8000 files/s a core: below this a process pool costs more than it saves.
 _PARALLEL_MIN_FILES = 4096
-
-
-def reason_category(reason: str | None) -> str:
-    """The short category of a reason: the text before its first ``": "``."""
-    if not reason:
-        return ""
-    return reason.split(": ", 1)[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,29 +172,6 @@ def read_index(directory: str | Path) -> DicomIndex:
         known = {k: v for k, v in saved.items() if k in LoadConfig.__dataclass_fields__}
         config = LoadConfig(**known)
     return DicomIndex(files=files, series=series, root=root, config=config)
-
-
-def walk_files(root: str | Path) -> list[Path]:
-    """Every file under ``root`` (or ``root`` itself) as absolute paths, sorted.
-
-    Symbolic links to folders are not followed (no cycles); links to files
-    are listed.
-
-    Raises
-    ------
-    DicomReadError
-        If ``root`` does not exist.
-    """
-    root = Path(root)
-    if root.is_file():
-        return [root.absolute()]
-    if not root.is_dir():
-        raise DicomReadError(f"{root}: no such file or folder")
-    found: list[Path] = []
-    for folder, dirs, names in os.walk(root.absolute(), followlinks=False):
-        dirs.sort()
-        found.extend(Path(folder, name) for name in sorted(names))
-    return found
 
 
 def _read_one(path: Path) -> SliceHeader | str | tuple[str, SliceHeader]:

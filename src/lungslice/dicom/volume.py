@@ -17,15 +17,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from lungslice.dicom.discover import DicomIndex, reason_category, walk_files
 from lungslice.dicom.geometry import LoadConfig, StackError, plan_stack
 from lungslice.dicom.header import SliceHeader, read_dataset, read_header
+from lungslice.dicom.walk import reason_category, walk_files
 from lungslice.errors import (
     ConfigError,
     DicomReadError,
@@ -34,6 +34,9 @@ from lungslice.errors import (
 )
 from lungslice.progress import ProgressCallback, report
 from lungslice.provenance import config_dict
+
+if TYPE_CHECKING:  # pandas stays out of worker processes that only load files
+    from lungslice.dicom.discover import DicomIndex
 
 __all__ = ["CTVolume", "LoadConfig", "load_series"]
 
@@ -288,31 +291,48 @@ def _describe(headers: Sequence[SliceHeader]) -> str:
     return "; ".join(parts)
 
 
+def _is_index(source: object) -> bool:
+    return type(source).__name__ == "DicomIndex" and hasattr(source, "files_of")
+
+
 def _gather(
     source: str | Path | Sequence[str | Path] | DicomIndex,
     series_uid: str | None,
     progress: ProgressCallback | None,
 ) -> _Gathered:
-    if isinstance(source, DicomIndex):
-        if series_uid is None:
-            ok = source.ct_series()
-            if len(ok) != 1:
-                listed = ", ".join(ok["series_uid"].astype(str)) or "none"
-                raise NoCTSeriesError(
-                    f"index of {source.root}: {len(ok)} loadable CT series ({listed}); "
-                    "expected exactly one - pass series_uid=..."
-                )
-            series_uid = str(ok["series_uid"].iloc[0])
-        try:
-            paths = source.files_of(series_uid)
-        except KeyError:
-            raise NoCTSeriesError(
-                f"index of {source.root}: no series {series_uid}; it holds "
-                f"{len(source.series)} series - see its series table"
-            ) from None
-        headers, skipped = _read_files(paths, progress)
-        return _Gathered(headers, skipped, f"series {series_uid}")
+    if _is_index(source):
+        return _gather_index(cast("DicomIndex", source), series_uid, progress)
+    return _gather_files(cast("str | Path | Sequence[str | Path]", source), series_uid, progress)
 
+
+def _gather_index(
+    source: DicomIndex, series_uid: str | None, progress: ProgressCallback | None
+) -> _Gathered:
+    if series_uid is None:
+        ok = source.ct_series()
+        if len(ok) != 1:
+            listed = ", ".join(ok["series_uid"].astype(str)) or "none"
+            raise NoCTSeriesError(
+                f"index of {source.root}: {len(ok)} loadable CT series ({listed}); "
+                "expected exactly one - pass series_uid=..."
+            )
+        series_uid = str(ok["series_uid"].iloc[0])
+    try:
+        paths = source.files_of(series_uid)
+    except KeyError:
+        raise NoCTSeriesError(
+            f"index of {source.root}: no series {series_uid}; it holds "
+            f"{len(source.series)} series - see its series table"
+        ) from None
+    headers, skipped = _read_files(paths, progress)
+    return _Gathered(headers, skipped, f"series {series_uid}")
+
+
+def _gather_files(
+    source: str | Path | Sequence[str | Path],
+    series_uid: str | None,
+    progress: ProgressCallback | None,
+) -> _Gathered:
     if isinstance(source, str | Path):
         root = Path(source)
         paths = walk_files(root)

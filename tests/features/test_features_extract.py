@@ -147,33 +147,48 @@ def test_rerun_recomputes_nothing_and_new_settings_get_a_new_folder(
     assert len(result.computed) == 3
 
 
-def test_failed_series_is_recorded_or_raised(tmp_path: Path, lite0: Backbone) -> None:
+def test_failed_and_rejected_series_are_recorded(tmp_path: Path, lite0: Backbone) -> None:
     root = tmp_path / "dicom"
     good = write_dataset(root, n_series=1)
-    # Slice positions with a gap: the index accepts headers, loading refuses the gap.
+    # Headers fine, pixels undecodable (raw bytes under a JPEG syntax): fails when loading.
     write_ct_series(
-        root / "P9" / "gap",
+        root / "P8",
+        n_slices=6,
+        rows=48,
+        columns=48,
+        patient_id="P8",
+        seed=8,
+        transfer_syntax="1.2.840.10008.1.2.4.50",
+    )
+    # A slice without pixels: the index rejects the series.
+    write_ct_series(
+        root / "P9",
         n_slices=6,
         rows=48,
         columns=48,
         patient_id="P9",
         seed=9,
-        z_positions=[0.0, 2.5, 5.0, 7.5, 15.0, 17.5],
+        PixelData=lambda i: None if i == 2 else ...,
     )
     jobs = {j.patient_id: j for j in find_series(root)}
-    bad = jobs["P9"]
-    if bad.rejected is not None:  # the index already refuses the gap: recorded as rejected
-        result = extract_dataset(root, tmp_path / "w", CONFIG, backbone=lite0)
-        row = result.manifest.set_index("series_uid").loc[bad.series_uid]
-        assert row["status"] == "rejected" and row["reason"] == bad.rejected
-        assert result.computed == good
-        return
-    with pytest.raises(FeatureError, match=rf"series {bad.series_uid} \(patient P9\) failed: "):
+    broken, rejected = jobs["P8"], jobs["P9"]
+    assert broken.rejected is None and rejected.rejected
+    with pytest.raises(
+        FeatureError,
+        match=rf"(?s)series {broken.series_uid} \(patient P8\) failed: .*could not decode JPEG "
+        r"Baseline.*\(use --keep-going to record failures and go on\)",
+    ):
         extract_dataset(root, tmp_path / "w", CONFIG, backbone=lite0)
     result = extract_dataset(root, tmp_path / "w", CONFIG, backbone=lite0, keep_going=True)
-    row = result.manifest.set_index("series_uid").loc[bad.series_uid]
-    assert row["status"] == "failed" and row["reason"]
-    assert result.failed == [bad.series_uid]
+    rows = result.manifest.set_index("series_uid")
+    assert rows.loc[broken.series_uid, "status"] == "failed"
+    assert "could not decode JPEG Baseline" in rows.loc[broken.series_uid, "reason"]
+    assert rows.loc[rejected.series_uid, "status"] == "rejected"
+    assert rows.loc[rejected.series_uid, "reason"] == rejected.rejected
+    assert rows.loc[good[0], "status"] == "done"
+    assert result.failed == [broken.series_uid]
+    features, slices = load_features(tmp_path / "w", CONFIG.key)
+    assert set(slices["series_uid"]) == set(good) and len(features) == len(slices)
 
 
 def test_load_features_without_a_run(tmp_path: Path) -> None:

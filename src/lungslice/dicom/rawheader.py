@@ -34,6 +34,7 @@ _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _NOT_LITTLE_ENDIAN_EXPLICIT = frozenset(("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"))
 _CHUNK = 16384
+_MAX_WANTED = 1 << 16  # the wanted elements are short strings and numbers
 _TAG_LEN = struct.Struct("<HHL")
 _TAG_VR_SHORT = struct.Struct("<HH2sH")
 _LEN = struct.Struct("<L")
@@ -201,6 +202,8 @@ def read_raw_header(path: str | Path, wanted: frozenset[int]) -> RawHeader:
                 pos = _skip_sequence(buf, value, implicit or vr == b"UN")
                 continue
             if tag in wanted:
+                if length > _MAX_WANTED:
+                    raise RawHeaderUnsupported(f"element {tag:08X} of {length} bytes")
                 i = buf.ensure(value, length)
                 elements[tag] = (
                     None if vr is None else vr.decode("ascii"),

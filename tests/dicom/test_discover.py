@@ -251,8 +251,9 @@ def test_duplicate_z_like_lidc_is_ok_and_recorded(tmp_path: Path) -> None:
     (row,) = index.series.itertuples()
     assert (row.status, row.n_files, row.n_slices) == ("ok", 13, 12)
     reasons = _reasons(index)
-    assert reasons[paths[12].name].startswith("duplicate position 5 mm: kept InstanceNumber 3")
+    assert reasons[paths[12].name].startswith("duplicate position: z=5 mm, kept InstanceNumber 3")
     assert len(index.files_of(row.series_uid)) == 13
+    assert index.summary()["files_skipped"] == {"duplicate position": 1}
 
 
 def test_empty_and_missing_root(tmp_path: Path) -> None:

@@ -195,7 +195,7 @@ def test_duplicate_z_keeps_lower_instance_number(tmp_path: Path) -> None:
     assert dropped["sop_instance_uid"] == _sop(paths[10])
     assert dropped["instance_number"] == 11
     assert dropped["reason"] == (
-        f"duplicate position 7.5 mm: kept InstanceNumber 4 (SOPInstanceUID {_sop(paths[3])})"
+        f"duplicate position: z=7.5 mm, kept InstanceNumber 4 (SOPInstanceUID {_sop(paths[3])})"
     )
     with pytest.raises(
         SeriesGeometryError,

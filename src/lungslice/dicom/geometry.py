@@ -303,7 +303,7 @@ def _resolve_duplicates(
                         "path": str(headers[i].path),
                         "z": float(z[i]),
                         "reason": (
-                            f"duplicate position {key:g} mm: kept InstanceNumber "
+                            f"duplicate position: z={key:g} mm, kept InstanceNumber "
                             f"{headers[keep].instance_number} "
                             f"(SOPInstanceUID {headers[keep].sop_instance_uid})"
                         ),

@@ -340,10 +340,12 @@ def _grow(
         end = start + frac * (centre - start) + rng.normal(0.0, 0.6, 3)
         out.append((start, end, r, gen))
         # split the territory across its longest axis: each child supplies one half
-        cov = np.cov((pts - centre).T)
-        axis = np.linalg.eigh(cov)[1][:, -1]
-        proj = (pts - centre) @ axis
-        cut = float(np.median(proj)) + float(rng.normal(0.0, 0.1)) * float(proj.std())
+        d = pts - centre
+        axis = np.linalg.eigh(d.T @ d)[1][:, -1]
+        proj = d @ axis
+        half = len(proj) // 2
+        spread = float(np.sqrt((proj * proj).mean()))
+        cut = float(np.partition(proj, half)[half]) + float(rng.normal(0.0, 0.1)) * spread
         for part in (pts[proj <= cut], pts[proj > cut]):
             share = len(part) / len(pts)
             stack.append((end, r * share ** (1.0 / 3.0), part, gen + 1))
@@ -581,7 +583,7 @@ def render_slice(
         lung = np.zeros(img.shape, dtype=bool)
     back = np.clip((y - shape.lung_cy) / shape.lung_ay, -1.0, 1.0)
     # dependent (posterior) lung is denser
-    lung_hu = HU["lung"] + 45.0 * back
+    lung_hu = HU["lung"] + 65.0 * back
     if texture is not None:
         lung_hu = lung_hu + texture
     img = np.where(lung, lung_hu, img).astype(np.float32)

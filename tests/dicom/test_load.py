@@ -266,14 +266,19 @@ def test_mixed_rows_columns(tmp_path: Path) -> None:
 
 def test_tilted_series_refused_or_corrected(tmp_path: Path) -> None:
     angle = np.radians(20)
-    rows = 16
-    hu = np.full((6, rows, 16), -1000.0)
-    hu[:, 8, :] = 100.0  # a horizontal line, at the same place in every slice
+    sin = np.sin(angle)
+    # Row cosine x, column cosine tilted by 20 degrees; the table moves 2 mm a
+    # slice along z. A plate lying along the slice normal crosses slice k at
+    # row 6 + 2 k sin(20) (1 mm pixels): tilt correction must line it up at row 6.
+    rows = np.arange(16.0)[None, :, None]
+    centre = 6.0 + 2.0 * np.arange(6)[:, None, None] * sin
+    hu = np.rint(-1000.0 + 1000.0 * np.exp(-((rows - centre) ** 2) / (2 * 1.5**2)))
+    hu = np.broadcast_to(hu, (6, 16, 16))
     paths = write_ct_series(
         tmp_path,
         hu,
         spacing=(2.0, 1.0, 1.0),
-        orientation=(1, 0, 0, 0, np.cos(angle), -np.sin(angle)),
+        orientation=(1, 0, 0, 0, np.cos(angle), -sin),
         stack_direction=(0, 0, 1),
         GantryDetectorTilt=20.0,
     )
@@ -285,14 +290,13 @@ def test_tilted_series_refused_or_corrected(tmp_path: Path) -> None:
     with pytest.raises(SeriesGeometryError, match=re.escape(msg)):
         load_series(tmp_path)
     vol = load_series(tmp_path, config=LoadConfig(tilt="correct"))
-    # The table moves 2 mm per slice along z: in the tilted plane the slices
-    # shift by 2 sin(20) mm along the column axis, and the line moves with them.
-    step_rows = 2.0 * np.sin(angle)
     assert vol.spacing[0] == pytest.approx(2.0 * np.cos(angle))
     shifts = np.array(vol.info["tilt_shifts_px"])
-    np.testing.assert_allclose(np.abs(shifts[:, 0]), step_rows * np.arange(6), atol=1e-6)
-    peak = [float(np.argmax(vol.hu[k, :, 8])) for k in range(3)]
-    assert peak[1] != peak[0]
+    np.testing.assert_allclose(shifts[:, 0], -2.0 * sin * np.arange(6), atol=1e-6)
+    np.testing.assert_allclose(shifts[:, 1], 0.0, atol=1e-9)
+    weight = vol.hu[:, :, 8] + 1000.0
+    centroid = (weight * np.arange(16.0)).sum(axis=1) / weight.sum(axis=1)
+    np.testing.assert_allclose(centroid, 6.0, atol=0.15)
     assert (
         "gantry tilt of 20.00 degrees corrected by shearing slices in-plane"
         in (vol.info["decisions"])

@@ -186,6 +186,8 @@ def resample(
     -----
     Across a gap accepted with ``LoadConfig(allow_gaps=True)`` the new slices
     are interpolated from the slices on either side; ``source_index`` shows it.
+    With ``in_plane`` the outer pixel edges stay put, so the first pixel's
+    centre moves by half the spacing change from ``source.origin``.
     """
     positions, index, weight, nearest = resample_plan(volume.z_positions, slice_spacing)
     src = volume.hu

@@ -56,7 +56,7 @@ def _import_pylidc() -> Any:
     )
     sys.modules.setdefault("pkg_resources", fake)
     if not hasattr(configparser, "SafeConfigParser"):
-        configparser.SafeConfigParser = configparser.ConfigParser  # type: ignore[attr-defined]
+        setattr(configparser, "SafeConfigParser", configparser.ConfigParser)  # noqa: B010
     import pylidc
 
     return pylidc

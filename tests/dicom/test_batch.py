@@ -67,3 +67,20 @@ def test_stack_error_survives_pickling() -> None:
 
     err = pickle.loads(pickle.dumps(StackError("missing slices", "series 1: step of 5 mm")))
     assert (err.reason, str(err)) == ("missing slices", "series 1: step of 5 mm")
+
+
+@pytest.mark.slow
+def test_stopping_early_leaves_no_files(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shm2"
+    shared.mkdir()
+    monkeypatch.setattr(batch, "_shared_dir", lambda: shared)
+    index = index_tree(tree, workers=1)
+    ok = index.ct_series()["series_uid"].tolist()
+    results = iter_series(index, ok, workers=2)
+    uid, first = next(results)
+    assert uid == ok[0] and isinstance(first, CTVolume)
+    results.close()  # the consumer stops: remaining results are dropped with their files
+    assert list(shared.iterdir()) == []
+    assert first.hu.shape == (4, 16, 16)  # the volume taken stays readable

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    parser.add_argument("--loader", default="thread", choices=["thread", "process"])
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of each")
     parser.add_argument("--no-cosine", action="store_true", help="skip the FP32 comparison")
     args = parser.parse_args(argv)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.repeats):
             work = Path(tmp) / f"work{r}"
             c0 = time.process_time()
-            result = extract_dataset(data, work, config, backbone=runner)
+            result = extract_dataset(data, work, config, backbone=runner, loader=args.loader)
             n_slices = result.slices_computed
             e2e_cpu.append(1000 * (time.process_time() - c0) / n_slices)
             e2e_rates.append(n_slices / result.seconds)

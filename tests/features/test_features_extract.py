@@ -130,6 +130,21 @@ def test_cached_features_match_extract_volume_on_full_resolution(
     assert cos.min() > 0.999
 
 
+@pytest.mark.slow
+def test_process_loader_gives_the_same_features(
+    tmp_path: Path, dataset: tuple[Path, list[str]], lite0: Backbone
+) -> None:
+    root, uids = dataset
+    config = CONFIG.replace(precision="fp32")
+    extract_dataset(root, tmp_path / "t", config, backbone=lite0, loader="thread")
+    result = extract_dataset(root, tmp_path / "p", config, backbone=lite0, loader="process")
+    assert sorted(result.computed) == sorted(uids)
+    a, sa = load_features(tmp_path / "t", config.key)
+    b, sb = load_features(tmp_path / "p", config.key)
+    np.testing.assert_array_equal(a, b)
+    pd.testing.assert_frame_equal(sa, sb)
+
+
 def test_rerun_recomputes_nothing_and_new_settings_get_a_new_folder(
     tmp_path: Path, dataset: tuple[Path, list[str]], lite0: Backbone
 ) -> None:

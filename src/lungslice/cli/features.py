@@ -95,6 +95,11 @@ def extract(
     allow_download: bool = typer.Option(
         False, "--download", help="Allow downloading ImageNet weights when no cache has them."
     ),
+    loader: str = typer.Option(
+        "thread",
+        "--loader",
+        help="Where decoding/resampling run, overlapped with the model: 'thread' or 'process'.",
+    ),
 ) -> None:
     """Extract per-slice features of every CT series under DATA_DIR (resumable)."""
     from lungslice.features.config import FeatureConfig
@@ -122,7 +127,7 @@ def extract(
         tune_allocator()
         with progress_bar("extract", unit="series") as progress:
             result = extract_dataset(
-                data_dir, out_dir, config, progress=progress, keep_going=keep_going
+                data_dir, out_dir, config, progress=progress, keep_going=keep_going, loader=loader
             )
     except LungsliceError as err:
         raise fail(err) from err

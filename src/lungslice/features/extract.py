@@ -43,7 +43,7 @@ from lungslice.features.config import FeatureConfig
 from lungslice.features.inputs import input_size, make_inputs, resize_slices
 from lungslice.features.runtime import FeatureRunner
 from lungslice.progress import ProgressCallback, report
-from lungslice.provenance import provenance
+from lungslice.provenance import config_dict, provenance
 
 __all__ = [
     "ExtractResult",
@@ -324,6 +324,22 @@ def _config_record(config: FeatureConfig, runner: FeatureRunner) -> dict[str, An
     )
 
 
+def _series_metadata(config: FeatureConfig, runner: FeatureRunner) -> dict[str, Any]:
+    bb = runner.backbone
+    return {
+        "key": config.key,
+        "backbone": bb.name,
+        "weights_id": bb.weights_id,
+        "layers": list(bb.layers),
+        "feature_dim": bb.feature_dim,
+        "inputs": config_dict(config.inputs),
+        "input_size": input_size(config.inputs, bb.data_config),
+        "precision": config.precision,
+        "slice_spacing": config.slice_spacing,
+        "storage_dtype": config.storage_dtype,
+    }
+
+
 def _row(job: SeriesJob, **values: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "series_uid": job.series_uid,
@@ -364,7 +380,10 @@ def extract_series(
     features = extract_volume(resampled, runner, config)
     t2 = time.perf_counter()
     cache.write_series(
-        job.series_uid, features.astype(config.storage_dtype), slice_table(resampled)
+        job.series_uid,
+        features.astype(config.storage_dtype),
+        slice_table(resampled),
+        _series_metadata(config, runner),
     )
     return _row(
         job,
@@ -614,6 +633,7 @@ def _consume(
     total: int,
 ) -> None:
     t_run = time.perf_counter()
+    metadata = _series_metadata(config, runner)
     current: _Loaded | None = None
     parts: list[np.ndarray] = []
     model_s = 0.0
@@ -624,7 +644,9 @@ def _consume(
         job, rv = current.job, current.resampled
         features = np.concatenate(parts) if parts else np.zeros((0, runner.backbone.feature_dim))
         t0 = time.perf_counter()
-        cache.write_series(job.series_uid, features.astype(config.storage_dtype), slice_table(rv))
+        cache.write_series(
+            job.series_uid, features.astype(config.storage_dtype), slice_table(rv), metadata
+        )
         rows[job.series_uid] = _row(
             job,
             n_source_slices=rv.source.n_slices,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from lungslice.features.cache import FeatureCache
+from lungslice.lidc.labels import LabelRule, write_labels
 
 
 @dataclass
@@ -64,6 +68,47 @@ def make_synthetic(
         slices=pd.concat(rows, ignore_index=True),
         nodules=pd.DataFrame(nods),
     )
+
+
+def write_cache(work: Path, syn: Synthetic, key: str, X: np.ndarray, record: dict) -> None:
+    """WORK/features/<key> in the layout of lungslice.features.cache (1 mm source = resampled)."""
+    cache = FeatureCache(work, key)
+    cache.prepare()
+    manifest = []
+    for uid, rows in syn.slices.groupby("series_uid", sort=False).indices.items():
+        part = syn.slices.iloc[rows].reset_index(drop=True)
+        n = len(part)
+        i = np.arange(n)
+        z = part["z_mm"].to_numpy()
+        part = part.assign(
+            source_lower=i,
+            source_upper=np.minimum(i + 1, n - 1),
+            weight_lower=1.0,
+            weight_upper=0.0,
+            source_z_lower=z,
+            source_z_upper=z[np.minimum(i + 1, n - 1)],
+            nearest_source=i,
+        )
+        cache.write_series(uid, X[rows].astype(np.float16), part)
+        manifest.append({"series_uid": uid, "patient_id": part["patient_id"][0], "status": "done"})
+    cache.write_manifest(manifest)
+    cache.write_config({"key": key, **record})
+
+
+def write_labels_dir(path: Path, syn: Synthetic) -> None:
+    """A labels folder (lidc.labels layout); odd-numbered nodules have 2 readers, others 4."""
+    label_slices = syn.slices[["patient_id", "study_uid", "series_uid", "slice_index", "z_mm"]]
+    nodules = syn.nodules.assign(
+        study_uid="x",
+        n_readers=np.where(np.arange(len(syn.nodules)) % 2 == 0, 4, 2),
+        mean_malignancy=np.where(syn.nodules["label"] == 2, 4.0, 2.0),
+        median_malignancy=np.where(syn.nodules["label"] == 2, 4.0, 2.0),
+        slice_indices=[
+            list(range(int(a), int(b) + 1))
+            for a, b in zip(syn.nodules["z_min"], syn.nodules["z_max"], strict=True)
+        ],
+    ).drop(columns=["label"])
+    write_labels(path, label_slices.assign(scan_id=1), nodules, rule=LabelRule())
 
 
 @pytest.fixture(scope="session")

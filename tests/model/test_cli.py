@@ -10,59 +10,25 @@ from typer.testing import CliRunner
 
 import lungslice.cli.model  # noqa: F401  (registers train/evaluate on the app)
 from lungslice.cli import app
-from lungslice.features.cache import FeatureCache
-from lungslice.lidc.labels import LabelRule, write_labels
 from lungslice.model.bundle import load_bundle
 from lungslice.model.dataset import build_training_set
 
-from .conftest import make_synthetic
+from .conftest import make_synthetic, write_cache, write_labels_dir
 
 KEY = "synthkey0123"
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """WORK/features/<key> with 12 series (1 mm source = resampled) and a labels folder."""
+    """WORK/features/<key> with 12 series and a labels folder."""
     root = tmp_path_factory.mktemp("ws")
     syn = make_synthetic(n_patients=12, n_slices=30, seed=2)
-    cache = FeatureCache(root / "work", KEY)
-    cache.prepare()
-    manifest = []
-    for uid, rows in syn.slices.groupby("series_uid", sort=False).indices.items():
-        part = syn.slices.iloc[rows].reset_index(drop=True)
-        n = len(part)
-        i = np.arange(n)
-        part = part.assign(
-            source_lower=i,
-            source_upper=np.minimum(i + 1, n - 1),
-            weight_lower=1.0,
-            weight_upper=0.0,
-            source_z_lower=part["z_mm"].to_numpy(),
-            source_z_upper=part["z_mm"].to_numpy()[np.minimum(i + 1, n - 1)],
-            nearest_source=i,
-        )
-        cache.write_series(uid, syn.X[rows].astype(np.float16), part)
-        manifest.append({"series_uid": uid, "patient_id": part["patient_id"][0], "status": "done"})
-    cache.write_manifest(manifest)
-    cache.write_config(
-        {
-            "key": KEY,
-            "key_payload": {"backbone": "efficientnet_lite0", "weights": "abc", "layers": ["b6"]},
-            "created": "2026-11-25T00:00:00+00:00",
-        }
-    )
-    label_slices = syn.slices[["patient_id", "study_uid", "series_uid", "slice_index", "z_mm"]]
-    nodules = syn.nodules.assign(
-        study_uid="x",
-        n_readers=np.where(np.arange(len(syn.nodules)) % 2 == 0, 4, 2),
-        mean_malignancy=np.where(syn.nodules["label"] == 2, 4.0, 2.0),
-        median_malignancy=np.where(syn.nodules["label"] == 2, 4.0, 2.0),
-        slice_indices=[
-            list(range(int(a), int(b) + 1))
-            for a, b in zip(syn.nodules["z_min"], syn.nodules["z_max"], strict=True)
-        ],
-    ).drop(columns=["label"])
-    write_labels(root / "labels", label_slices.assign(scan_id=1), nodules, rule=LabelRule())
+    record = {
+        "key_payload": {"backbone": "efficientnet_lite0", "weights": "abc", "layers": ["b6"]},
+        "created": "2026-11-25T00:00:00+00:00",
+    }
+    write_cache(root / "work", syn, KEY, syn.X, record)
+    write_labels_dir(root / "labels", syn)
     return root, syn
 
 

@@ -199,3 +199,61 @@ def evaluate(
     columns = {name: r["figures"] for name, r in result["rules"].items()}
     out.print(_figure_table("cross-validated figures, value [95% CI]", columns, _HEADLINE))
     console.print(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'report.md'} and plots")
+
+
+@app.command("ablate")
+def ablate(
+    work_dir: Path = typer.Argument(..., help="Work folder holding features/<key> caches."),
+    labels_dir: Path = typer.Argument(..., help=_LABELS_HELP),
+    keys: str = typer.Option(
+        ..., "--keys", help="Comma-separated feature cache keys (e.g. imagenet vs random weights)."
+    ),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for ablation.md and ablation.json."),
+    layers: str | None = typer.Option(
+        None,
+        "--layers",
+        help="Layer subsets separated by ';', layers within one by ',' "
+        "(e.g. 'head;blocks.4,blocks.6'); default: each cache's full layer list.",
+    ),
+    head: str = typer.Option("logistic", "--head", help="Head kind: logistic or mlp."),
+    grid: str | None = typer.Option(None, "--grid", help="Hyperparameter grid (see train)."),
+    folds: int = typer.Option(5, "--folds", help="Patient folds (the same for every variant)."),
+    n_boot: int = typer.Option(200, "--bootstrap", help="Patient bootstrap replicates for CIs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of folds, heads and bootstrap."),
+) -> None:
+    """Compare feature caches x layer subsets x study aggregators, each figure with its CI.
+
+    Extract once per weights/input mode with several layers (`lungslice extract
+    --layers blocks.4,blocks.6,head`); layer subsets are column slices of a cache.
+    """
+    from lungslice.model.ablation import ablation
+    from lungslice.model.evaluate import EvaluateConfig
+
+    choices = (
+        [tuple(x.strip() for x in part.split(",") if x.strip()) for part in layers.split(";")]
+        if layers
+        else None
+    )
+    try:
+        head_config = _head_config(head, grid)
+        with progress_bar("ablation", "variants") as progress:
+            table = ablation(
+                work_dir,
+                [k.strip() for k in keys.split(",") if k.strip()],
+                labels_dir,
+                out_dir,
+                layer_choices=choices,
+                head_config=head_config,
+                config=EvaluateConfig(n_splits=folds, n_boot=n_boot),
+                seed=seed,
+                progress=progress,
+            )
+    except LungsliceError as err:
+        raise fail(err) from err
+    result = Table(title="ablation (value [95% CI])")
+    for column in table.columns:
+        result.add_column(str(column))
+    for row in table.itertuples(index=False):
+        result.add_row(*(str(v) for v in row))
+    out.print(result)
+    console.print(f"wrote {out_dir / 'ablation.md'} and {out_dir / 'ablation.json'}")

@@ -11,6 +11,7 @@ from lungslice.cli import demo as _demo  # noqa: F401
 from lungslice.cli import features as _features  # noqa: F401
 from lungslice.cli import ingest as _ingest  # noqa: F401
 from lungslice.cli import labels as _labels  # noqa: F401
+from lungslice.cli import model as _model  # noqa: F401
 from lungslice.cli import predict as _predict  # noqa: F401
 from lungslice.cli import synth as _synth  # noqa: F401
 from lungslice.cli._app import app, out

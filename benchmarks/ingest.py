@@ -16,8 +16,9 @@ returns one array (lungslice: float32 HU with padding set to air; naive:
 ``pixel_array`` * slope + intercept; SimpleITK: its rescaled output array).
 
 Many series: all series of the folder, one after another in one process
-(lungslice and SimpleITK) vs :func:`lungslice.dicom.batch.iter_series` with
-all cores.
+(lungslice and SimpleITK) vs :func:`lungslice.dicom.batch.iter_sources`
+(one thread per core). Index: ``index_tree`` with 1 process and all cores
+(processes) vs a ``dcmread(stop_before_pixels=True)`` loop.
 """
 
 from __future__ import annotations
@@ -127,8 +128,7 @@ def main() -> None:
                     seconds += time.perf_counter() - start
                 rates[name].append(sum(n_slices.values()) / seconds)
 
-        # "Many series": every folder --many times over, so that starting the
-        # worker processes (included in the timing) is amortised as in real use.
+        # "Many series": every folder --many times over, as a long run would see.
         jobs = [f for f in folders for _ in range(args.many)]
 
         def many_serial() -> None:
@@ -145,7 +145,7 @@ def main() -> None:
 
         many = {
             "lungslice serial": many_serial,
-            "lungslice iter_series (all cores)": many_parallel,
+            "lungslice iter_sources (threads)": many_parallel,
             "SimpleITK serial": many_sitk,
         }
         many_rates: dict[str, list[float]] = {m: [] for m in many}
@@ -171,9 +171,9 @@ def main() -> None:
     print(f"{len(folders)} series x {args.many} loads ({total} slices), slices/s (median):")
     for name, rate in many_med.items():
         print(f"  {name:36s} {rate:8.0f}")
-    par = many_med["lungslice iter_series (all cores)"]
-    print(f"  ratio iter_series / serial       {par / many_med['lungslice serial']:.2f}")
-    print(f"  ratio iter_series / SimpleITK    {par / many_med['SimpleITK serial']:.2f}")
+    par = many_med["lungslice iter_sources (threads)"]
+    print(f"  ratio iter_sources / serial      {par / many_med['lungslice serial']:.2f}")
+    print(f"  ratio iter_sources / SimpleITK   {par / many_med['SimpleITK serial']:.2f}")
     if index_med:
         print(f"index of {args.index_series} synthetic series x 128 files, files/s (median):")
         for name, rate in index_med.items():

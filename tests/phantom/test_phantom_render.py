@@ -91,3 +91,18 @@ def test_vessel_cross_sections_are_round_blobs_that_move(one_nodule: LidcScan) -
     (_, a), (_, b) = blobs
     overlap = (a & b).sum() / max(a.sum(), 1)
     assert overlap < 0.6
+
+
+def test_reader_mode_draws_one_readers_slices(mixed: LidcScan, mixed_render: Any) -> None:
+    config = replace(SMALL, mask_mode="reader", reader=1)
+    r = render(mixed, config)
+    bare = render(mixed, replace(SMALL, nodules=False))
+    drawn = set(np.flatnonzero((r.hu != bare.hu).any(axis=(1, 2))).tolist())
+    expected = set()
+    for nodule in r.nodules:
+        ann = nodule.annotations[min(1, len(nodule.annotations) - 1)]
+        expected |= {mixed.slice_index(c.z) for c in ann.contours}
+    assert drawn == expected
+    # outside the nodules the scan is the same as in consensus mode
+    assert np.array_equal(r.hu[~np.isin(np.arange(r.hu.shape[0]), sorted(drawn))],
+                          bare.hu[~np.isin(np.arange(r.hu.shape[0]), sorted(drawn))])  # fmt: skip

@@ -219,13 +219,19 @@ def render(
         for j in range(1, len(w)):
             texture += fields[j] * w[j]
         img, lung = render_slice(shape, grid, z, texture, planes)
+        # airway walls and vessels in the lung, lumens in lung and mediastinum; the
+        # occupancy is sparse, so only its pixels are touched
+        flat = img.reshape(-1)
         soft = lung | ((img > -150.0) & (img < 100.0))
-        aw = a_wall[i] * np.float32(1 / 255) * soft
-        img += (_AIRWAY_WALL_HU - img) * aw * lung
-        va = v_occ[i] * np.float32(1 / 255) * lung
-        img += (_VESSEL_HU - img) * va
-        al = a_lumen[i] * np.float32(1 / 255) * soft
-        img += (-1000.0 - img) * al
+        for occ, value, region in (
+            (a_wall[i], _AIRWAY_WALL_HU, lung),
+            (v_occ[i], _VESSEL_HU, lung),
+            (a_lumen[i], -1000.0, soft),
+        ):
+            idx = np.flatnonzero(occ)
+            if idx.size:
+                wgt = occ.reshape(-1)[idx] * np.float32(1 / 255) * region.reshape(-1)[idx]
+                flat[idx] += (np.float32(value) - flat[idx]) * wgt
         for p in by_slice.get(k, []):
             h, w_ = p.alpha.shape
             r1, c1 = min(p.row0 + h, m), min(p.col0 + w_, m)

@@ -33,6 +33,9 @@ def _training_set(synthetic, rule: LabelRule, drop_every: int = 0) -> TrainingSe
     nodules = synthetic.nodules.assign(
         label=np.where(codes == 2, "malignant", "benign"), code=codes
     )
+    # a nodule beyond the series' last slice (as in a z-cropped series): not scored
+    outside = nodules.iloc[:1].assign(nodule_id="outside", z_min=500.0, z_max=505.0)
+    nodules = pd.concat([nodules, outside], ignore_index=True)
     slices = synthetic.slices[keep].reset_index(drop=True).assign(label_code=synthetic.y[keep])
     return TrainingSet(
         X=synthetic.X[keep],
@@ -90,6 +93,8 @@ def test_evaluate_writes_metrics_plots_and_report(tmp_path) -> None:
     low, high = figs["slice.roc_auc.macro"]["ci_low"], figs["slice.roc_auc.macro"]["ci_high"]
     assert low <= figs["slice.roc_auc.macro"]["value"] <= high
     assert stored["rules"]["mean>=3"]["aggregator"] in ("max", "noisy_or", "learned")
+    assert stored["rules"]["mean>=3"]["nodules_outside_series"] == 1
+    assert figs["nodule.recall@10.any"]["value"] == 1.0  # the outside nodule is no miss
     pred = pd.read_parquet(tmp_path / "predictions.parquet")
     assert len(pred) == syn.y.size and {"p0", "p1", "p2", "fold"} <= set(pred.columns)
 

@@ -201,6 +201,12 @@ def eval_tables(
 ) -> tuple[EvalTables, dict[str, StudyResult]]:
     """Aggregate every series and build the slice / nodule / study tables.
 
+    A study "has a nodule" / "has a malignant nodule" when a counted nodule
+    (benign, malignant or excluded-ambiguous / malignant) lies within its slices;
+    nodules outside the series' z extent are counted in ``n_nodules_outside``
+    and left out of the nodule figures. Excluded (ambiguous) nodules count for
+    "any nodule" but are not scored in recall@k.
+
     Study scores are computed by every aggregator (columns
     ``p_any_nodule.<method>``, ``p_malignant.<method>``); the unsuffixed columns
     hold ``aggregate_config.method``'s. The learned aggregator of each fold is
@@ -218,7 +224,20 @@ def eval_tables(
         results[uid] = res
         score[rows] = res.slice_score
         nod = nod_by_series.get(uid)
-        codes = nod["code"].to_numpy() if nod is not None else np.zeros(0, dtype=np.int64)
+        if nod is None:
+            nod = ts.nodules.iloc[:0]
+        hit, best = nodule_hits(
+            res.ranking(),
+            res.z_mm,
+            res.slice_score,
+            nod["z_min"].to_numpy(dtype=np.float64),
+            nod["z_max"].to_numpy(dtype=np.float64),
+            config.tolerance_mm,
+        )
+        # a nodule outside the series' z extent (a z-cropped or partial series) cannot be
+        # found or missed: it is left out and counted, not scored as a miss
+        visible = np.isfinite(best)
+        codes = nod["code"].to_numpy()[visible]
         row: dict[str, Any] = {
             "series_uid": uid,
             "patient_id": str(ts.groups[rows[0]]),
@@ -226,6 +245,7 @@ def eval_tables(
             "has_any": bool(codes.size),
             "has_malignant": bool((codes == 2).any()),
             "n_candidates": len(res.candidates),
+            "n_nodules_outside": int((~visible).sum()),
         }
         for method in ("max", "noisy_or"):
             p_any, p_mal = study_scores(
@@ -233,25 +253,17 @@ def eval_tables(
             )
             row[f"p_any_nodule.{method}"], row[f"p_malignant.{method}"] = p_any, p_mal
         study_rows.append(row)
-        if nod is not None:
-            scored = nod[nod["code"] >= 1]
-            hit, best = nodule_hits(
-                res.ranking(),
-                res.z_mm,
-                res.slice_score,
-                scored["z_min"].to_numpy(dtype=np.float64),
-                scored["z_max"].to_numpy(dtype=np.float64),
-                config.tolerance_mm,
-            )
+        scored = visible & (nod["code"].to_numpy() >= 1)
+        if scored.any():
             nodule_rows.append(
                 pd.DataFrame(
                     {
-                        "nodule_id": scored["nodule_id"].to_numpy(),
+                        "nodule_id": nod["nodule_id"].to_numpy()[scored],
                         "series_uid": uid,
                         "patient_id": row["patient_id"],
-                        "label": scored["code"].to_numpy(),
-                        "hit_rank": hit,
-                        "best_score": best,
+                        "label": nod["code"].to_numpy()[scored],
+                        "hit_rank": hit[scored],
+                        "best_score": best[scored],
                     }
                 )
             )
@@ -363,6 +375,10 @@ def _report_md(result: dict[str, Any], config: EvaluateConfig) -> str:
         ("slices rejected", lambda s: sum(s["rejected_slices"].values())),
     ):
         lines.append(f"| {label} | " + " | ".join(str(get(s)) for s in summaries) + " |")
+    outside = [str(result["rules"][r]["nodules_outside_series"]) for r in rules]
+    lines.append(
+        "| nodules outside their series' slices (not scored) | " + " | ".join(outside) + " |"
+    )
     lines += ["", "## Figures (value [95 % CI])", "", "| figure | " + " | ".join(rules) + " |"]
     lines.append("|---" * (len(rules) + 1) + "|")
     names = list(result["rules"][rules[0]]["figures"])
@@ -475,6 +491,7 @@ def evaluate_sets(
             "summary": ts.summary(),
             "figures": figures,
             "confusion_matrix": confusion_matrix(ts.y, cv.probs).tolist(),
+            "nodules_outside_series": int(tables.studies["n_nodules_outside"].sum()),
             "aggregator": choose_aggregator(figures),
             "fold_hyperparameters": cv.hyperparameters,
         }

@@ -11,10 +11,16 @@ import pytest
 
 from lungslice.errors import FeatureError
 from lungslice.features.backbones import Backbone
-from lungslice.features.cache import SLICE_COLUMNS, load_features, read_series_metadata
+from lungslice.features.cache import (
+    SLICE_COLUMNS,
+    FeatureCache,
+    load_features,
+    read_series_metadata,
+)
 from lungslice.features.config import FeatureConfig
 from lungslice.features.extract import (
     extract_dataset,
+    extract_series,
     extract_volume,
     find_series,
     iter_input_batches,
@@ -207,6 +213,24 @@ def test_failed_and_rejected_series_are_recorded(tmp_path: Path, lite0: Backbone
     assert result.failed == [broken.series_uid]
     features, slices = load_features(tmp_path / "w", CONFIG.key)
     assert set(slices["series_uid"]) == set(good) and len(features) == len(slices)
+
+
+def test_extract_series_is_a_self_contained_unit(
+    tmp_path: Path, dataset: tuple[Path, list[str]], lite0: Backbone
+) -> None:
+    # What a cluster would map over series: no state besides the cache folder.
+    root, _ = dataset
+    job = next(j for j in find_series(root) if j.rejected is None)
+    cache = FeatureCache(tmp_path, CONFIG.key)
+    cache.prepare()
+    runner = make_runner(CONFIG, lite0)
+    row = extract_series(job, cache, runner, CONFIG)
+    assert row["status"] == "done" and row["n_slices"] == 13 and row["model_s"] > 0
+    assert cache.is_done(job.series_uid)
+    stamp = cache.features_path(job.series_uid).stat().st_mtime_ns
+    again = extract_series(job, cache, runner, CONFIG)
+    assert again["n_slices"] == 13 and again["model_s"] is None  # found done, not recomputed
+    assert cache.features_path(job.series_uid).stat().st_mtime_ns == stamp
 
 
 def test_load_features_without_a_run(tmp_path: Path) -> None:

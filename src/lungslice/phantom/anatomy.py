@@ -103,6 +103,7 @@ class ChestShape:
     heart_ay: float
     spine_y: float
     mediastinum_half: float
+    back_muscle: float
     table_y: float
     rib_pitch: float
     rib_phase: float
@@ -178,6 +179,7 @@ def chest_shape(
         heart_ay=float(rng.uniform(42.0, 52.0)),
         spine_y=centre_y + b - fat - muscle - 48.0,
         mediastinum_half=float(rng.uniform(16.0, 22.0)),
+        back_muscle=38.0,
         table_y=centre_y + b + float(rng.uniform(4.0, 12.0)),
         rib_pitch=float(rng.uniform(24.0, 30.0)),
         rib_phase=float(rng.uniform(0.0, 1.0)),
@@ -186,13 +188,38 @@ def chest_shape(
     )
     if nodule_points is None or not len(nodule_points):
         return shape
-    pockets = []
-    for x, y, z, r in np.asarray(nodule_points, dtype=np.float64):
-        pt = np.array([x, y, z], dtype=np.float32)
-        inside = lung_mask(shape, pt[:1], pt[1:2], pt[2:])
-        if not bool(inside[0]):
-            pockets.append((float(x), float(y), float(z), float(r) + 14.0))
-    return replace(shape, pockets=tuple(pockets))
+    # the centre and four in-plane points half-way to each nodule's edge must be lung. The
+    # whole chest is adapted first (thinner walls and mediastinum, larger lungs), so
+    # nothing local marks where nodules are; only what is still outside gets a
+    # pocket of lung just larger than the nodule
+    steps = 0.5 * np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]])
+    nods = np.asarray(nodule_points, dtype=np.float64)
+    probes = (nods[:, None, :3] + nods[:, None, 3:4] * steps[None]).astype(np.float32)
+
+    def outside(sh: ChestShape) -> np.ndarray:
+        inside = lung_mask(sh, probes[..., 0], probes[..., 1], probes[..., 2])
+        return np.flatnonzero(~inside.all(axis=1))
+
+    for _ in range(4):
+        if not outside(shape).size:
+            break
+        shape = replace(
+            shape,
+            fat=shape.fat * 0.75,
+            muscle=max(shape.muscle * 0.85, 5.0),
+            back_muscle=shape.back_muscle * 0.7,
+            mediastinum_half=max(shape.mediastinum_half * 0.85, 6.0),
+            heart_ax=shape.heart_ax * 0.9,
+            heart_ay=shape.heart_ay * 0.9,
+            lung_ax=shape.lung_ax * 1.06,
+            lung_ay=shape.lung_ay * 1.06,
+        )
+    # a nodule whose centre is lung but whose edge is not stays where it is: it abuts
+    # the wall (or mediastinum, spine) as a juxtapleural nodule does
+    centres = nods[:, :3].astype(np.float32)
+    buried = ~lung_mask(shape, centres[:, 0], centres[:, 1], centres[:, 2])
+    pockets = tuple((float(x), float(y), float(z), float(r) + 4.0) for x, y, z, r in nods[buried])
+    return replace(shape, pockets=pockets)
 
 
 def _body_depth(shape: ChestShape, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -211,7 +238,7 @@ def _wall(shape: ChestShape, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     base = shape.skin + shape.fat + shape.muscle + shape.rib_depth
     # paraspinal muscles make the back wall thick beside the spine
     back = np.clip((y - shape.centre_y) / shape.half_depth, 0.0, 1.0)
-    return base + 38.0 * np.exp(-((x / 55.0) ** 2)) * back
+    return base + shape.back_muscle * np.exp(-((x / 55.0) ** 2)) * back
 
 
 def _lung_scale(u: np.ndarray) -> np.ndarray:
@@ -254,7 +281,7 @@ def lung_mask(
     d = _dome(shape, u, x)
     dome = _dome_mask(shape, ax, y, d)
     medi = np.abs(x - 0.15 * (shape.heart_cx)) < _mediastinum_half(shape, y, u)
-    spine = (x / 42.0) ** 2 + ((y - shape.spine_y - 8.0) / 40.0) ** 2 < 1.0
+    spine = (x / 27.0) ** 2 + ((y - shape.spine_y - 12.0) / 32.0) ** 2 < 1.0
     hs = _heart_scale(u)
     heart = ((x - shape.heart_cx) / (shape.heart_ax * hs + 1e-3)) ** 2 + (
         (y - shape.heart_cy) / (shape.heart_ay * hs + 1e-3)

@@ -11,10 +11,12 @@ same :class:`~lungslice.dicom.geometry.LoadConfig` will load it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
 import os
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -188,15 +190,59 @@ def _read_one(path: Path) -> SliceHeader | str | tuple[str, SliceHeader]:
 
 
 _Result = SliceHeader | str | tuple[str, SliceHeader]
+_FIELDS = tuple(f.name for f in dataclasses.fields(SliceHeader))
 
 
 def _read_chunk(paths: Sequence[Path]) -> list[_Result]:
     return [_read_one(p) for p in paths]
 
 
+_Packed = tuple[Any, ...] | str | tuple[str, tuple[Any, ...]]
+
+
+def _pack(header: SliceHeader) -> tuple[Any, ...]:
+    # Plain tuples unpickle ~10x faster than dataclasses holding Paths, which
+    # otherwise makes the parent the bottleneck of a parallel index.
+    return (str(header.path), *(getattr(header, f) for f in _FIELDS[1:]))
+
+
+def _unpack(values: tuple[Any, ...]) -> SliceHeader:
+    return SliceHeader(Path(values[0]), *values[1:])
+
+
+def _read_chunk_packed(paths: Sequence[Path]) -> list[_Packed]:
+    packed: list[_Packed] = []
+    for result in _read_chunk(paths):
+        if isinstance(result, SliceHeader):
+            packed.append(_pack(result))
+        elif isinstance(result, tuple):
+            packed.append((result[0], _pack(result[1])))
+        else:
+            packed.append(result)
+    return packed
+
+
+def _unpack_result(item: _Packed) -> _Result:
+    if isinstance(item, str):
+        return item
+    if len(item) == 2 and isinstance(item[1], tuple):
+        return (item[0], _unpack(item[1]))
+    return _unpack(item)
+
+
 def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _context() -> mp.context.BaseContext:
+    # fork starts workers in milliseconds; forkserver (~1-2 s here) only when
+    # other threads run (torch, prefetchers): forking them can deadlock.
+    if threading.active_count() == 1 and "fork" in mp.get_all_start_methods():
+        return mp.get_context("fork")
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["lungslice.dicom.header"])
+    return context
 
 
 def read_headers(
@@ -219,12 +265,9 @@ def read_headers(
             results.extend(_read_chunk(chunk))
             report(progress, len(results), n, "headers")
         return results
-    # forkserver: never fork a parent that may run threads (torch, prefetchers).
-    context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["lungslice.dicom.header"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for part in pool.map(_read_chunk, list(_chunks(paths, _CHUNK))):
-            results.extend(part)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
+        for part in pool.map(_read_chunk_packed, list(_chunks(paths, _CHUNK))):
+            results.extend(_unpack_result(item) for item in part)
             report(progress, len(results), n, "headers")
     return results
 

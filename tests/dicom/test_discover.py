@@ -122,14 +122,28 @@ def test_write_and_read_back(lidc_tree: Path, tmp_path: Path) -> None:
         read_index(tmp_path / "nothing")
 
 
-def test_parallel_matches_serial(lidc_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("other_thread", [False, True])  # fork, or forkserver beside threads
+def test_parallel_matches_serial(
+    lidc_tree: Path, monkeypatch: pytest.MonkeyPatch, other_thread: bool
+) -> None:
+    import threading
+
     serial = index_tree(lidc_tree, workers=1)
     monkeypatch.setattr(discover, "_PARALLEL_MIN_FILES", 0)
     monkeypatch.setattr(discover, "_CHUNK", 4)
     calls: list[tuple[int, int]] = []
-    parallel = index_tree(
-        lidc_tree, workers=2, progress=lambda d, t, label="": calls.append((d, t))
-    )
+    stop = threading.Event()
+    if other_thread:
+        threading.Thread(target=stop.wait, daemon=True).start()
+    try:
+        threaded = threading.active_count() > 1  # other tests may have left threads
+        assert discover._context().get_start_method() == ("forkserver" if threaded else "fork")
+        parallel = index_tree(
+            lidc_tree, workers=2, progress=lambda d, t, label="": calls.append((d, t))
+        )
+    finally:
+        stop.set()
     pd.testing.assert_frame_equal(serial.files, parallel.files)
     pd.testing.assert_frame_equal(serial.series, parallel.series)
     assert calls[0] == (0, 13) and calls[-1] == (13, 13)

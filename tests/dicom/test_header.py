@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.data
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -104,3 +105,24 @@ def test_bad_number_names_the_file(tmp_path: Path) -> None:
         DicomReadError, match=r"0000\.dcm: ImagePositionPatient has 2 values, expected 3$"
     ):
         read_header(p)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fast_reader_agrees_on_pydicoms_own_test_files() -> None:
+    root = Path(pydicom.data.__file__).parent / "test_files"
+    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
+    same = fallback = 0
+    for path in files:
+        try:
+            slow = H.header_from_dataset(H.read_dataset(path, pixels=False), path)
+        except DicomReadError:
+            continue  # not an image header pydicom reads either
+        try:
+            fast = H._fast_header(path)
+        except RawHeaderUnsupported:
+            fallback += 1
+            continue
+        assert fast == slow, path.name
+        same += 1
+    assert same > 100  # most of the corpus takes the fast path
+    assert fallback > 0  # and the odd ones (big endian, deflated, no preamble) fall back

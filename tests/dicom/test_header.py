@@ -126,3 +126,15 @@ def test_fast_reader_agrees_on_pydicoms_own_test_files() -> None:
         same += 1
     assert same > 100  # most of the corpus takes the fast path
     assert fallback > 0  # and the odd ones (big endian, deflated, no preamble) fall back
+
+
+def test_loads_pydicoms_ct_small_like_pydicom() -> None:
+    from lungslice.dicom.volume import LoadConfig
+
+    path = Path(pydicom.data.__file__).parent / "test_files" / "CT_small.dcm"
+    ds = pydicom.dcmread(path)
+    expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    vol = load_series([path], config=LoadConfig(min_slices=1))
+    np.testing.assert_array_equal(vol.hu[0], expected.astype(np.float32))
+    assert vol.sop_instance_uids == (str(ds.SOPInstanceUID),)
+    assert vol.spacing[1:] == tuple(float(v) for v in ds.PixelSpacing)

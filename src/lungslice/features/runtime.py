@@ -163,6 +163,7 @@ class FeatureRunner:
         n = int(x.shape[0])
         if self.compiled and n < self.batch_size:
             pad = x.new_zeros((self.batch_size - n, *x.shape[1:]))
+            pad = pad.contiguous(memory_format=torch.channels_last)
             x = torch.cat([x, pad])
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with (

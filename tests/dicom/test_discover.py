@@ -166,6 +166,13 @@ def test_dicomdir_tree_and_copies(tmp_path: Path) -> None:
     assert copies == [f"duplicate SOPInstanceUID: same as {tmp_path / 'media' / 'copy.dcm'}"]
     (row,) = index.series.itertuples()
     assert (row.status, row.n_files, row.n_slices) == ("ok", 6, 5)
+    from lungslice.dicom.volume import load_series
+
+    vol = load_series(tmp_path / "media")
+    assert vol.n_slices == 5
+    skipped = {Path(s["path"]).name: s["reason"] for s in vol.info["skipped_files"]}
+    assert skipped["DICOMDIR"] == "DICOMDIR"
+    assert len(skipped) == 2  # and one of the two copies
 
 
 @pytest.fixture

@@ -106,3 +106,16 @@ def test_reader_mode_draws_one_readers_slices(mixed: LidcScan, mixed_render: Any
     # outside the nodules the scan is the same as in consensus mode
     assert np.array_equal(r.hu[~np.isin(np.arange(r.hu.shape[0]), sorted(drawn))],
                           bare.hu[~np.isin(np.arange(r.hu.shape[0]), sorted(drawn))])  # fmt: skip
+
+
+def test_nodule_free_scan_crops_around_its_middle() -> None:
+    from lungslice.lidc.db import read_database
+
+    (scan,) = read_database(patient_ids=["LIDC-IDRI-0100"])  # no annotations
+    r = render(scan, PhantomConfig(seed=0, matrix=256, z_margin_mm=3.0))
+    z = scan.slice_zvals
+    mid = 0.5 * (z.min() + z.max())
+    assert r.nodules == [] and r.cropped
+    assert r.z_ranges == [(mid - 3.0, mid + 3.0)]
+    np.testing.assert_array_equal(r.z_positions, z[(z >= mid - 3.0) & (z <= mid + 3.0)])
+    assert r.hu.shape[0] >= 2

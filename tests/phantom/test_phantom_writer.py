@@ -65,6 +65,7 @@ def test_manifest_records_config_and_series(full_scan: Written, one_nodule: Lidc
     assert rec["slices_written"] == rec["slices_in_scan"] == one_nodule.n_slices
     assert rec["z_cropped"] is False
     assert rec["z_first"] == one_nodule.slice_zvals[0]
+    assert rec["nodules"] == 1 and rec["nodules_in_lung_pockets"] == 0
 
 
 def test_two_runs_write_identical_pixels_and_uids(tmp_path: Path, mixed: LidcScan) -> None:

@@ -77,11 +77,12 @@ def synth(
         raise fail(err) from None
 
     table = Table(title=f"phantom series in {out_dir}")
-    for col in ("patient", "slices", "of scan", "z range (mm)", "kernel"):
+    for col in ("patient", "slices", "of scan", "z range (mm)", "kernel", "nodules"):
         table.add_column(col)
     for s in written:
         z = f"{s.z_positions[0]:.1f} .. {s.z_positions[-1]:.1f}" if s.z_positions else "-"
-        table.add_row(s.patient_id, str(s.n_slices), str(s.n_slices_scan), z, s.kernel)
+        nod = str(s.n_nodules) + (f" ({s.lung_pockets} in pockets)" if s.lung_pockets else "")
+        table.add_row(s.patient_id, str(s.n_slices), str(s.n_slices_scan), z, s.kernel, nod)
     out.print(table)
     crop = "every slice" if z_margin is None else f"slices within {z_margin} mm of a nodule"
     console.print(

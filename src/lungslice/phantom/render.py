@@ -62,6 +62,9 @@ class RenderedScan:
         The z intervals kept (the whole scan, or the ``z_margin_mm`` bands).
     cropped : bool
         Whether slices were left out.
+    lung_pockets : int
+        Nodules whose centre the adapted chest still left outside the lung, so a
+        pocket of lung was added around them (a local marker; see docs/phantom.md).
     """
 
     hu: np.ndarray
@@ -72,6 +75,7 @@ class RenderedScan:
     nodules: list[Nodule]
     z_ranges: list[tuple[float, float]]
     cropped: bool
+    lung_pockets: int = 0
 
 
 def scan_kernel(scan: LidcScan, config: PhantomConfig) -> Kernel:
@@ -258,6 +262,7 @@ def render(
         nodules=nodules,
         z_ranges=z_ranges,
         cropped=bool(sel.size < z_all.size),
+        lung_pockets=len(shape.pockets),
     )
 
 

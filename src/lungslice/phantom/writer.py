@@ -64,6 +64,10 @@ class PhantomSeries:
         The z intervals kept.
     kernel : str
         ConvolutionKernel written.
+    n_nodules : int
+        The scan's nodules (clusters of readers' annotations).
+    lung_pockets : int
+        How many of them needed a pocket of lung (see ``RenderedScan``).
     """
 
     patient_id: str
@@ -76,6 +80,8 @@ class PhantomSeries:
     cropped: bool
     z_ranges: tuple[tuple[float, float], ...]
     kernel: str
+    n_nodules: int = 0
+    lung_pockets: int = 0
 
 
 def _ds(value: float) -> str:
@@ -202,6 +208,8 @@ def write_series(
         cropped=rendered.cropped,
         z_ranges=tuple((float(a), float(b)) for a, b in rendered.z_ranges),
         kernel=rendered.kernel.name,
+        n_nodules=len(rendered.nodules),
+        lung_pockets=rendered.lung_pockets,
     )
 
 
@@ -218,6 +226,8 @@ def _series_record(s: PhantomSeries, out_dir: Path) -> dict:
         "z_cropped": s.cropped,
         "z_ranges_kept": [list(r) for r in s.z_ranges],
         "kernel": s.kernel,
+        "nodules": s.n_nodules,
+        "nodules_in_lung_pockets": s.lung_pockets,
     }
 
 

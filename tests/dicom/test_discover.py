@@ -293,3 +293,30 @@ def test_single_file_and_uid_of_written(tmp_path: Path) -> None:
     index = index_tree(p, workers=1)
     assert index.files["series_uid"].tolist() == [_uid(p)]
     assert index.series["reason"].iloc[0].startswith("too few slices: ")
+
+
+def test_unlistable_folder_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    write_ct_series(tmp_path / "ok", **SMALL)
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "x.dcm").write_bytes(b"")
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> object:  # tests run as root: simulate a permission error
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    index = index_tree(tmp_path, workers=1)
+    locked = index.files[index.files["path"] == str(tmp_path / "locked")]
+    assert locked["reason"].tolist() == ["unreadable folder: Permission denied"]
+    assert index.summary()["files_skipped"] == {"unreadable folder": 1}
+    from lungslice.dicom.volume import load_series
+
+    with pytest.raises(
+        DicomReadError,
+        match=r"locked: unreadable folder: Permission denied; its files cannot be accounted for",
+    ):
+        load_series(tmp_path)

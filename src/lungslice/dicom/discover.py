@@ -372,7 +372,8 @@ def index_tree(
     """
     config = config or LoadConfig()
     root = Path(root)
-    paths = walk_files(root)
+    unreadable: list[tuple[Path, str]] = []
+    paths = walk_files(root, unreadable)
     results = read_headers(paths, workers=workers, progress=progress)
 
     file_rows: list[dict[str, Any]] = []
@@ -418,6 +419,17 @@ def index_tree(
             by_series[result.series_uid].append(result)
             row["status"] = "used"
 
+    for folder, why in unreadable:
+        # A folder that cannot be listed gets a row: its files are unknown, not dropped.
+        file_rows.append(
+            {
+                "path": str(folder),
+                "series_uid": None,
+                "sop_instance_uid": None,
+                "status": "skipped",
+                "reason": why,
+            }
+        )
     series_rows: list[dict[str, Any]] = []
     file_reasons: dict[Path, str] = {}
     uids = set(by_series) | set(damaged)

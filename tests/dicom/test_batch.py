@@ -12,7 +12,7 @@ from lungslice.dicom.batch import iter_series, iter_sources
 from lungslice.dicom.discover import index_tree
 from lungslice.dicom.geometry import StackError
 from lungslice.dicom.volume import CTVolume, load_series
-from lungslice.errors import SeriesGeometryError
+from lungslice.errors import ConfigError, SeriesGeometryError
 from lungslice.testing import body_phantom, write_ct_series
 
 
@@ -27,14 +27,14 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path / "tree"
 
 
-@pytest.mark.parametrize("workers", [1, 2, 3])
-def test_matches_load_series_in_order(tree: Path, workers: int) -> None:
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_matches_load_series_in_order(tree: Path, prefetch: int) -> None:
     index = index_tree(tree, workers=1)
     uids = index.series.sort_values("patient_id")["series_uid"].tolist()
     seen: list[tuple[int, int]] = []
     results = list(
         iter_series(
-            index, uids, workers=workers, progress=lambda d, t, label="": seen.append((d, t))
+            index, uids, prefetch=prefetch, progress=lambda d, t, label="": seen.append((d, t))
         )
     )
     assert [uid for uid, _ in results] == uids
@@ -51,12 +51,17 @@ def test_matches_load_series_in_order(tree: Path, workers: int) -> None:
 
 def test_folders_as_jobs_and_early_stop(tree: Path) -> None:
     jobs = [(tree / f"s{i}", None) for i in range(3)] * 3
-    results = iter_sources(jobs, workers=2)
+    results = iter_sources(jobs, prefetch=2)
     first = next(results)
     assert isinstance(first, CTVolume) and first.patient_id == "P0"
     results.close()  # the consumer stops: queued loads are cancelled
-    vols = list(iter_sources(jobs, workers=2))
+    vols = list(iter_sources(jobs, prefetch=1))
     assert [v.patient_id for v in vols if isinstance(v, CTVolume)] == ["P0", "P1", "P2"] * 3
+
+
+def test_negative_prefetch() -> None:
+    with pytest.raises(ConfigError, match=r"prefetch must be >= 0, got -1"):
+        next(iter_sources([], prefetch=-1))
 
 
 def test_stack_error_survives_pickling() -> None:

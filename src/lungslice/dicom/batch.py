@@ -1,18 +1,26 @@
-"""Load many series with both cores, keeping the arrays in this process.
+"""Load many series in order, every failure yielded with its reason.
 
-Measured on this machine kind (2 cores, see ``benchmarks/ingest.py``):
-handing a decoded volume from a worker *process* back costs more than
-decoding it - pickling runs at ~370 slices/s, and a shared-memory file
-(``/dev/shm``) pays ~0.9 ms a 512x512 slice in page faults, since shared
-memory gets no transparent huge pages here. Threads share the array for
-free, and most of the work releases the GIL (file reads, NumPy rescale and
-masking), so series load in a small thread pool instead; only header parsing
-(~0.13 ms a slice) takes turns.
+What pays on this machine kind (2 cores; measured with ``benchmarks/ingest.py``):
+
+- Handing decoded volumes back from worker *processes* costs more than
+  decoding: pickling runs at ~370 slices/s (PERF_NOTES), and a shared-memory
+  file pays ~0.9 ms a 512x512 slice in page faults (no transparent huge
+  pages for shared memory here), more than loading the slice (~0.6 ms).
+- Several loader *threads* gain nothing: header parsing holds the GIL and
+  the NumPy steps wait for it (measured 0.6-1.0x of one thread).
+- Even one loader thread ahead of a caller that resamples with NumPy halves
+  the throughput (0.49x): every short NumPy call of the caller waits up to
+  the 5 ms GIL switch interval while the loader parses headers.
+
+So :func:`iter_series` loads in the caller's thread by default; ``prefetch``
+(a background thread) is there for callers whose work holds long GIL-free
+stretches. To use both cores for many series, run whole per-series pipelines
+in worker processes that return small results (as feature extraction does),
+as :func:`~lungslice.dicom.discover.index_tree` does with headers.
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias, cast
 
 from lungslice.dicom.volume import CTVolume, LoadConfig, _is_index, load_series
-from lungslice.errors import LungsliceError
+from lungslice.errors import ConfigError, LungsliceError
 from lungslice.progress import ProgressCallback, report
 
 if TYPE_CHECKING:
@@ -53,10 +61,10 @@ def iter_series(
     series_uids: Sequence[str | None],
     *,
     config: LoadConfig = LoadConfig(),
-    workers: int | None = None,
+    prefetch: int = 0,
     progress: ProgressCallback | None = None,
 ) -> Iterator[tuple[str | None, CTVolume | LungsliceError]]:
-    """Load several series of one source, in input order, ``workers`` at a time.
+    """Load several series of one source, in order, ``prefetch`` ahead of the caller.
 
     Parameters
     ----------
@@ -66,9 +74,11 @@ def iter_series(
         The series to load (None: the only CT series of ``source``).
     config : LoadConfig
         Checks and opt-outs, as for ``load_series``.
-    workers : int, optional
-        Series loading at once, in threads (default: the number of cores).
-        At most ``workers + 1`` volumes are in memory at a time.
+    prefetch : int
+        Series loaded ahead in a background thread while the caller works on
+        the current one (default 0: load in the caller's thread; see the
+        module notes for when a thread pays). At most ``prefetch + 1``
+        volumes are in memory at a time.
     progress : ProgressCallback, optional
         Called as ``progress(series_done, series_total, series_uid)``.
 
@@ -79,7 +89,7 @@ def iter_series(
     """
     uids = list(series_uids)
     jobs = [(_job_source(source, uid), uid) for uid in uids]
-    results = iter_sources(jobs, config=config, workers=workers, progress=progress)
+    results = iter_sources(jobs, config=config, prefetch=prefetch, progress=progress)
     yield from zip(uids, results, strict=True)
 
 
@@ -87,7 +97,7 @@ def iter_sources(
     jobs: Sequence[tuple[Source, str | None]],
     *,
     config: LoadConfig = LoadConfig(),
-    workers: int | None = None,
+    prefetch: int = 0,
     progress: ProgressCallback | None = None,
 ) -> Iterator[CTVolume | LungsliceError]:
     """Like :func:`iter_series` for ``(source, series_uid)`` pairs (e.g. one folder each).
@@ -96,16 +106,23 @@ def iter_sources(
     ------
     CTVolume or LungsliceError
         One per job, in order.
+
+    Raises
+    ------
+    ConfigError
+        If ``prefetch`` is negative.
     """
+    if prefetch < 0:
+        raise ConfigError(f"iter_sources: prefetch must be >= 0, got {prefetch}")
     total = len(jobs)
-    workers = os.cpu_count() or 1 if workers is None else max(int(workers), 1)
-    if workers == 1 or total <= 1:
+    if prefetch == 0 or total <= 1:
         for done, (source, uid) in enumerate(jobs, start=1):
             result = _load(source, uid, config)
             report(progress, done, total, uid or "")
             yield result
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lungslice-load") as pool:
+    # One thread: more loader threads only fight over the GIL (see module notes).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lungslice-load") as pool:
         pending: deque[Future[CTVolume | LungsliceError]] = deque()
         queued = iter(jobs)
 
@@ -115,12 +132,12 @@ def iter_sources(
                 pending.append(pool.submit(_load, job[0], job[1], config))
 
         try:
-            for _ in range(workers):
+            for _ in range(prefetch + 1):
                 submit_next()
             done = 0
             while pending:
                 result = pending.popleft().result()
-                submit_next()  # before yielding: the pool works while the caller does
+                submit_next()  # before yielding: the loader works while the caller does
                 done += 1
                 report(progress, done, total, jobs[done - 1][1] or "")
                 yield result

@@ -5,6 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/phantom.py                 # speed + calibration
     .venv/bin/python benchmarks/phantom.py --skip-speed    # calibration table only
     .venv/bin/python benchmarks/phantom.py --previews docs/images
+    .venv/bin/python benchmarks/phantom.py --all-nodules --skip-speed --skip-calibration
 
 Speed: one full 512 x 512 LIDC scan of ~300 slices rendered (and written), and
 the demo-sized phantom (24 stratified patients, nodule-bearing z range with a
@@ -73,6 +74,36 @@ def _speed() -> None:
             f"demo: 24 patients, z margin 10 mm, matrix {matrix}: {len(written)} series, "
             f"{n} slices in {dt:.1f} s wall, {cpu:.1f} s CPU"
         )
+
+
+def _all_nodules() -> None:
+    """Every LIDC nodule: drawn on exactly its readers' slices? How many needed a pocket?"""
+    from lungslice.lidc.nodules import find_nodules
+    from lungslice.phantom.anatomy import chest_shape, scan_key
+    from lungslice.phantom.nodules import nodule_patches, nodule_spheres
+
+    n_nodules = n_pockets = n_mismatch = 0
+    t0 = time.perf_counter()
+    for scan in read_database():
+        nodules = find_nodules(scan)
+        patches = nodule_patches(scan, nodules, matrix=256, seed=0)
+        drawn = {(p.nodule_id, p.slice_index) for p in patches if p.alpha.max() > 0}
+        wanted = {(n.nodule_id, k) for n in nodules for k in n.slice_indices}
+        n_mismatch += drawn != wanted
+        # the same draw render() makes for this scan's chest
+        shape = chest_shape(
+            (float(scan.slice_zvals.min()), float(scan.slice_zvals.max())),
+            np.random.default_rng([0, scan_key(scan.series_uid), 1]),
+            nodule_spheres(scan, nodules),
+            fov_half=256 * scan.pixel_spacing,
+        )
+        n_nodules += len(nodules)
+        n_pockets += len(shape.pockets)
+    print(
+        f"all scans: {n_nodules} nodules, {n_pockets} needed a lung pocket "
+        f"({100 * n_pockets / max(n_nodules, 1):.1f} %), {n_mismatch} scans whose nodule "
+        f"pixels are not on exactly the readers' slices ({time.perf_counter() - t0:.0f} s)"
+    )
 
 
 def _unpack(tmp: Path) -> dict[str, Path]:
@@ -154,7 +185,12 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true", help="calibration only")
     parser.add_argument("--skip-calibration", action="store_true", help="speed only")
     parser.add_argument("--previews", type=Path, help="write the two preview PNGs here")
+    parser.add_argument(
+        "--all-nodules", action="store_true", help="check every LIDC nodule (about a minute)"
+    )
     args = parser.parse_args()
+    if args.all_nodules:
+        _all_nodules()
     if not args.skip_speed:
         _speed()
     if not args.skip_calibration:

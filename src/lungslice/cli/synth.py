@@ -35,7 +35,8 @@ def synth(
     z_margin: float | None = typer.Option(
         None,
         "--z-margin",
-        help="Write only slices within this many mm of a nodule (default: every slice).",
+        help="Write only the slices from this many mm below the lowest to this many mm above "
+        "the highest nodule contour (one contiguous block; default: every slice).",
     ),
     kernel: str = typer.Option(
         "auto", "--kernel", help="soft, standard, lung, or auto (drawn per scan from the seed)."

@@ -200,11 +200,29 @@ def chest_shape(
         inside = lung_mask(sh, probes[..., 0], probes[..., 1], probes[..., 2])
         return np.flatnonzero(~inside.all(axis=1))
 
-    for _ in range(4):
-        if not outside(shape).size:
+    for _ in range(5):
+        bad = outside(shape)
+        if not bad.size:
             break
+        # probes in the chest wall: widen the body just enough (<= 10 % a step)
+        pb = probes[bad].reshape(-1, 3)
+        dy = pb[:, 1] - shape.centre_y
+        depth = _body_depth(shape, pb[:, 0], pb[:, 1])
+        need = _wall(shape, pb[:, 0], pb[:, 1]) + 2.0
+        rho = np.maximum(np.hypot(pb[:, 0], dy), 1.0)
+        short = depth < need
+        grow = 1.0
+        if short.any() and shape.half_width < 1.25 * fov_half:
+            # depth = rho (1/r - 1) along the ray; r scales as 1 / grow
+            r_now = rho / np.maximum(rho + depth, 1e-3)
+            grow = float(np.clip((r_now * (1.0 + need / rho))[short].max(), 1.0, 1.1))
+        extra = (grow - 1.0) * shape.half_depth
         shape = replace(
             shape,
+            half_width=shape.half_width * grow,
+            half_depth=shape.half_depth * grow,
+            spine_y=shape.spine_y + extra,
+            table_y=shape.table_y + extra,
             fat=shape.fat * 0.75,
             muscle=max(shape.muscle * 0.85, 5.0),
             back_muscle=shape.back_muscle * 0.7,

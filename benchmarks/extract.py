@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"run {r}: end-to-end {e2e_rates[-1]:.1f} slices/s ({n_slices} slices, "
                 f"{result.seconds:.1f} s; loader {m['load_s'].sum():.1f} s in background, "
-                f"model {m['model_s'].sum():.1f} s), model-only {model_rates[-1]:.1f} slices/s"
+                f"model {m['model_s'].sum():.1f} s, model waited {result.wait_s:.1f} s), "
+                f"model-only {model_rates[-1]:.1f} slices/s"
             )
         e2e, model = statistics.median(e2e_rates), statistics.median(model_rates)
         cpu_e2e, cpu_model = statistics.median(e2e_cpu), statistics.median(model_cpu)

@@ -90,6 +90,8 @@ class ExtractResult:
         Wall time of this run.
     slices_computed : int
         Slices computed in this run.
+    wait_s : float
+        Seconds the model thread waited for inputs (0 when loading keeps up).
     """
 
     key: str
@@ -100,6 +102,7 @@ class ExtractResult:
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
     slices_computed: int = 0
+    wait_s: float = 0.0
 
     def summary(self) -> str:
         """A few lines for the CLI."""
@@ -109,7 +112,7 @@ class ExtractResult:
             f"series: {len(self.computed)} computed, {len(self.reused)} already cached, "
             f"{len(self.failed)} failed",
             f"slices computed: {self.slices_computed} in {self.seconds:.1f} s "
-            f"({rate:.1f} slices/s)",
+            f"({rate:.1f} slices/s; the model waited {self.wait_s:.1f} s for inputs)",
         ]
         if self.failed:
             failed = self.manifest[self.manifest["status"] == "failed"]
@@ -664,7 +667,9 @@ def _consume(
         current, parts, model_s = None, [], 0.0
 
     while True:
+        t_wait = time.perf_counter()
         item = q.get()
+        result.wait_s += time.perf_counter() - t_wait
         if isinstance(item, BaseException):
             raise item
         if isinstance(item, torch.Tensor):

@@ -27,6 +27,11 @@ def demo_command(
     matrix: int = typer.Option(256, "--matrix", help="Phantom in-plane matrix (256 or 512)."),
     folds: int = typer.Option(4, "--folds", help="Patient-grouped cross-validation folds."),
     n_boot: int = typer.Option(200, "--boot", help="Bootstrap replicates for the CIs."),
+    c_grid: str = typer.Option(
+        "0.1",
+        "--c-grid",
+        help="Logistic regularisation strengths, comma-separated; several = inner CV (slower).",
+    ),
 ) -> None:
     """Phantom -> labels -> features -> patient-grouped evaluation -> model -> predictions.
 
@@ -43,6 +48,7 @@ def demo_command(
         matrix=matrix,
         n_splits=folds,
         n_boot=n_boot,
+        c_grid=tuple(float(c) for c in c_grid.split(",")),
     )
     t0 = time.perf_counter()
     try:

@@ -4,10 +4,11 @@
 :class:`~lungslice.dicom.discover.DicomIndex`, checks its geometry with
 :func:`~lungslice.dicom.geometry.plan_stack` and decodes it into HU.
 
-Speed: each file is parsed once; native (uncompressed) pixel data is viewed
-with ``np.frombuffer`` and rescaled straight into a preallocated float32
-volume, so no per-slice intermediate array is made. Compressed syntaxes go
-through pydicom's decoders.
+Speed: headers come from a small struct-based reader (~0.13 ms a file, see
+:mod:`lungslice.dicom.rawheader`); after the slices are ordered, native
+(uncompressed) pixel data is read from each file into one reused buffer,
+viewed with ``np.frombuffer`` and rescaled in one pass into a preallocated
+float32 volume. Compressed syntaxes go through pydicom's decoders.
 """
 
 from __future__ import annotations

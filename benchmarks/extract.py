@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import statistics
 import sys
@@ -148,12 +149,15 @@ def main(argv: list[str] | None = None) -> None:
             f"precision/layout {runner.layout}; torch threads {torch.get_num_threads()}; "
             f"allocator tuned {tuned}"
         )
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        print(f"machine         {os.cpu_count()} CPUs, load average now {load}")
         print(f"end-to-end      {e2e:.1f} slices/s (median of {args.repeats})")
         print(f"model-only      {model:.1f} slices/s (median of {args.repeats})")
         print(f"ratio           {e2e / model:.3f} (target >= 0.9)")
         print(
             f"CPU per slice   end-to-end {cpu_e2e:.2f} ms, model-only {cpu_model:.2f} ms "
-            f"(ratio {cpu_model / cpu_e2e:.3f}; less sensitive to other load on the machine)"
+            f"(ratio {cpu_model / cpu_e2e:.3f}; this process only: a --loader process worker's "
+            "CPU is not counted)"
         )
         hours = 325_000 / e2e / 3600
         print(f"LIDC-IDRI       ~325,000 slices at 1 mm -> ~{hours:.1f} h at this end-to-end rate")

@@ -135,7 +135,8 @@ def describe_contents(index: DicomIndex) -> str:
     """What a folder holds, for an error: e.g. ``2 files: 1 CR series, 1 XML``."""
     parts: Counter[str] = Counter()
     for row in index.series.itertuples():
-        parts[f"{str(row.modality or 'unknown')} series"] += 1
+        modality = str(row.modality or "unknown")
+        parts[f"{modality} series"] += 1
     for row in index.files[index.files["series_uid"].isna()].itertuples():
         path = str(row.path)
         parts["XML" if path.lower().endswith(".xml") else reason_category(str(row.reason))] += 1

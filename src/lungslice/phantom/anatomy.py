@@ -393,7 +393,7 @@ def _grow(
         cut = float(np.partition(proj, half)[half]) + float(rng.normal(0.0, 0.1)) * spread
         for part in (pts[proj <= cut], pts[proj > cut]):
             share = len(part) / len(pts)
-            stack.append((end, r * share ** (1.0 / 3.0), part, gen + 1))
+            stack.append((end, r * share ** (1.0 / 3.4), part, gen + 1))
     return out
 
 

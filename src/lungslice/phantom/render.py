@@ -38,7 +38,7 @@ PADDING_HU = -3024
 _VESSEL_HU = 40.0
 _AIRWAY_WALL_HU = 20.0
 _AIR_NOISE_RATIO = 0.45  # air around the body is less noisy than the body's interior
-_TEXTURE_HU = 35.0
+_TEXTURE_HU = 45.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,7 +133,7 @@ def _noise_gain(sigma_px: float) -> float:
 def _texture_fields(
     grid: Grid, rng: np.random.Generator, n: int = 3
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    sigma = 2.5 / grid.spacing
+    sigma = 1.6 / grid.spacing
     fields = np.empty((n, grid.matrix, grid.matrix), dtype=np.float32)
     for i in range(n):
         f = ndi.gaussian_filter(rng.standard_normal((grid.matrix, grid.matrix)), sigma)

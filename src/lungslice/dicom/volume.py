@@ -230,7 +230,8 @@ def _to_hu(arr: np.ndarray, h: SliceHeader, out: np.ndarray, config: LoadConfig)
             below |= arr == pad
     n_air = int(np.count_nonzero(below))
     if n_air:
-        np.putmask(out, below, np.float32(config.air_hu))
+        # copyto(where=) is ~2x faster than putmask on a 512x512 slice.
+        np.copyto(out, np.float32(config.air_hu), where=below)
     return n_air
 
 

@@ -1,11 +1,13 @@
 """Running a backbone fast: device, precision, memory layout, compilation, allocator.
 
-Measured on the 2-core AVX-512-bf16 CPU these machines have (PERF_NOTES.md,
-benchmarks/extract.py): channels-last layout plus bfloat16 autocast is the big
-safe win (~2-3x over eager FP32, features within cosine 0.9999 of FP32);
-``torch.compile`` adds ~30 % for datasets but costs ~10 s up front and
-recompiles for every new batch shape, so the last batch is padded to the
-batch size. On a CUDA device the same code runs there.
+On the 2-core AVX-512-bf16 CPU these machines have, channels-last layout plus
+bfloat16 autocast is the big win (PERF_NOTES.md: ~2x over eager FP32 for
+ResNets). For efficientnet_lite0 on CT inputs full autocast drifts to cosine
+~0.975 from FP32; keeping the first convolution in FP32 brings it to >= 0.99
+(benchmarks/extract.py prints it), so that is what ``"bf16"`` means here.
+``torch.compile`` costs tens of seconds up front and recompiles for every new
+batch shape, so the last batch is padded to the batch size. On a CUDA device
+the same code runs there.
 """
 
 from __future__ import annotations
@@ -69,9 +71,10 @@ def _stem_in_fp32(backbone: Backbone) -> None:
     """Run the first convolution outside autocast, in FP32.
 
     Rounding the normalised CT input to bfloat16 (8 significant bits) costs
-    more agreement than every later layer together: efficientnet_lite0 head
-    features reach cosine ~0.975 to FP32 with full autocast and >= 0.995 with
-    an FP32 stem, at ~90 % of the autocast speed (benchmarks/extract.py).
+    more agreement than every later layer together: on phantom CT slices,
+    efficientnet_lite0 head features reached a minimum cosine of 0.975 to
+    FP32 with full autocast and 0.996 with an FP32 stem, at ~90 % of the
+    autocast speed (one side-by-side measurement on a loaded machine).
     The module's parameters (and state dict) are untouched.
     """
     model: Any = backbone.model

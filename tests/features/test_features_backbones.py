@@ -100,6 +100,16 @@ def test_resnet18_loads_torchvision_file(tmp_path: Path) -> None:
         assert bb(torch.zeros(1, 3, 64, 64)).shape == (1, 768)
 
 
+def test_cli_verify_resnet18_from_a_weights_file(tmp_path: Path) -> None:
+    # Loading path only: random torchvision weights load, then fail the photo check.
+    path = tmp_path / "resnet18-random.pth"
+    torchvision_resnet18_file(path)
+    result = CliRunner().invoke(app, ["backbones", "--verify", "resnet18", "--weights", str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"resnet18  weights sha256 {file_sha256(path)}" in result.output
+    assert "FAIL" in result.output
+
+
 def test_resnet18_loads_safetensors_file(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 

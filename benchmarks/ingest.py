@@ -157,6 +157,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     many_med = {k: statistics.median(v) for k, v in many_rates.items()}
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average at the end (1, 5, 15 min): {load} - other work shares these cores")
     print(
         f"cores: {os.cpu_count()}  allocator: {'tuned (PERF_NOTES)' if tuned else 'glibc default'}"
         f"  series: {len(folders)} ({sum(n_slices.values())} slices, uncompressed)"

@@ -24,11 +24,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from lungslice.features.backbones import Backbone, load_backbone
 from lungslice.features.config import FeatureConfig
 from lungslice.features.extract import (
     extract_dataset,
@@ -68,6 +71,40 @@ def model_only(runner: FeatureRunner, n_slices: int, batch: int, size: int) -> t
     return n_slices / wall, 1000 * cpu / n_slices
 
 
+def compare_layouts(config: FeatureConfig, repeats: int) -> None:
+    """Model-only slices/s of eager FP32, channels-last FP32 and the bf16 path, alternated."""
+
+    def fresh() -> Backbone:
+        return load_backbone(config.backbone, config.weights, config.resolved_layers)
+
+    eager = fresh().eval()
+
+    def eager_fp32(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return eager(x.contiguous())
+
+    paths: dict[str, Callable[[torch.Tensor], Any]] = {
+        "eager fp32 (NCHW)": eager_fp32,
+        "channels_last fp32": make_runner(config.replace(precision="fp32"), fresh()),
+        "channels_last bf16 autocast, fp32 stem": make_runner(
+            config.replace(precision="bf16"), fresh()
+        ),
+    }
+    size = input_size(config.inputs, eager.data_config)
+    x = torch.randn(config.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last)
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    for fn in paths.values():
+        fn(x)
+    for _ in range(repeats):
+        for name, fn in paths.items():
+            t0 = time.perf_counter()
+            fn(x)
+            rates[name].append(config.batch_size / (time.perf_counter() - t0))
+    for name, r in rates.items():
+        print(f"  {name:40s} {statistics.median(r):7.1f} slices/s (median of {repeats})")
+
+
 def cosine_vs_fp32(config: FeatureConfig, data: Path) -> tuple[float, float]:
     """(min, median) cosine similarity of ``config``'s features to FP32 ones on one series."""
     job = next(j for j in find_series(data) if j.rejected is None)
@@ -91,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loader", default="thread", choices=["thread", "process"])
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of each")
     parser.add_argument("--no-cosine", action="store_true", help="skip the FP32 comparison")
+    parser.add_argument(
+        "--layouts", action="store_true", help="also compare eager/channels-last/bf16 model-only"
+    )
     args = parser.parse_args(argv)
 
     tuned = tune_allocator()
@@ -164,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_cosine and args.precision != "fp32":
             lo, med = cosine_vs_fp32(config, data)
             print(f"cosine vs fp32  min {lo:.5f}, median {med:.5f} (needs >= 0.99)")
+        if args.layouts:
+            print("model-only by precision/layout (batch of random inputs, alternated):")
+            compare_layouts(config.replace(compile=False), max(3, args.repeats))
         print(f"command         {shlex.join([sys.executable, *sys.argv])}")
 
 

@@ -8,9 +8,10 @@ What pays on this machine kind (2 cores; measured with ``benchmarks/ingest.py``)
   pages for shared memory here), more than loading the slice (~0.6 ms).
 - Several loader *threads* gain nothing: header parsing holds the GIL and
   the NumPy steps wait for it (measured 0.6-1.0x of one thread).
-- Even one loader thread ahead of a caller that resamples with NumPy halves
-  the throughput (0.49x): every short NumPy call of the caller waits up to
-  the 5 ms GIL switch interval while the loader parses headers.
+- One loader thread ahead of a caller that resamples with NumPy measured
+  0.49x to 1.38x of loading in the caller's thread across runs: no reliable
+  gain, since every short NumPy call of the caller can wait up to the 5 ms
+  GIL switch interval while the loader parses headers.
 
 So :func:`iter_series` loads in the caller's thread by default; ``prefetch``
 (a background thread) is there for callers whose work holds long GIL-free

@@ -370,30 +370,60 @@ def _grow(
     leaf_points: int,
     min_radius: float,
 ) -> list[tuple[np.ndarray, np.ndarray, float, int]]:
+    """Grow a tree one generation at a time, all branches of a generation at once."""
     out: list[tuple[np.ndarray, np.ndarray, float, int]] = []
-    stack = [(root, radius, points, 0)]
-    while stack:
-        start, r, pts, gen = stack.pop()
-        if len(pts) == 0:
-            continue
-        centre = pts.mean(axis=0)
-        if len(pts) <= leaf_points or r <= min_radius:
-            end = start + 0.9 * (centre - start)
-            out.append((start, end, r, gen))
-            continue
-        frac = float(rng.uniform(0.3, 0.5))
-        end = start + frac * (centre - start) + rng.normal(0.0, 0.6, 3)
-        out.append((start, end, r, gen))
-        # split the territory across its longest axis: each child supplies one half
-        d = pts - centre
-        axis = np.linalg.eigh(d.T @ d)[1][:, -1]
-        proj = d @ axis
-        half = len(proj) // 2
-        spread = float(np.sqrt((proj * proj).mean()))
-        cut = float(np.partition(proj, half)[half]) + float(rng.normal(0.0, 0.1)) * spread
-        for part in (pts[proj <= cut], pts[proj > cut]):
-            share = len(part) / len(pts)
-            stack.append((end, r * share ** (1.0 / 3.4), part, gen + 1))
+    pts = np.asarray(points, dtype=np.float64)
+    label = np.zeros(len(pts), dtype=np.int64)
+    start = np.asarray(root, dtype=np.float64).reshape(1, 3)
+    r = np.array([radius], dtype=np.float64)
+    gen = 0
+    while len(r) and len(pts):
+        m = len(r)
+        counts = np.bincount(label, minlength=m).astype(np.float64)
+        centre = (
+            np.stack([np.bincount(label, weights=pts[:, i], minlength=m) for i in range(3)], axis=1)
+            / np.maximum(counts, 1.0)[:, None]
+        )
+        leaf = (counts <= leaf_points) | (r <= min_radius)
+        frac = rng.uniform(0.3, 0.5, m)
+        jitter = rng.normal(0.0, 0.6, (m, 3))
+        end = np.where(
+            leaf[:, None],
+            start + 0.9 * (centre - start),
+            start + frac[:, None] * (centre - start) + jitter,
+        )
+        out.extend((start[i], end[i], float(r[i]), gen) for i in range(m) if counts[i] > 0)
+        # split each territory across its longest axis: each child supplies one half
+        keep = ~leaf[label]
+        pts, label = pts[keep], label[keep]
+        if not len(pts):
+            break
+        d = pts - centre[label]
+        cov = np.empty((m, 3, 3))
+        for i in range(3):
+            for j in range(i, 3):
+                cov[:, i, j] = cov[:, j, i] = np.bincount(
+                    label, weights=d[:, i] * d[:, j], minlength=m
+                )
+        axes = np.linalg.eigh(cov)[1][:, :, -1]
+        proj = np.einsum("ij,ij->i", d, axes[label])
+        order = np.lexsort((proj, label))
+        n_in = np.bincount(label, minlength=m)
+        first = np.cumsum(n_in) - n_in
+        median = proj[order][np.minimum(first + n_in // 2, len(proj) - 1)]
+        spread = np.sqrt(np.bincount(label, weights=proj * proj, minlength=m) / np.maximum(n_in, 1))
+        cut = median + rng.normal(0.0, 0.1, m) * spread
+        child = 2 * label + (proj > cut[label])
+        child_counts = np.bincount(child, minlength=2 * m)
+        alive = np.flatnonzero(child_counts)
+        remap = np.full(2 * m, -1, dtype=np.int64)
+        remap[alive] = np.arange(len(alive))
+        label = remap[child]
+        parent = alive // 2
+        share = child_counts[alive] / np.maximum(n_in[parent], 1)
+        start = end[parent]
+        r = r[parent] * share ** (1.0 / 3.4)
+        gen += 1
     return out
 
 

@@ -10,6 +10,7 @@ import typer
 from lungslice.cli._app import app, console, fail, out, progress_bar
 from lungslice.demo import DemoConfig, run_demo
 from lungslice.errors import LungsliceError
+from lungslice.features.runtime import tune_allocator
 
 
 def _ci(fig: dict[str, float] | None) -> str:
@@ -50,6 +51,7 @@ def demo_command(
         n_boot=n_boot,
         c_grid=tuple(float(c) for c in c_grid.split(",")),
     )
+    tune_allocator()  # process-wide malloc settings (PERF_NOTES): the CLI owns the process
     t0 = time.perf_counter()
     try:
         with progress_bar("demo", "steps") as bar:

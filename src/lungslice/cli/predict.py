@@ -9,6 +9,7 @@ import typer
 
 from lungslice.cli._app import app, console, fail, out, progress_bar
 from lungslice.errors import LungsliceError
+from lungslice.features.runtime import tune_allocator
 from lungslice.predict import PredictConfig, Predictor, results_table
 
 
@@ -61,6 +62,7 @@ def predict_command(
         keep_patient_name=keep_patient_name,
         heatmaps=not no_heatmaps,
     )
+    tune_allocator()  # process-wide malloc settings (PERF_NOTES): the CLI owns the process
     try:
         predictor = Predictor(model)
         with progress_bar("predict", "series") as bar:

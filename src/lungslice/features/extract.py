@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
+import os
 import queue
 import threading
 import time
@@ -420,9 +421,24 @@ class _Loaded:
     load_s: float
 
 
+def _lower_priority() -> None:
+    """Make the calling thread nice 19 (Linux: per thread), so it yields to the model.
+
+    The model's OpenMP threads spin at barriers; a loader preempting one of
+    them stalls the whole team. At the lowest priority the loader runs in the
+    gaps instead, and still keeps up (it needs a fraction of one core).
+    """
+    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            log.debug("could not lower the loader's priority")
+
+
 def _load_in_worker(job: SeriesJob, config: FeatureConfig, size: int) -> ResampledVolume:
     """Worker-process side of the ``"process"`` loader (module level, so it pickles)."""
     torch.set_num_threads(1)
+    _lower_priority()
     return load_resampled(job, config, size)
 
 
@@ -484,6 +500,7 @@ def _producer(
     """Loader thread: for each series, its loaded volume and then its input batches."""
     # One intra-op thread here (the setting is per thread): the model keeps its cores.
     torch.set_num_threads(1)
+    _lower_priority()
     size = input_size(config.inputs, data_config)
     try:
         for job, resampled, error, seconds in _loaded_volumes(jobs, config, size, loader):

@@ -6,7 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+import lungslice.cli.model  # noqa: F401  (registers the commands)
+from lungslice.cli import app
 from lungslice.errors import FeatureError
 from lungslice.model.ablation import ablation, layer_columns
 from lungslice.model.evaluate import EvaluateConfig
@@ -37,20 +40,27 @@ def test_layer_columns() -> None:
         layer_columns(rec, ["w"])
 
 
-@pytest.mark.slow
-def test_ablation_compares_transfer_and_layers(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def ablation_ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("abl")
     syn = make_synthetic(n_patients=12, n_slices=30, d=16, seed=4)
     rng = np.random.default_rng(0)
     # "pretrained": layer a informative, b noise; "random": both noise
     informative = np.concatenate([syn.X[:, :8], rng.normal(size=(syn.y.size, 8))], axis=1)
     noise = rng.normal(size=(syn.y.size, 16))
-    write_cache(tmp_path / "work", syn, "kimagenet", informative, _record("imagenet"))
-    write_cache(tmp_path / "work", syn, "krandom", noise, _record("random"))
-    write_labels_dir(tmp_path / "labels", syn)
+    write_cache(root / "work", syn, "kimagenet", informative, _record("imagenet"))
+    write_cache(root / "work", syn, "krandom", noise, _record("random"))
+    write_labels_dir(root / "labels", syn)
+    return root
+
+
+@pytest.mark.slow
+def test_ablation_compares_transfer_and_layers(ablation_ws, tmp_path) -> None:
+    work, labels = ablation_ws / "work", ablation_ws / "labels"
     table = ablation(
-        tmp_path / "work",
+        work,
         ["kimagenet", "krandom"],
-        tmp_path / "labels",
+        labels,
         tmp_path / "out",
         layer_choices=[("a",), ("b",)],
         head_config=HeadConfig(C_grid=(0.1,)),
@@ -67,3 +77,46 @@ def test_ablation_compares_transfer_and_layers(tmp_path) -> None:
     assert auc[("imagenet", ("a",))] > auc[("random", ("a",))] + 0.2
     md = (tmp_path / "out" / "ablation.md").read_text()
     assert "| imagenet | windows | a | noisy_or |" in md
+
+
+def test_ablate_command(ablation_ws, tmp_path) -> None:
+    res = CliRunner().invoke(
+        app,
+        [
+            "ablate",
+            str(ablation_ws / "work"),
+            str(ablation_ws / "labels"),
+            "--keys",
+            "kimagenet",
+            "--layers",
+            "a;a,b",
+            "--folds",
+            "3",
+            "--bootstrap",
+            "5",
+            "--grid",
+            "0.1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "out" / "ablation.md").read_text()
+    assert "| imagenet | windows | a | max |" in md
+    assert "| imagenet | windows | a+b | learned |" in md
+    res = CliRunner().invoke(
+        app,
+        [
+            "ablate",
+            str(ablation_ws / "work"),
+            str(ablation_ws / "labels"),
+            "--keys",
+            "kimagenet",
+            "--layers",
+            "head",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
+    assert res.exit_code == 2
+    assert "holds layers ['a', 'b'], not ['head']" in " ".join(res.output.split())

@@ -85,7 +85,7 @@ def synth(
         nod = str(s.n_nodules) + (f" ({s.lung_pockets} in pockets)" if s.lung_pockets else "")
         table.add_row(s.patient_id, str(s.n_slices), str(s.n_slices_scan), z, s.kernel, nod)
     out.print(table)
-    crop = "every slice" if z_margin is None else f"slices within {z_margin} mm of a nodule"
+    crop = "every slice" if z_margin is None else f"nodule z range +- {z_margin} mm"
     console.print(
         f"wrote {sum(s.n_slices for s in written)} slices in {len(written)} series ({crop}); "
         f"manifest {out_dir / MANIFEST}"

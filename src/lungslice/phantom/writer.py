@@ -284,8 +284,9 @@ def synthesize(
         "z_selection": (
             "every slice"
             if config.z_margin_mm is None
-            else f"slices within {config.z_margin_mm} mm of a nodule's contours "
-            "(scans without nodules: of the middle of the scan)"
+            else f"one contiguous block from {config.z_margin_mm} mm below the lowest to "
+            f"{config.z_margin_mm} mm above the highest nodule contour (scans without "
+            f"nodules: within {config.z_margin_mm} mm of the middle of the scan)"
         ),
         "series": [_series_record(s, out) for s in written],
     }

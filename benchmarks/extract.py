@@ -4,13 +4,13 @@ End-to-end: DICOM files on disk -> index -> HU -> 1 mm resampling -> inputs ->
 features -> cache files (``extract_dataset``). Model-only: the same prepared
 backbone (same precision, layout, compile, batch size) on random tensors of
 the input shape, as many slices as the end-to-end run made. Both are
-repeated alternately and the medians compared (the machines are shared and
-noisy). Also prints how close the chosen precision's features are to FP32.
+repeated alternately; the best and the median of each are compared (the
+machines are shared and noisy). Also prints how close the chosen precision's features are to FP32.
 
 Usage::
 
     MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 \\
-    .venv/bin/python benchmarks/extract.py [--series 3 --slices 60 --compile]
+    .venv/bin/python benchmarks/extract.py [--series 4 --slices 100 --compile --layouts]
 
 (the script also tunes the allocator itself through ``mallopt``).
 """
@@ -117,8 +117,8 @@ def cosine_vs_fp32(config: FeatureConfig, data: Path) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--series", type=int, default=3, help="phantom series")
-    parser.add_argument("--slices", type=int, default=60, help="source slices per series")
+    parser.add_argument("--series", type=int, default=4, help="phantom series")
+    parser.add_argument("--slices", type=int, default=100, help="source slices per series")
     parser.add_argument("--pixels", type=int, default=512, help="rows = columns")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--weights", default="imagenet")
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     parser.add_argument("--loader", default="thread", choices=["thread", "process"])
-    parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of each")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating repeats of each")
     parser.add_argument("--no-cosine", action="store_true", help="skip the FP32 comparison")
     parser.add_argument(
         "--layouts", action="store_true", help="also compare eager/channels-last/bf16 model-only"
@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"model-only {model_rates[-1]:.1f} slices/s"
             )
         e2e, model = statistics.median(e2e_rates), statistics.median(model_rates)
+        # Other jobs on a shared 2-core machine slow single runs several-fold; the best of
+        # the alternated runs is the least disturbed measurement of each.
+        best_e2e, best_model = max(e2e_rates), max(model_rates)
         cpu_e2e, cpu_model = statistics.median(e2e_cpu), statistics.median(model_cpu)
         print()
         print(
@@ -191,16 +194,23 @@ def main(argv: list[str] | None = None) -> None:
         )
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
         print(f"machine         {os.cpu_count()} CPUs, load average now {load}")
-        print(f"end-to-end      {e2e:.1f} slices/s (median of {args.repeats})")
-        print(f"model-only      {model:.1f} slices/s (median of {args.repeats})")
-        print(f"ratio           {e2e / model:.3f} (target >= 0.9)")
+        print(
+            f"end-to-end      best {best_e2e:.1f}, median {e2e:.1f} slices/s ({args.repeats} runs)"
+        )
+        print(f"model-only      best {best_model:.1f}, median {model:.1f} slices/s")
+        print(
+            f"ratio           best/best {best_e2e / best_model:.3f}, median/median "
+            f"{e2e / model:.3f} (target >= 0.9)"
+        )
         print(
             f"CPU per slice   end-to-end {cpu_e2e:.2f} ms, model-only {cpu_model:.2f} ms "
             f"(ratio {cpu_model / cpu_e2e:.3f}; this process only: a --loader process worker's "
             "CPU is not counted)"
         )
-        hours = 325_000 / e2e / 3600
-        print(f"LIDC-IDRI       ~325,000 slices at 1 mm -> ~{hours:.1f} h at this end-to-end rate")
+        hours = 325_000 / best_e2e / 3600
+        print(
+            f"LIDC-IDRI       ~325,000 slices at 1 mm -> ~{hours:.1f} h at the best end-to-end rate"
+        )
         if not args.no_cosine and args.precision != "fp32":
             lo, med = cosine_vs_fp32(config, data)
             print(f"cosine vs fp32  min {lo:.5f}, median {med:.5f} (needs >= 0.99)")

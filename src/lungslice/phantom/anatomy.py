@@ -657,8 +657,10 @@ def render_slice(
     else:
         lung = np.zeros(img.shape, dtype=bool)
     back = np.clip((y - shape.lung_cy) / shape.lung_ay, -1.0, 1.0)
-    # dependent (posterior) lung is denser
-    lung_hu = HU["lung"] + 65.0 * back
+    # dependent (posterior) lung is denser, most of all in its last 2-3 cm by the wall
+    near_wall = np.clip(1.0 - (depth - wall) / 25.0, 0.0, 1.0) ** 2
+    behind = np.clip((y - shape.lung_cy) / (0.3 * shape.half_depth), 0.0, 1.0)
+    lung_hu = HU["lung"] + 65.0 * back + 120.0 * near_wall * behind
     if texture is not None:
         lung_hu = lung_hu + texture
     img = np.where(lung, lung_hu, img).astype(np.float32)

@@ -202,10 +202,12 @@ def eval_tables(
     """Aggregate every series and build the slice / nodule / study tables.
 
     A study "has a nodule" / "has a malignant nodule" when a counted nodule
-    (benign, malignant or excluded-ambiguous / malignant) lies within its slices;
-    nodules outside the series' z extent are counted in ``n_nodules_outside``
-    and left out of the nodule figures. Excluded (ambiguous) nodules count for
-    "any nodule" but are not scored in recall@k.
+    (benign, malignant or excluded-ambiguous / malignant) lies within its
+    evaluated slices. Benign and malignant nodules without evaluated slices
+    (outside the series' z extent, or all their slices excluded by the rule) are
+    counted in ``n_nodules_outside`` and left out of the nodule figures.
+    Excluded (ambiguous) nodules count for "any nodule" but are not scored in
+    recall@k.
 
     Study scores are computed by every aggregator (columns
     ``p_any_nodule.<method>``, ``p_malignant.<method>``); the unsuffixed columns
@@ -234,8 +236,8 @@ def eval_tables(
             nod["z_max"].to_numpy(dtype=np.float64),
             config.tolerance_mm,
         )
-        # a nodule outside the series' z extent (a z-cropped or partial series) cannot be
-        # found or missed: it is left out and counted, not scored as a miss
+        # a nodule without evaluated slices (outside a z-cropped or partial series, or all
+        # its slices excluded by the rule) cannot be found or missed: counted, not scored
         visible = np.isfinite(best)
         codes = nod["code"].to_numpy()[visible]
         row: dict[str, Any] = {
@@ -245,7 +247,7 @@ def eval_tables(
             "has_any": bool(codes.size),
             "has_malignant": bool((codes == 2).any()),
             "n_candidates": len(res.candidates),
-            "n_nodules_outside": int((~visible).sum()),
+            "n_nodules_outside": int((~visible & (nod["code"].to_numpy() >= 1)).sum()),
         }
         for method in ("max", "noisy_or"):
             p_any, p_mal = study_scores(

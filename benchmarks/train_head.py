@@ -9,6 +9,7 @@ objective, same C).
 
     .venv/bin/python benchmarks/train_head.py            # 300,000 x 1,280
     .venv/bin/python benchmarks/train_head.py --n 50000  # quicker
+    .venv/bin/python benchmarks/train_head.py --sklearn-rows 0 --blas-threads 1 2
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from lungslice.model.heads import HeadConfig, balanced_class_weights, train_head
 
@@ -46,27 +48,45 @@ def main() -> None:
         "--sklearn-rows", type=int, default=50_000, help="rows for the comparison (0: skip)"
     )
     parser.add_argument("--C", type=float, default=0.1)
+    parser.add_argument(
+        "--blas-threads", type=int, nargs="+", default=[2], help="BLAS threads to time, e.g. 1 2"
+    )
     parser.add_argument("--grid", action="store_true", help="also time the 3-point C grid")
+    parser.add_argument("--mlp-epochs", type=int, default=0, help="also time the MLP head")
     args = parser.parse_args()
 
     X, y, groups = make_features(args.n, args.d, seed=0)
     print(f"features {X.shape} float32, classes {np.bincount(y).tolist()}")
 
-    t, c = time.perf_counter(), time.process_time()
-    head = train_head(X, y, groups, HeadConfig(C_grid=(args.C,)), seed=0)
-    t_fit, c_fit = time.perf_counter() - t, time.process_time() - c
-    # CPU seconds as well as wall: on a shared machine the wall time includes waiting for cores
-    print(
-        f"lungslice logistic head, one C, {args.n} rows: {t_fit:.1f} s wall, {c_fit:.1f} s CPU "
-        f"({head.hyperparameters['n_iter']} L-BFGS iterations), load average "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-    )
+    for threads in args.blas_threads:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            t, c = time.perf_counter(), time.process_time()
+            head = train_head(X, y, groups, HeadConfig(C_grid=(args.C,)), seed=0)
+            t_fit, c_fit = time.perf_counter() - t, time.process_time() - c
+        # CPU seconds as well as wall: on a shared machine wall time includes waiting for cores
+        print(
+            f"lungslice logistic head, one C, {args.n} rows, {threads} BLAS thread(s): "
+            f"{t_fit:.1f} s wall, {c_fit:.1f} s CPU "
+            f"({head.hyperparameters['n_iter']} L-BFGS iterations), load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        )
     if args.grid:
         t = time.perf_counter()
         head = train_head(X, y, groups, HeadConfig(), seed=0)
         print(
             f"lungslice logistic head, C grid {HeadConfig().C_grid} x 3 inner folds + refit: "
             f"{time.perf_counter() - t:.1f} s (chose C={head.hyperparameters['C']})"
+        )
+
+    if args.mlp_epochs:
+        cfg = HeadConfig(
+            kind="mlp", hidden_grid=(128,), weight_decay_grid=(1e-4,), epochs=args.mlp_epochs
+        )
+        t, c = time.perf_counter(), time.process_time()
+        train_head(X, y, groups, cfg, seed=0)
+        print(
+            f"lungslice MLP head (hidden 128, batch 512), {args.mlp_epochs} epoch(s), {args.n} "
+            f"rows: {time.perf_counter() - t:.1f} s wall, {time.process_time() - c:.1f} s CPU"
         )
 
     m = min(args.sklearn_rows, args.n)

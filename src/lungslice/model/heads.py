@@ -5,8 +5,8 @@ probabilities in :data:`CLASSES` order (non-nodule, benign, malignant):
 
 - ``"logistic"``: multinomial logistic regression with balanced class weights
   for the ~94 % non-nodule imbalance: scikit-learn's ``LogisticRegression``
-  objective, minimised by scipy's L-BFGS on a chunked float32 loss (3-10x
-  faster than scikit-learn's own solver on 300,000 x 1,280 features).
+  objective, minimised by scipy's L-BFGS on a float32 loss (4x faster than
+  scikit-learn's own solver side by side at 50,000 x 1,280; benchmarks/train_head.py).
 - ``"mlp"``: a small one-hidden-layer perceptron in torch (CPU), trained with
   class-weighted cross-entropy and AdamW.
 
@@ -316,7 +316,7 @@ def _logistic_loss_grad(
     loss = -float((sw * (onehot * logp).sum(axis=1)).sum()) / sw_sum
     r = (np.exp(logp) - onehot) * (sw / sw_sum)[:, None]
     r32 = r.astype(np.float32)
-    gV = (X.T @ r32).astype(np.float64)  # X.T @ R: the fast BLAS path (R.T @ X is ~10x slower)
+    gV = (X.T @ r32).astype(np.float64)  # X.T @ R: the fast BLAS path, not R.T @ X
     r_sum = r32.sum(axis=0, dtype=np.float64)
     gW = (gV - np.outer(mean, r_sum)) / scale[:, None]
     loss += 0.5 * l2 * float((W * W).sum())
@@ -328,9 +328,10 @@ def _fit_logistic(
     X: np.ndarray, y: np.ndarray, params: dict[str, Any], config: HeadConfig, seed: int
 ) -> LogisticHead:
     # scikit-learn's LogisticRegression objective (multinomial, penalty 1 / (2 C sum(w)) on the
-    # standardised weights), minimised with scipy's L-BFGS on a float32 chunked loss/gradient:
-    # scikit-learn 1.9 computes the multinomial gradient as R.T @ X, which is ~10x slower
-    # than X.T @ R on OpenBLAS for 3 columns. tests/model/test_heads.py checks agreement.
+    # standardised weights), minimised with scipy's L-BFGS on a float32 loss/gradient:
+    # scikit-learn 1.9 computes the multinomial gradient as R.T @ X, which OpenBLAS runs far
+    # slower than X.T @ R for 3 columns (2.2 s vs 0.08 s at 50,000 x 1,280 in one measurement
+    # here). tests/model/test_heads.py checks agreement with scikit-learn.
     mean, scale = _scaler(X)
     present = np.flatnonzero(np.bincount(y, minlength=_N_CLASSES)[:_N_CLASSES] > 0)
     col = np.full(_N_CLASSES, -1)

@@ -479,12 +479,14 @@ def rasterise_segments(
     grid: Grid,
     z_positions: np.ndarray,
     grow: float = 0.0,
+    slab: float = 0.0,
 ) -> np.ndarray:
     """Partial-volume occupancy (0-255) of segments on the given slices.
 
     Each voxel gets ``clip((r - d) / pixel + 0.5, 0, 1)`` with ``d`` its
-    distance to the nearest segment; only each segment's bounding box is
-    visited, so a tree of thousands of segments costs about a second.
+    distance to the nearest segment, averaged over three depths across the
+    slice's thickness (``slab``), as a thick slice averages what it cuts;
+    only each segment's bounding box is visited.
 
     Parameters
     ----------
@@ -494,6 +496,8 @@ def rasterise_segments(
         Sorted ascending z (mm) of the slices to draw.
     grow : float
         Added to every radius (mm), e.g. a wall around a lumen.
+    slab : float
+        Slice thickness (mm); 0 samples the slice centre only.
 
     Returns
     -------
@@ -504,9 +508,10 @@ def rasterise_segments(
     m = grid.matrix
     out = np.zeros((zs.size, m, m), dtype=np.uint8)
     px = grid.spacing
+    depths = np.array([-slab / 3.0, 0.0, slab / 3.0]) if slab > 0 else np.zeros(1)
     for a, b, r0 in zip(segments.start, segments.end, segments.radius + grow, strict=True):
         r = float(r0)
-        reach = r + px
+        reach = r + px + float(depths.max())
         z_lo, z_hi = min(a[2], b[2]) - reach, max(a[2], b[2]) + reach
         k0, k1 = np.searchsorted(zs, [z_lo, z_hi])
         if k1 <= k0:
@@ -521,13 +526,13 @@ def rasterise_segments(
             continue
         xs = (grid.origin + px * np.arange(c0, c1))[None, None, :] - a[0]
         ys = (grid.origin + px * np.arange(r0_, r1_))[None, :, None] - a[1]
-        zz = zs[k0:k1][:, None, None] - a[2]
+        zz = (zs[k0:k1][None, :] + depths[:, None])[:, :, None, None] - a[2]
         d = b - a
         dd = float(d @ d)
-        t = (xs * d[0] + ys * d[1] + zz * d[2]) / dd if dd > 0 else np.zeros((1, 1, 1))
+        t = (xs * d[0] + ys * d[1] + zz * d[2]) / dd if dd > 0 else np.zeros((1, 1, 1, 1))
         t = np.clip(t, 0.0, 1.0)
         dist2 = (xs - t * d[0]) ** 2 + (ys - t * d[1]) ** 2 + (zz - t * d[2]) ** 2
-        occ = np.clip((r - np.sqrt(dist2)) / px + 0.5, 0.0, 1.0)
+        occ = np.clip((r - np.sqrt(dist2)) / px + 0.5, 0.0, 1.0).mean(axis=0)
         block = out[k0:k1, r0_:r1_, c0:c1]
         np.maximum(block, (occ * 255.0 + 0.5).astype(np.uint8), out=block)
     return out

@@ -188,9 +188,10 @@ def render(
         fov_half=LIDC_MATRIX / 2.0 * scan.pixel_spacing,
     )
     vessels, airways = vessel_tree(shape, np.random.default_rng([config.seed, key, 2]))
-    v_occ = rasterise_segments(vessels, grid, zs)
-    a_wall = rasterise_segments(airways, grid, zs, grow=1.3)
-    a_lumen = rasterise_segments(airways, grid, zs)
+    slab = float(scan.slice_thickness)
+    v_occ = rasterise_segments(vessels, grid, zs, slab=slab)
+    a_wall = rasterise_segments(airways, grid, zs, grow=1.3, slab=slab)
+    a_lumen = rasterise_segments(airways, grid, zs, slab=slab)
     fields, freq, phase = _texture_fields(grid, np.random.default_rng([config.seed, key, 3]))
 
     by_slice: dict[int, list[NodulePatch]] = {}

@@ -109,6 +109,7 @@ class ChestShape:
     rib_phase: float
     z_base: float
     z_apex: float
+    lung_hu: float = HU["lung"]
     pockets: tuple[tuple[float, float, float, float], ...] = field(default=())
 
     def u(self, z: np.ndarray | float) -> np.ndarray:
@@ -185,6 +186,8 @@ def chest_shape(
         rib_phase=float(rng.uniform(0.0, 1.0)),
         z_base=z_base,
         z_apex=z_apex,
+        # inspiration depth and age make some lungs more lucent than others
+        lung_hu=float(rng.uniform(-895.0, -840.0)),
     )
     if nodule_points is None or not len(nodule_points):
         return shape
@@ -665,7 +668,7 @@ def render_slice(
     # dependent (posterior) lung is denser, most of all in its last 2-3 cm by the wall
     near_wall = np.clip(1.0 - (depth - wall) / 25.0, 0.0, 1.0) ** 2
     behind = np.clip((y - shape.lung_cy) / (0.3 * shape.half_depth), 0.0, 1.0)
-    lung_hu = HU["lung"] + 65.0 * back + 120.0 * near_wall * behind
+    lung_hu = shape.lung_hu + 65.0 * back + 120.0 * near_wall * behind
     if texture is not None:
         lung_hu = lung_hu + texture
     img = np.where(lung, lung_hu, img).astype(np.float32)

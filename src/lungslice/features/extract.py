@@ -15,6 +15,11 @@ resampling) and input preparation of the next batches with inference on a
 background thread: NumPy, pydicom's pixel handling and PyTorch release the
 GIL in their heavy parts, and a thread hands arrays over without the
 pickling that made worker processes slower on 2 cores (PERF_NOTES.md).
+``loader="process"`` moves decoding and resampling into a spawned worker
+process instead (only the resized slices travel back). The loader runs with
+one intra-op thread at nice 19, so it fills the gaps of the model's OpenMP
+team rather than preempting it; ``ExtractResult.wait_s`` says how long the
+model waited for inputs.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from lungslice.cli import app
+from lungslice.phantom.preview import series_preview
 from lungslice.phantom.writer import MANIFEST
 
 runner = CliRunner()
@@ -31,6 +32,9 @@ def test_synth_patients_with_preview(tmp_path: Path) -> None:
     files = list((tmp_path / "out" / "LIDC-IDRI" / "LIDC-IDRI-0001").rglob("*.dcm"))
     assert len(files) == 9
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same grid from any series folder (here the phantom's own, slices by z)
+    grid = series_preview(files[0].parent, tmp_path / "series.png", n_panels=4)
+    assert 0 < grid.stat().st_size < 500_000
 
 
 def test_synth_needs_exactly_one_of_patients_or_n(tmp_path: Path) -> None:

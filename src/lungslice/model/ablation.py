@@ -34,7 +34,7 @@ from lungslice.model.evaluate import (
     folds_for_patients,
 )
 from lungslice.model.heads import HeadConfig
-from lungslice.model.metrics import bootstrap, json_safe
+from lungslice.model.metrics import bootstrap, format_figure, json_safe
 from lungslice.progress import ProgressCallback, report
 from lungslice.provenance import config_dict, provenance
 
@@ -90,15 +90,6 @@ def layer_columns(record: dict[str, Any], layers: Sequence[str]) -> np.ndarray:
     return np.concatenate(picked)
 
 
-def _fmt(fig: dict[str, float] | None) -> str:
-    if not fig or fig.get("value") is None or not np.isfinite(fig["value"]):
-        return "n/a"
-    lo, hi = fig.get("ci_low"), fig.get("ci_high")
-    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
-        return f"{fig['value']:.3f}"
-    return f"{fig['value']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
 def _table(rows: list[AblationRow]) -> pd.DataFrame:
     records = []
     for row in rows:
@@ -110,9 +101,9 @@ def _table(rows: list[AblationRow]) -> pd.DataFrame:
                 "aggregator": method,
             }
             for name in ABLATION_FIGURES:
-                rec[name] = _fmt(row.figures.get(name))
+                rec[name] = format_figure(row.figures.get(name))
             for target in ("malignant", "any_nodule"):
-                rec[f"study.roc_auc.{target}"] = _fmt(
+                rec[f"study.roc_auc.{target}"] = format_figure(
                     row.figures.get(f"study.roc_auc.{target}.{method}")
                 )
             records.append(rec)

@@ -46,6 +46,7 @@ from lungslice.model.metrics import (
     EvalTables,
     bootstrap,
     confusion_matrix,
+    format_figure,
     json_safe,
     nodule_hits,
 )
@@ -330,15 +331,6 @@ def choose_aggregator(figures: dict[str, dict[str, float]]) -> str:
     return best
 
 
-def _fmt(fig: dict[str, float] | None) -> str:
-    if not fig or fig.get("value") is None or not np.isfinite(fig["value"]):
-        return "n/a"
-    lo, hi = fig.get("ci_low"), fig.get("ci_high")
-    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
-        return f"{fig['value']:.3f}"
-    return f"{fig['value']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
 def _report_md(result: dict[str, Any], config: EvaluateConfig) -> str:
     rules = list(result["rules"])
     lines = [
@@ -385,7 +377,7 @@ def _report_md(result: dict[str, Any], config: EvaluateConfig) -> str:
     lines.append("|---" * (len(rules) + 1) + "|")
     names = list(result["rules"][rules[0]]["figures"])
     for name in names:
-        cells = [_fmt(result["rules"][r]["figures"].get(name)) for r in rules]
+        cells = [format_figure(result["rules"][r]["figures"].get(name)) for r in rules]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Study aggregators", ""]
     for r in rules:

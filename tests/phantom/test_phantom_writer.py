@@ -3,12 +3,8 @@ must read them as the scan they claim to be (lungslice's ingestion stage and pyl
 
 from __future__ import annotations
 
-import configparser
 import json
-import sys
-import types
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -123,27 +119,14 @@ def test_ingestion_loads_the_claimed_geometry(full_scan: Written, one_nodule: Li
 
 
 @pytest.fixture()
-def pylidc(tmp_path: Path, full_scan: Written) -> Iterator[Any]:
+def pylidc(tmp_path: Path, full_scan: Written, pylidc_importer: Any) -> Iterator[Any]:
     """pylidc 0.2.3 with the NumPy-2 shims, its config pointing at the phantom (test only)."""
-    pytest.importorskip("sqlalchemy")
     root, _, _ = full_scan
-    fake = types.ModuleType("pkg_resources")
-    fake.resource_filename = lambda pkg, name: str(  # type: ignore[attr-defined]
-        metadata.distribution(pkg).locate_file(f"{pkg}/{name}")
-    )
     (tmp_path / ".pylidcrc").write_text(f"[dicom]\npath = {root / 'LIDC-IDRI'}\nwarn = True\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HOME", str(tmp_path))
-        mp.setattr(np, "int", int, raising=False)
-        mp.setattr(np, "float", float, raising=False)
-        mp.setitem(sys.modules, "pkg_resources", fake)
-        if not hasattr(configparser, "SafeConfigParser"):
-            mp.setattr(configparser, "SafeConfigParser", configparser.ConfigParser, raising=False)
-        import pylidc as pl
-
-        yield pl
-        for name in [m for m in sys.modules if m == "pylidc" or m.startswith("pylidc.")]:
-            del sys.modules[name]
+        with pylidc_importer(mp) as pl:
+            yield pl
 
 
 @pytest.mark.slow

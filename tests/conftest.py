@@ -1,0 +1,43 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+import configparser
+import sys
+import types
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+@contextmanager
+def _pylidc_imported(mp: pytest.MonkeyPatch) -> Iterator[Any]:
+    # pylidc 0.2.3 needs np.int/np.float, pkg_resources and SafeConfigParser, all gone
+    # from today's stack: shim them inside the test only, then forget the module.
+    pytest.importorskip("sqlalchemy")
+    fake = types.ModuleType("pkg_resources")
+    fake.resource_filename = lambda pkg, name: str(  # type: ignore[attr-defined]
+        metadata.distribution(pkg).locate_file(f"{pkg}/{name}")
+    )
+    mp.setattr(np, "int", int, raising=False)
+    mp.setattr(np, "float", float, raising=False)
+    mp.setitem(sys.modules, "pkg_resources", fake)
+    if not hasattr(configparser, "SafeConfigParser"):
+        mp.setattr(configparser, "SafeConfigParser", configparser.ConfigParser, raising=False)
+    import pylidc
+
+    try:
+        yield pylidc
+    finally:
+        for name in [m for m in sys.modules if m == "pylidc" or m.startswith("pylidc.")]:
+            del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def pylidc_importer() -> Callable[[pytest.MonkeyPatch], AbstractContextManager[Any]]:
+    """``with pylidc_importer(monkeypatch) as pl:`` imports pylidc with the NumPy-2 shims."""
+    return _pylidc_imported

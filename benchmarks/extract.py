@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    parser.add_argument("--loader", default="thread", choices=["thread", "process"])
+    parser.add_argument("--loader", default="auto", choices=["auto", "inline", "thread", "process"])
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats of each")
     parser.add_argument("--no-cosine", action="store_true", help="skip the FP32 comparison")
     parser.add_argument(

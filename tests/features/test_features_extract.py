@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungslice.errors import FeatureError
+from lungslice.errors import ConfigError, FeatureError
 from lungslice.features.backbones import Backbone
 from lungslice.features.cache import (
     SLICE_COLUMNS,
@@ -26,6 +26,7 @@ from lungslice.features.extract import (
     iter_input_batches,
     load_resampled,
     make_runner,
+    resolve_loader,
 )
 from lungslice.features.inputs import InputConfig, make_inputs
 from lungslice.testing import write_ct_series
@@ -137,6 +138,27 @@ def test_cached_features_match_extract_volume_on_full_resolution(
     cached = np.load(tmp_path / "features" / config.key / f"{job.series_uid}.npy")
     cos = (direct * cached).sum(1) / np.linalg.norm(direct, axis=1) / np.linalg.norm(cached, axis=1)
     assert cos.min() > 0.999
+
+
+def test_inline_loader_gives_the_same_features(
+    tmp_path: Path, dataset: tuple[Path, list[str]], lite0: Backbone
+) -> None:
+    root, uids = dataset
+    config = CONFIG.replace(precision="fp32")
+    extract_dataset(root, tmp_path / "t", config, backbone=lite0, loader="thread")
+    result = extract_dataset(root, tmp_path / "i", config, backbone=lite0, loader="inline")
+    assert sorted(result.computed) == sorted(uids)
+    a, sa = load_features(tmp_path / "t", config.key)
+    b, sb = load_features(tmp_path / "i", config.key)
+    np.testing.assert_array_equal(a, b)
+    pd.testing.assert_frame_equal(sa, sb)
+
+
+def test_loader_auto_is_inline_on_the_cpu() -> None:
+    assert resolve_loader("auto", "cpu") == "inline"
+    assert resolve_loader("process", "cpu") == "process"
+    with pytest.raises(ConfigError, match="loader: expected 'auto', 'inline', 'thread' or"):
+        resolve_loader("fork", "cpu")
 
 
 @pytest.mark.slow

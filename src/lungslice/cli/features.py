@@ -96,9 +96,10 @@ def extract(
         False, "--download", help="Allow downloading ImageNet weights when no cache has them."
     ),
     loader: str = typer.Option(
-        "thread",
+        "auto",
         "--loader",
-        help="Where decoding/resampling run, overlapped with the model: 'thread' or 'process'.",
+        help="Where decoding/resampling run: 'inline' (between batches, all cores), 'thread' or "
+        "'process' (overlapped with the model); 'auto' = inline on CPU, thread on GPU.",
     ),
 ) -> None:
     """Extract per-slice features of every CT series under DATA_DIR (resumable)."""

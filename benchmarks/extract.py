@@ -39,6 +39,7 @@ from lungslice.features.extract import (
     find_series,
     load_resampled,
     make_runner,
+    resolve_loader,
 )
 from lungslice.features.inputs import InputConfig, input_size
 from lungslice.features.runtime import FeatureRunner, tune_allocator
@@ -118,7 +119,9 @@ def cosine_vs_fp32(config: FeatureConfig, data: Path) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--series", type=int, default=4, help="phantom series")
-    parser.add_argument("--slices", type=int, default=100, help="source slices per series")
+    parser.add_argument(
+        "--slices", type=int, default=250, help="source slices per series (LIDC-sized)"
+    )
     parser.add_argument("--pixels", type=int, default=512, help="rows = columns")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--weights", default="imagenet")
@@ -172,9 +175,10 @@ def main(argv: list[str] | None = None) -> None:
             model_rates.append(rate)
             model_cpu.append(cpu)
             m = result.manifest
+            loader = resolve_loader(args.loader, "auto")
             print(
                 f"run {r}: end-to-end {e2e_rates[-1]:.1f} slices/s ({n_slices} slices, "
-                f"{result.seconds:.1f} s; loader {m['load_s'].sum():.1f} s in background, "
+                f"{result.seconds:.1f} s; loading {m['load_s'].sum():.1f} s ({loader}), "
                 f"model {m['model_s'].sum():.1f} s, model waited {result.wait_s:.1f} s), "
                 f"model-only {model_rates[-1]:.1f} slices/s"
             )

@@ -10,7 +10,7 @@ machines are shared and noisy). Also prints how close the chosen precision's fea
 Usage::
 
     MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 \\
-    .venv/bin/python benchmarks/extract.py [--series 4 --slices 100 --compile --layouts]
+    .venv/bin/python benchmarks/extract.py [--series 4 --slices 250 --compile --layouts]
 
 (the script also tunes the allocator itself through ``mallopt``).
 """

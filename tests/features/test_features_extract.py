@@ -140,20 +140,6 @@ def test_cached_features_match_extract_volume_on_full_resolution(
     assert cos.min() > 0.999
 
 
-def test_inline_loader_gives_the_same_features(
-    tmp_path: Path, dataset: tuple[Path, list[str]], lite0: Backbone
-) -> None:
-    root, uids = dataset
-    config = CONFIG.replace(precision="fp32")
-    extract_dataset(root, tmp_path / "t", config, backbone=lite0, loader="thread")
-    result = extract_dataset(root, tmp_path / "i", config, backbone=lite0, loader="inline")
-    assert sorted(result.computed) == sorted(uids)
-    a, sa = load_features(tmp_path / "t", config.key)
-    b, sb = load_features(tmp_path / "i", config.key)
-    np.testing.assert_array_equal(a, b)
-    pd.testing.assert_frame_equal(sa, sb)
-
-
 def test_loader_auto_is_inline_on_the_cpu() -> None:
     assert resolve_loader("auto", "cpu") == "inline"
     assert resolve_loader("process", "cpu") == "process"
@@ -161,17 +147,17 @@ def test_loader_auto_is_inline_on_the_cpu() -> None:
         resolve_loader("fork", "cpu")
 
 
-@pytest.mark.slow
-def test_process_loader_gives_the_same_features(
-    tmp_path: Path, dataset: tuple[Path, list[str]], lite0: Backbone
+@pytest.mark.parametrize("loader", ["inline", pytest.param("process", marks=pytest.mark.slow)])
+def test_loaders_give_the_same_features(
+    tmp_path: Path, dataset: tuple[Path, list[str]], lite0: Backbone, loader: str
 ) -> None:
     root, uids = dataset
     config = CONFIG.replace(precision="fp32")
     extract_dataset(root, tmp_path / "t", config, backbone=lite0, loader="thread")
-    result = extract_dataset(root, tmp_path / "p", config, backbone=lite0, loader="process")
+    result = extract_dataset(root, tmp_path / "o", config, backbone=lite0, loader=loader)
     assert sorted(result.computed) == sorted(uids)
     a, sa = load_features(tmp_path / "t", config.key)
-    b, sb = load_features(tmp_path / "p", config.key)
+    b, sb = load_features(tmp_path / "o", config.key)
     np.testing.assert_array_equal(a, b)
     pd.testing.assert_frame_equal(sa, sb)
 

@@ -15,6 +15,7 @@ __all__ = [
     "FeatureError",
     "LungsliceError",
     "NoCTSeriesError",
+    "NotChestError",
     "SeriesGeometryError",
     "UnsupportedTransferSyntaxError",
     "WeightsUnavailableError",
@@ -43,6 +44,10 @@ class SeriesGeometryError(LungsliceError):
 
 class NoCTSeriesError(LungsliceError):
     """A folder holds no usable CT series."""
+
+
+class NotChestError(LungsliceError, ValueError):
+    """A volume has no lung field on any slice: not a chest CT, or not in HU."""
 
 
 class AnnotationError(LungsliceError):

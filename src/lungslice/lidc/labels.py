@@ -40,7 +40,7 @@ from lungslice.dicom.resample import ResampledVolume
 from lungslice.dicom.volume import CTVolume
 from lungslice.errors import AnnotationError, ConfigError
 from lungslice.lidc.nodules import cluster_and_find_nodules
-from lungslice.lidc.records import CHARACTERISTICS, LidcScan
+from lungslice.lidc.records import CHARACTERISTICS, Annotation, LidcScan
 from lungslice.progress import ProgressCallback, report
 from lungslice.provenance import file_sha256, provenance
 
@@ -58,6 +58,7 @@ __all__ = [
     "labels_for_resampled",
     "labels_for_volume",
     "mark_table",
+    "nodule_centre",
     "nodule_table",
     "read_labels",
     "resampled_labels",
@@ -214,8 +215,12 @@ def nodule_table(
     ``annotation_ids``, ``reader_nodule_ids``, ``readers``, each reader's
     ratings (``<characteristic>_ratings``, lists in annotation order), the mean of
     each characteristic (``mean_<characteristic>``), ``median_malignancy``,
-    ``diameter_mm``, ``z_min``, ``z_max``, ``slice_indices``, ``n_slices``, and
-    the clustering's ``cluster_tol`` and ``cluster_converged``.
+    ``diameter_mm``, ``z_min``, ``z_max``, ``slice_indices``, ``n_slices``, the
+    clustering's ``cluster_tol`` and ``cluster_converged``, and the nodule's
+    centre and size for candidate matching (:func:`nodule_centre`):
+    ``centroid_row``, ``centroid_col`` (pixel indices on the scan's own grid,
+    512 x 512 in LIDC), ``centroid_z_mm``, ``radius_mm`` and the scan's
+    ``pixel_spacing_mm``.
     """
     _check_unique_series(scans)
     rows: list[dict[str, Any]] = []
@@ -249,6 +254,14 @@ def nodule_table(
                 cluster_tol=clustering.tol,
                 cluster_converged=clustering.converged,
             )
+            centre = nodule_centre(nod.annotations, nod.diameter_mm, float(scan.pixel_spacing))
+            row.update(
+                centroid_row=centre[0],
+                centroid_col=centre[1],
+                centroid_z_mm=centre[2],
+                radius_mm=centre[3],
+                pixel_spacing_mm=float(scan.pixel_spacing),
+            )
             rows.append(row)
         report(progress, done, total, scan.patient_id)
     columns = [
@@ -272,8 +285,67 @@ def nodule_table(
         "n_slices",
         "cluster_tol",
         "cluster_converged",
+        "centroid_row",
+        "centroid_col",
+        "centroid_z_mm",
+        "radius_mm",
+        "pixel_spacing_mm",
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def nodule_centre(
+    annotations: Sequence[Annotation], diameter_mm: float, pixel_spacing: float | None = None
+) -> tuple[float, float, float, float]:
+    """Centre and radius of a nodule from its readers' contours.
+
+    The centre is the mean of the readers' centroids, each reader's centroid
+    being the mean of all its contour points as pylidc's
+    ``Annotation.centroid`` computes it (every point of every contour,
+    exclusion contours included; row/column from the points, z in mm from
+    the contours' ``imageZposition``). Averaging per reader, not per point,
+    gives each reader one vote, as LUNA16 merged the readers' marks.
+
+    Parameters
+    ----------
+    annotations : sequence of Annotation
+        The nodule's annotations (one per reader).
+    diameter_mm : float
+        The nodule's ``diameter_mm`` (mean of the readers' greatest axial diameters).
+    pixel_spacing : float, optional
+        In-plane mm per pixel; needed only when ``diameter_mm`` is NaN.
+
+    Returns
+    -------
+    tuple of float
+        ``(row, col, z_mm, radius_mm)``: ``row``/``col`` pixel indices on the
+        scan's grid; ``radius_mm`` is ``diameter_mm / 2`` (LUNA16's
+        convention). When ``diameter_mm`` is NaN (every contour a single
+        point) the radius is the largest distance (mm) of a contour point from
+        the centre, or NaN without ``pixel_spacing``.
+    """
+    centroids = []
+    points = []
+    for a in annotations:
+        pts = [
+            np.column_stack([c.ij.astype(np.float64), np.full(len(c.xy), float(c.z))])
+            for c in a.contours
+            if len(c.xy)
+        ]
+        if pts:
+            p = np.vstack(pts)
+            points.append(p)
+            centroids.append(p.mean(axis=0))
+    if not centroids:
+        return (float("nan"),) * 4
+    row, col, z = np.mean(centroids, axis=0).tolist()
+    if np.isfinite(diameter_mm):
+        return row, col, z, float(diameter_mm) / 2.0
+    if pixel_spacing is None:
+        return row, col, z, float("nan")
+    p = np.vstack(points)
+    d = np.column_stack([(p[:, :2] - [row, col]) * pixel_spacing, p[:, 2] - z])
+    return row, col, z, float(np.sqrt((d**2).sum(axis=1)).max())
 
 
 def mark_table(scans: Sequence[LidcScan]) -> pd.DataFrame:

@@ -124,7 +124,7 @@ def test_sources_index_and_file_list(tmp_path: Path) -> None:
     uid = _series_uid(a[0])
     vol = load_series(index, series_uid=uid)
     np.testing.assert_array_equal(vol.hu, hu)
-    with pytest.raises(NoCTSeriesError, match=r"2 loadable CT series .*pass series_uid=\.\.\."):
+    with pytest.raises(NoCTSeriesError, match=r"2 loadable CT series .*pass series_uid='UID'"):
         load_series(index)
     with pytest.raises(NoCTSeriesError, match=r"no series 1\.2\.3"):
         load_series(index, series_uid="1.2.3")
@@ -154,7 +154,7 @@ def test_dicom_without_pixel_data(tmp_path: Path) -> None:
     paths = write_ct_series(tmp_path, PixelData=lambda i: None if i == 2 else ..., **SMALL)
     msg = (
         f"{paths[2]} (SOPInstanceUID {_sop(paths[2])}) has no PixelData (7FE0,0010); "
-        "expected an image - remove the file from the series or pass the other files as a list"
+        "expected an image - move the file out of the series folder"
     )
     with pytest.raises(SeriesGeometryError, match=re.escape(msg)):
         load_series(tmp_path)
@@ -202,7 +202,7 @@ def test_duplicate_z_keeps_lower_instance_number(tmp_path: Path) -> None:
         match=re.escape(
             "1 position(s) hold more than one image, first at 7.5 mm: "
             f"{paths[3]}, {paths[10]}; expected one image per position - "
-            "LoadConfig(duplicates='keep_lower_instance') keeps the lower InstanceNumber"
+            "pass LoadConfig(duplicates='keep_lower_instance') to keep the lower InstanceNumber"
         ),
     ):
         load_series(tmp_path, config=LoadConfig(duplicates="error"))
@@ -227,7 +227,7 @@ def test_two_series_interleaved_in_one_folder(tmp_path: Path) -> None:
         load_series(tmp_path)
     message = str(info.value)
     assert all(f"{u} (CT, 6 files)" in message for u in listed)
-    assert message.endswith("expected one - pass series_uid=... to choose")
+    assert message.endswith("expected one - pass series_uid='UID' to choose")
     vol = load_series(tmp_path, series_uid=ub)
     assert vol.series_uid == ub
     assert len(vol.info["skipped_files"]) == 6
@@ -242,7 +242,7 @@ def test_mixed_pixel_spacing(tmp_path: Path) -> None:
     )
     msg = (
         f"{paths[4]} (SOPInstanceUID {_sop(paths[4])}) has PixelSpacing [0.8, 0.8], "
-        f"expected [0.7, 0.7] like {paths[0]}; load the files of one pixel spacing as a list"
+        f"expected [0.7, 0.7] like {paths[0]}; move the files of other pixel spacings out of the series folder"
     )
     with pytest.raises(SeriesGeometryError, match=re.escape(msg)):
         load_series(tmp_path)

@@ -22,12 +22,19 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
-from lungslice.dicom.geometry import LoadConfig, StackError, plan_stack, slice_normal
+from lungslice.dicom.geometry import (
+    DERIVED_SERIES,
+    LoadConfig,
+    StackError,
+    derive_missing_series,
+    plan_stack,
+    slice_normal,
+)
 from lungslice.dicom.header import DamagedPixelDataError, SliceHeader, read_header
 from lungslice.dicom.walk import reason_category, walk_files
 from lungslice.errors import DicomReadError, LungsliceError
@@ -46,7 +53,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FILE_COLUMNS = ("path", "series_uid", "sop_instance_uid", "status", "reason")
+FILE_COLUMNS = ("path", "series_uid", "sop_instance_uid", "status", "reason", "series_uid_source")
 SERIES_COLUMNS = (
     "patient_id",
     "study_uid",
@@ -80,7 +87,13 @@ class DicomIndex:
     ----------
     files : pandas.DataFrame
         One row per file: ``path`` (absolute), ``series_uid`` (None if none),
-        ``sop_instance_uid``, ``status`` (``used`` / ``skipped``), ``reason``.
+        ``sop_instance_uid``, ``status`` (``used`` / ``skipped``), ``reason``,
+        ``series_uid_source`` (``"header"``, or
+        :data:`~lungslice.dicom.geometry.DERIVED_SERIES` when the file had no
+        SeriesInstanceUID and was grouped by folder and geometry; None when
+        the file has no series). Also one row per folder that could not be
+        listed and per folder link not followed (a loop, or a folder already
+        indexed), ``status`` ``skipped``.
     series : pandas.DataFrame
         One row per SeriesInstanceUID, columns :data:`SERIES_COLUMNS`;
         ``status`` ``ok`` or ``rejected`` with the ``reason``.
@@ -272,12 +285,37 @@ def read_headers(
     return results
 
 
+def _cannot_open(reason: str) -> bool:
+    # The OS refused the file (permissions, I/O): its header, and series, are unknown.
+    return reason.startswith("unreadable: ") and any(
+        name in reason
+        for name in ("PermissionError", "OSError", "IsADirectoryError", "FileNotFoundError")
+    )
+
+
+def _derive_series(results: list[_Result]) -> tuple[list[_Result], set[int]]:
+    """Results with a derived SeriesInstanceUID where a header has none, and their positions."""
+    positions = [i for i, r in enumerate(results) if isinstance(r, SliceHeader)]
+    headers = [cast(SliceHeader, results[i]) for i in positions]
+    if all(h.series_uid is not None for h in headers):
+        return results, set()
+    new, _ = derive_missing_series(headers)
+    out = list(results)
+    changed: set[int] = set()
+    for i, old, h in zip(positions, headers, new, strict=True):
+        if h is not old:
+            changed.add(i)
+        out[i] = h
+    return out, changed
+
+
 def _series_row(
     uid: str,
     headers: list[SliceHeader],
     n_files: int,
     config: LoadConfig,
     damaged: Sequence[SliceHeader] = (),
+    unreadable: Sequence[tuple[str, str]] = (),
 ) -> tuple[dict[str, Any], dict[Path, str]]:
     """The series row and the skip reason of each of its files that is not used."""
     first = headers[0]
@@ -318,6 +356,15 @@ def _series_row(
     if all(h.is_localizer for h in headers):
         row["status"], row["reason"] = "rejected", "localizer"
         return row, {h.path: "localizer" for h in headers}
+    if unreadable:
+        # A file that cannot be opened may be one of the slices: loading refuses too.
+        path, why = unreadable[0]
+        row["status"] = "rejected"
+        row["reason"] = (
+            f"unreadable file: {len(unreadable)} file(s) in the series folder cannot be read, "
+            f"first {path}: {why.removeprefix('unreadable: ')}"
+        )
+        return row, {h.path: "series rejected: unreadable file" for h in headers}
     if damaged:
         # load_series refuses a series with a damaged slice; say so here too.
         row["status"] = "rejected"
@@ -375,34 +422,41 @@ def index_tree(
     unreadable: list[tuple[Path, str]] = []
     paths = walk_files(root, unreadable)
     results = read_headers(paths, workers=workers, progress=progress)
+    results, derived_at = _derive_series(results)
 
     file_rows: list[dict[str, Any]] = []
     by_series: dict[str, list[SliceHeader]] = defaultdict(list)
     n_files: Counter[str] = Counter()
     seen_sop: dict[str, Path] = {}
     damaged: dict[str, list[SliceHeader]] = defaultdict(list)
-    for path, result in zip(paths, results, strict=True):
+    derived: set[str] = set()
+    cannot_open: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for i, (path, result) in enumerate(zip(paths, results, strict=True)):
         row: dict[str, Any] = {
             "path": str(path),
             "series_uid": None,
             "sop_instance_uid": None,
             "status": "skipped",
             "reason": None,
+            "series_uid_source": None,
         }
         file_rows.append(row)
         if isinstance(result, str):
             row["reason"] = result
+            if _cannot_open(result):
+                cannot_open[str(path.parent)].append((str(path), result))
             continue
+        header = result[1] if isinstance(result, tuple) else result
+        row["series_uid"] = header.series_uid
+        row["sop_instance_uid"] = header.sop_instance_uid
+        if header.series_uid is not None:
+            row["series_uid_source"] = DERIVED_SERIES if i in derived_at else "header"
         if isinstance(result, tuple):
-            row["reason"], damaged_header = result
-            row["series_uid"] = damaged_header.series_uid
-            row["sop_instance_uid"] = damaged_header.sop_instance_uid
-            if damaged_header.series_uid is not None:
-                damaged[damaged_header.series_uid].append(damaged_header)
-                n_files[damaged_header.series_uid] += 1
+            row["reason"] = result[0]
+            if header.series_uid is not None:
+                damaged[header.series_uid].append(header)
+                n_files[header.series_uid] += 1
             continue
-        row["series_uid"] = result.series_uid
-        row["sop_instance_uid"] = result.sop_instance_uid
         if result.is_dicomdir:
             row["reason"] = "DICOMDIR"
         elif result.series_uid is None:
@@ -418,9 +472,12 @@ def index_tree(
             n_files[result.series_uid] += 1
             by_series[result.series_uid].append(result)
             row["status"] = "used"
+        if row["series_uid_source"] == DERIVED_SERIES:
+            derived.add(str(result.series_uid))
 
     for folder, why in unreadable:
-        # A folder that cannot be listed gets a row: its files are unknown, not dropped.
+        # A folder that cannot be listed (or a link not followed) gets a row: its
+        # files are unknown or counted elsewhere, not dropped.
         file_rows.append(
             {
                 "path": str(folder),
@@ -428,15 +485,27 @@ def index_tree(
                 "sop_instance_uid": None,
                 "status": "skipped",
                 "reason": why,
+                "series_uid_source": None,
             }
+        )
+    for uid in sorted(derived):
+        n = n_files[uid]
+        log.warning(
+            "%d file(s) without SeriesInstanceUID grouped by folder and geometry as series %s "
+            "(files.parquet series_uid_source)",
+            n,
+            uid,
         )
     series_rows: list[dict[str, Any]] = []
     file_reasons: dict[Path, str] = {}
     uids = set(by_series) | set(damaged)
     first_of = {u: (by_series.get(u) or damaged[u])[0] for u in uids}
     for uid in sorted(uids, key=lambda u: (first_of[u].patient_id or "", u)):
+        members = by_series.get(uid) or damaged[uid]
+        folders = {str(h.path.parent) for h in members}
+        blocked = [item for f in sorted(folders) for item in cannot_open.get(f, [])]
         srow, reasons = _series_row(
-            uid, by_series.get(uid) or damaged[uid], n_files[uid], config, damaged.get(uid, [])
+            uid, members, n_files[uid], config, damaged.get(uid, []), blocked
         )
         series_rows.append(srow)
         file_reasons.update(reasons)

@@ -17,10 +17,20 @@ Decisions
   any repeat an error.
 - Gantry tilt (positions advance off the slice normal) is refused by
   default; ``tilt="correct"`` shears each slice back onto the normal.
+- RescaleSlope and RescaleIntercept are required in CT images (DICOM CT
+  Image module, type 1): without them stored values are not HU (often
+  1024 too high) and the series is refused unless ``allow_missing_rescale``.
+- ``min_coverage_mm`` (off by default, 30 mm for ``lungslice predict``)
+  refuses series covering too little of the body along the slice normal.
+
+Each refusal carries a :class:`~lungslice.errors.Fix` (the opt-out as
+settings), phrased as ``LoadConfig(...)`` for Python and as flags by the CLI.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -30,9 +40,19 @@ from typing import Any, Literal
 import numpy as np
 
 from lungslice.dicom.header import SliceHeader
-from lungslice.errors import ConfigError, SeriesGeometryError
+from lungslice.errors import ConfigError, CoverageError, Fix, SeriesGeometryError
 
-__all__ = ["LoadConfig", "StackError", "StackPlan", "plan_stack", "slice_normal"]
+__all__ = [
+    "DERIVED_SERIES",
+    "CoverageStackError",
+    "LoadConfig",
+    "StackError",
+    "StackPlan",
+    "coverage_mm",
+    "derive_missing_series",
+    "plan_stack",
+    "slice_normal",
+]
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,18 @@ class LoadConfig:
         patient's z axis (sagittal or coronal reconstructions).
     min_slices : int
         Fewest slices a volume may have.
+    min_coverage_mm : float
+        Shortest extent along the slice normal a series may cover
+        (``(n - 1) x spacing + spacing``); 0 (the default) checks nothing,
+        ``lungslice predict`` uses 30 mm.
+    allow_missing_rescale : bool
+        Load CT images that lack RescaleSlope / RescaleIntercept, taking the
+        stored values as HU (slope 1, intercept 0). Off: such a series is
+        refused, as its values are usually 1024 too high.
+    hu_check : {"warn", "refuse", "off"}
+        After loading, check that air outside the body is near -1000 HU and
+        that lung-range voxels exist; warn (log and ``info["warnings"]``),
+        refuse (:class:`~lungslice.errors.HounsfieldError`) or skip.
     air_hu : float
         HU written where pixels are padding or outside the scan field.
     out_of_field_below : float
@@ -82,6 +114,9 @@ class LoadConfig:
     tilt_tolerance_deg: float = 0.1
     require_axial: bool = True
     min_slices: int = 2
+    min_coverage_mm: float = 0.0
+    allow_missing_rescale: bool = False
+    hu_check: Literal["warn", "refuse", "off"] = "warn"
     air_hu: float = -1000.0
     out_of_field_below: float = -2000.0
 
@@ -97,6 +132,14 @@ class LoadConfig:
             raise ConfigError(f"LoadConfig.gap_factor must be > 1, got {self.gap_factor}")
         if self.min_slices < 1:
             raise ConfigError(f"LoadConfig.min_slices must be >= 1, got {self.min_slices}")
+        if not self.min_coverage_mm >= 0:
+            raise ConfigError(
+                f"LoadConfig.min_coverage_mm must be >= 0, got {self.min_coverage_mm}"
+            )
+        if self.hu_check not in ("warn", "refuse", "off"):
+            raise ConfigError(
+                f"LoadConfig.hu_check must be 'warn', 'refuse' or 'off', got {self.hu_check!r}"
+            )
 
 
 class StackError(SeriesGeometryError):
@@ -108,15 +151,31 @@ class StackError(SeriesGeometryError):
         Short category, e.g. ``"missing slices"`` (used in ``series.parquet``).
     message : str
         The full message: what, where, expected vs found, and the opt-out.
+    fix : Fix, optional
+        The opt-out as settings; the message holds ``fix.python()``, which
+        the CLI rewrites as flags.
     """
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, fix: Fix | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.fix = fix
 
-    def __reduce__(self) -> tuple[type[StackError], tuple[str, str]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         # Survive pickling between processes (args hold only the message).
-        return (type(self), (self.reason, str(self)))
+        return (type(self), (self.reason, str(self), self.fix))
+
+
+class CoverageStackError(StackError, CoverageError):
+    """A series covers less than ``LoadConfig.min_coverage_mm`` along the slice normal."""
+
+
+def coverage_mm(z: np.ndarray | Sequence[float], slice_spacing: float) -> float:
+    """Extent a stack of slices covers along its normal: first to last position plus one step."""
+    values = np.asarray(z, dtype=np.float64)
+    if values.size == 0:
+        return 0.0
+    return float(values.max() - values.min()) + float(slice_spacing)
 
 
 @dataclass(frozen=True)
@@ -163,6 +222,56 @@ def slice_normal(orientation: Sequence[float]) -> np.ndarray:
     return normal / norm
 
 
+#: ``files.parquet`` ``series_uid_source`` of a SeriesInstanceUID derived by
+#: :func:`derive_missing_series`.
+DERIVED_SERIES = "derived: folder + geometry (no SeriesInstanceUID)"
+
+
+def _derived_uid(h: SliceHeader) -> str:
+    key = "|".join(
+        str(v)
+        for v in (
+            h.path.parent,
+            h.study_uid,
+            h.modality,
+            None if h.orientation is None else tuple(round(c, 4) for c in h.orientation),
+            None if h.pixel_spacing is None else tuple(round(c, 4) for c in h.pixel_spacing),
+            h.rows,
+            h.columns,
+        )
+    )
+    digest = hashlib.sha256(key.encode()).digest()[:16]
+    return "2.25." + str(int.from_bytes(digest, "big"))
+
+
+def derive_missing_series(
+    headers: Sequence[SliceHeader],
+) -> tuple[list[SliceHeader], dict[str, int]]:
+    """Give images without a SeriesInstanceUID one derived from folder and geometry.
+
+    Anonymisers sometimes strip SeriesInstanceUID. Images of one folder with
+    the same study, modality, orientation, pixel spacing and matrix are taken
+    as one series, named by a deterministic ``2.25.<hash>`` UID (the same on
+    every run, so the index and the loader agree).
+
+    Returns
+    -------
+    headers : list of SliceHeader
+        Same order; those lacking the UID carry the derived one.
+    derived : dict
+        Derived UID -> number of images grouped under it (empty when none).
+    """
+    out: list[SliceHeader] = []
+    derived: Counter[str] = Counter()
+    for h in headers:
+        if h.series_uid is None and not h.is_dicomdir and h.has_pixels:
+            uid = _derived_uid(h)
+            derived[uid] += 1
+            h = dataclasses.replace(h, series_uid=uid)
+        out.append(h)
+    return out, dict(derived)
+
+
 def _where(h: SliceHeader) -> str:
     return f"{h.path} (SOPInstanceUID {h.sop_instance_uid})"
 
@@ -173,14 +282,18 @@ def _fmt(values: Sequence[float] | None) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
-def _check_identity(headers: Sequence[SliceHeader], label: str) -> None:
+_SERIES_FIX = Fix.of("", series_uid="UID")
+
+
+def _check_identity(headers: Sequence[SliceHeader], label: str, config: LoadConfig) -> None:
     series = Counter(h.series_uid for h in headers)
     if len(series) > 1:
         listed = ", ".join(f"{uid} ({n} files)" for uid, n in series.most_common())
         raise StackError(
             "several series",
             f"{label}: the files belong to {len(series)} series: {listed}; "
-            "expected one - pass series_uid=... (or the files of one series)",
+            f"expected one - pass {_SERIES_FIX.python()} to choose one",
+            fix=_SERIES_FIX,
         )
     for h in headers:
         if h.modality != "CT":
@@ -199,7 +312,7 @@ def _check_identity(headers: Sequence[SliceHeader], label: str) -> None:
             raise StackError(
                 "no pixel data",
                 f"{label}: {_where(h)} has no PixelData (7FE0,0010); expected an image - "
-                "remove the file from the series or pass the other files as a list",
+                "move the file out of the series folder",
             )
         missing = [
             name
@@ -223,6 +336,19 @@ def _check_identity(headers: Sequence[SliceHeader], label: str) -> None:
                 "not grayscale",
                 f"{label}: {_where(h)} has SamplesPerPixel {h.samples_per_pixel}, expected 1",
             )
+    lacking = [h for h in headers if not h.has_rescale]
+    if lacking and not config.allow_missing_rescale:
+        h = lacking[0]
+        fix = Fix.of(allow_missing_rescale=True)
+        raise StackError(
+            "missing rescale",
+            f"{label}: {_where(h)} and {len(lacking) - 1} other file(s) of {len(headers)} lack "
+            "RescaleSlope/RescaleIntercept (0028,1053)/(0028,1052), which every CT image must "
+            "have; without them the stored values are not Hounsfield units (usually 1024 too "
+            "high) - fix the export, or pass "
+            f"{fix.python()} to take the stored values as HU",
+            fix=fix,
+        )
 
 
 def _check_same_grid(headers: Sequence[SliceHeader], label: str, tol: float) -> None:
@@ -232,24 +358,24 @@ def _check_same_grid(headers: Sequence[SliceHeader], label: str, tol: float) -> 
             raise StackError(
                 "mixed rows/columns",
                 f"{label}: {_where(h)} is {h.rows}x{h.columns} pixels, expected "
-                f"{first.rows}x{first.columns} like {first.path}; load the files of one size "
-                "as a list",
+                f"{first.rows}x{first.columns} like {first.path}; move the files of other "
+                "sizes out of the series folder",
             )
         assert h.orientation is not None and first.orientation is not None
         if not np.allclose(h.orientation, first.orientation, atol=1e-3):
             raise StackError(
                 "mixed orientation",
                 f"{label}: {_where(h)} has ImageOrientationPatient {_fmt(h.orientation)}, "
-                f"expected {_fmt(first.orientation)} like {first.path}; load the files of "
-                "one orientation as a list",
+                f"expected {_fmt(first.orientation)} like {first.path}; move the files of "
+                "other orientations out of the series folder",
             )
         assert h.pixel_spacing is not None and first.pixel_spacing is not None
         if not np.allclose(h.pixel_spacing, first.pixel_spacing, rtol=tol * 0.1, atol=1e-4):
             raise StackError(
                 "mixed pixel spacing",
                 f"{label}: {_where(h)} has PixelSpacing {_fmt(h.pixel_spacing)}, expected "
-                f"{_fmt(first.pixel_spacing)} like {first.path}; load the files of one "
-                "pixel spacing as a list",
+                f"{_fmt(first.pixel_spacing)} like {first.path}; move the files of other "
+                "pixel spacings out of the series folder",
             )
 
 
@@ -267,10 +393,12 @@ def _resolve_duplicates(
     example = ", ".join(str(headers[i].path) for i in groups[k0][:3])
     where = f"{len(repeated)} position(s) hold more than one image, first at {k0:g} mm: {example}"
     if config.duplicates == "error":
+        fix = Fix.of(duplicates="keep_lower_instance")
         raise StackError(
             "duplicate positions",
             f"{label}: {where}; expected one image per position - "
-            "LoadConfig(duplicates='keep_lower_instance') keeps the lower InstanceNumber",
+            f"pass {fix.python()} to keep the lower InstanceNumber",
+            fix=fix,
         )
     fraction = len(repeated) / len(counts)
     if fraction > config.max_duplicate_fraction:
@@ -278,8 +406,7 @@ def _resolve_duplicates(
             "duplicate positions",
             f"{label}: {where}; {fraction:.0%} of positions repeat, expected at most "
             f"{config.max_duplicate_fraction:.0%} - this looks like two acquisitions under one "
-            "SeriesInstanceUID; pass the files of one as a list, or raise "
-            "LoadConfig(max_duplicate_fraction=...)",
+            "SeriesInstanceUID; move the files of one acquisition into a folder of their own",
         )
     drop: set[int] = set()
     dropped: list[dict[str, Any]] = []
@@ -290,7 +417,7 @@ def _resolve_duplicates(
                 "duplicate positions",
                 f"{label}: images at {key:g} mm ({', '.join(str(headers[i].path) for i in idx)}) "
                 f"have InstanceNumbers {numbers}; expected distinct numbers to keep the lower - "
-                "pass the files to keep as a list",
+                "move the images you do not want out of the series folder",
             )
         keep = idx[int(np.argmin([n for n in numbers if n is not None]))]
         for i in idx:
@@ -356,7 +483,7 @@ def plan_stack(
             if h.is_localizer
         ]
         headers = [h for h in headers if not h.is_localizer]
-    _check_identity(headers, label)
+    _check_identity(headers, label, config)
     _check_same_grid(headers, label, config.spacing_tolerance)
     first = headers[0]
     assert first.orientation is not None and first.pixel_spacing is not None
@@ -367,8 +494,7 @@ def plan_stack(
             "not axial",
             f"{label}: ImageOrientationPatient {_fmt(first.orientation)} of {first.path} is not "
             f"axial (slice normal {_fmt(normal.round(3).tolist())}, expected close to [0, 0, 1]); "
-            "lungslice classifies axial slices - load the axial series, or pass "
-            "LoadConfig(require_axial=False)",
+            "lungslice classifies axial slices - load the axial series",
         )
     if normal[2] < 0:
         # Stack towards the head either way, so z_positions stay patient z.
@@ -392,10 +518,12 @@ def plan_stack(
             "the lower InstanceNumber (as pylidc does)"
         )
     if len(hs) < config.min_slices:
+        fix = Fix.of(min_slices=max(len(hs), 1))
         raise StackError(
             "too few slices",
             f"{label}: {len(hs)} slice(s), expected at least {config.min_slices} - "
-            "pass LoadConfig(min_slices=1) to load single images",
+            f"pass {fix.python()} to load it anyway",
+            fix=fix,
         )
 
     shifts = None
@@ -410,12 +538,13 @@ def plan_stack(
         tilt_tag = first.gantry_tilt or 0.0
         if angle > config.tilt_tolerance_deg:
             if config.tilt == "refuse":
+                fix = Fix.of(tilt="correct")
                 raise StackError(
                     "gantry tilt",
                     f"{label}: slice positions advance {angle:.2f} degrees off the slice normal "
                     f"(GantryDetectorTilt {tilt_tag:g}; first {first.path}); expected stacking "
-                    "along the normal - pass LoadConfig(tilt='correct') to shear the slices "
-                    "back onto it",
+                    f"along the normal - pass {fix.python()} to shear the slices back onto it",
+                    fix=fix,
                 )
             row_cos = np.asarray(first.orientation[:3])
             col_cos = np.asarray(first.orientation[3:6])
@@ -436,24 +565,28 @@ def plan_stack(
         if big.any():
             i = int(np.argmax(big))
             if not config.allow_gaps:
+                fix = Fix.of(allow_gaps=True)
                 raise StackError(
                     "missing slices",
                     f"{label}: step of {steps[i]:.3g} mm between z={z[i]:g} "
                     f"({_where(hs[i])}) and z={z[i + 1]:g} ({_where(hs[i + 1])}), expected about "
                     f"{median:.3g} mm (gap > {config.gap_factor:g} x median): "
-                    f"{int(big.sum())} gap(s) - pass LoadConfig(allow_gaps=True) to load anyway",
+                    f"{int(big.sum())} gap(s) - pass {fix.python()} to load anyway",
+                    fix=fix,
                 )
             decisions.append(f"accepted {int(big.sum())} gap(s) in z (allow_gaps)")
         uneven = ~big & (np.abs(steps - median) > config.spacing_tolerance * median)
         if uneven.any():
             i = int(np.argmax(uneven))
             if not config.allow_irregular:
+                fix = Fix.of(allow_irregular=True)
                 raise StackError(
                     "irregular spacing",
                     f"{label}: step of {steps[i]:.4g} mm between z={z[i]:g} ({_where(hs[i])}) "
                     f"and z={z[i + 1]:g}, expected {median:.4g} mm within "
                     f"{config.spacing_tolerance:.0%}: {int(uneven.sum())} irregular step(s) - "
-                    "pass LoadConfig(allow_irregular=True) to load anyway",
+                    f"pass {fix.python()} to load anyway",
+                    fix=fix,
                 )
             decisions.append(f"accepted {int(uneven.sum())} irregular step(s) (allow_irregular)")
         slice_spacing = round(median, 6)  # positions carry ~6 decimals
@@ -470,6 +603,18 @@ def plan_stack(
             decisions.append(
                 f"spacing {slice_spacing:g} mm > thickness {thickness:g} mm "
                 "(regular spacing, not a gap)"
+            )
+    if config.min_coverage_mm > 0:
+        covered = coverage_mm(z, slice_spacing)
+        if covered < config.min_coverage_mm:
+            fix = Fix.of(min_coverage_mm=math.floor(covered))
+            raise CoverageStackError(
+                "too little coverage",
+                f"{label}: {len(hs)} slice(s) {slice_spacing:g} mm apart cover {covered:.4g} mm "
+                f"along the slice normal (z {float(z[0]):g} to {float(z[-1]):g}, first "
+                f"{hs[0].path}); expected at least {config.min_coverage_mm:g} mm of the chest - "
+                f"load the full series, or pass {fix.python()} to accept it",
+                fix=fix,
             )
     spacing = (slice_spacing, float(first.pixel_spacing[0]), float(first.pixel_spacing[1]))
     return StackPlan(

@@ -80,6 +80,8 @@ class SliceHeader:
     ``pixel_spacing`` PixelSpacing as ``(row, column)``; ``pixel_bytes`` the
     length of the PixelData value (None when encapsulated or absent) and
     ``pixel_offset`` where it starts in the file (None once loaded).
+    ``has_rescale`` is False when RescaleSlope or RescaleIntercept is absent
+    (``rescale_slope`` / ``rescale_intercept`` then hold 1 and 0).
     """
 
     path: Path
@@ -115,6 +117,7 @@ class SliceHeader:
     has_pixels: bool
     pixel_bytes: int | None
     pixel_offset: int | None = None
+    has_rescale: bool = True
 
     @property
     def is_dicomdir(self) -> bool:
@@ -221,6 +224,11 @@ def _float(get: _Getter, keyword: str) -> float | None:
     if isinstance(value, list):
         value = value[0]
     return float(value)
+
+
+def _present(get: _Getter, keyword: str) -> bool:
+    value = get(keyword)
+    return value is not None and value != "" and value != []
 
 
 def _int(get: _Getter, keyword: str) -> int | None:
@@ -340,6 +348,7 @@ def _build(
             has_pixels=has_pixels,
             pixel_bytes=pixel_bytes,
             pixel_offset=pixel_offset,
+            has_rescale=_present(get, "RescaleSlope") and _present(get, "RescaleIntercept"),
         )
     except DicomReadError as err:
         raise DicomReadError(f"{path}: {err}") from None

@@ -24,12 +24,21 @@ import numpy as np
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from lungslice.dicom.geometry import LoadConfig, StackError, plan_stack
+from lungslice.dicom.geometry import (
+    LoadConfig,
+    StackError,
+    coverage_mm,
+    derive_missing_series,
+    plan_stack,
+)
 from lungslice.dicom.header import SliceHeader, read_dataset, read_header
 from lungslice.dicom.walk import reason_category, walk_files
 from lungslice.errors import (
     ConfigError,
+    CoverageError,
     DicomReadError,
+    Fix,
+    HounsfieldError,
     NoCTSeriesError,
     UnsupportedTransferSyntaxError,
 )
@@ -39,7 +48,7 @@ from lungslice.provenance import config_dict
 if TYPE_CHECKING:  # pandas stays out of worker processes that only load files
     from lungslice.dicom.discover import DicomIndex
 
-__all__ = ["CTVolume", "LoadConfig", "load_series"]
+__all__ = ["CTVolume", "LoadConfig", "check_coverage", "check_hu", "load_series"]
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +249,18 @@ class _Gathered:
     headers: list[SliceHeader]
     skipped: list[dict[str, str]]
     label: str
+    derived: dict[str, int] = field(default_factory=dict)
+
+
+def _derive(headers: list[SliceHeader]) -> tuple[list[SliceHeader], dict[str, int]]:
+    headers, derived = derive_missing_series(headers)
+    for uid, n in derived.items():
+        log.warning(
+            "%d image(s) have no SeriesInstanceUID: grouped by folder and geometry as series %s",
+            n,
+            uid,
+        )
+    return headers, derived
 
 
 def _read_files(
@@ -293,6 +314,9 @@ def _describe(headers: Sequence[SliceHeader]) -> str:
     return "; ".join(parts)
 
 
+_SERIES_FIX = Fix.of("", series_uid="UID")
+
+
 def _is_index(source: object) -> bool:
     return type(source).__name__ == "DicomIndex" and hasattr(source, "files_of")
 
@@ -316,7 +340,7 @@ def _gather_index(
             listed = ", ".join(ok["series_uid"].astype(str)) or "none"
             raise NoCTSeriesError(
                 f"index of {source.root}: {len(ok)} loadable CT series ({listed}); "
-                "expected exactly one - pass series_uid=..."
+                f"expected exactly one - pass {_SERIES_FIX.python()}"
             )
         series_uid = str(ok["series_uid"].iloc[0])
     try:
@@ -327,7 +351,8 @@ def _gather_index(
             f"{len(source.series)} series - see its series table"
         ) from None
     headers, skipped = _read_files(paths, progress)
-    return _Gathered(headers, skipped, f"series {series_uid}")
+    headers, derived = _derive(headers)
+    return _Gathered(headers, skipped, f"series {series_uid}", derived)
 
 
 def _gather_files(
@@ -350,6 +375,7 @@ def _gather_files(
         where = f"{len(paths)} files starting {paths[0]}"
 
     headers, skipped = _read_files(paths, progress)
+    headers, derived = _derive(headers)
     if series_uid is not None:
         chosen = [h for h in headers if h.series_uid == series_uid]
         if not chosen:
@@ -379,7 +405,8 @@ def _gather_files(
                 "several series",
                 f"{where}: holds {len(ct)} CT series: "
                 f"{_describe([h for h in headers if h.series_uid in ct])}; expected one - "
-                "pass series_uid=... to choose",
+                f"pass {_SERIES_FIX.python()} to choose",
+                fix=_SERIES_FIX,
             )
         if len(ct) == 1:
             series_uid = next(iter(ct))
@@ -393,7 +420,115 @@ def _gather_files(
     label = f"series {chosen[0].series_uid}" + (
         f" in {where}" if isinstance(source, str | Path) else ""
     )
-    return _Gathered(chosen, skipped, label)
+    return _Gathered(chosen, skipped, label, derived)
+
+
+#: HU window counted as lung parenchyma by :func:`check_hu`.
+LUNG_RANGE_HU = (-950.0, -600.0)
+
+
+def check_hu(hu: np.ndarray, label: str, config: LoadConfig = LoadConfig()) -> list[str]:
+    """Check that a loaded volume looks like chest CT in Hounsfield units.
+
+    Two facts, from a subsample of slices and pixels: the median of the
+    image border (air outside the body, or the out-of-field fill) must be
+    within 250 HU of -1000, and at least 0.5 % of the voxels must lie in the
+    lung range (:data:`LUNG_RANGE_HU`).
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        ``(slices, rows, columns)`` HU.
+    label : str
+        How messages name the series (e.g. its folder and UID).
+    config : LoadConfig
+        ``hu_check``: ``"warn"`` returns the problems (and logs them),
+        ``"refuse"`` raises, ``"off"`` checks nothing.
+
+    Returns
+    -------
+    list of str
+        The problems found, with the numbers (empty when plausible).
+
+    Raises
+    ------
+    HounsfieldError
+        With ``hu_check="refuse"``, when a problem is found.
+    """
+    if config.hu_check == "off" or hu.size == 0:
+        return []
+    step = max(1, hu.shape[0] // 16)
+    sample = hu[::step]
+    rows, cols = sample.shape[1:]
+    w = max(1, min(rows, cols) // 32)
+    border = np.concatenate(
+        [
+            sample[:, :w, :].ravel(),
+            sample[:, -w:, :].ravel(),
+            sample[:, :, :w].ravel(),
+            sample[:, :, -w:].ravel(),
+        ]
+    )
+    inner = sample[:, :: max(1, rows // 128), :: max(1, cols // 128)]
+    problems = []
+    air = float(np.median(border))
+    if abs(air - config.air_hu) > 250.0:
+        problems.append(
+            f"air outside the body (image border) reads {air:.0f} HU, expected about -1000 HU"
+        )
+    lo, hi = LUNG_RANGE_HU
+    lung = float(np.count_nonzero((inner >= lo) & (inner <= hi))) / inner.size
+    if lung < 0.005:
+        problems.append(
+            f"{lung:.2%} of voxels are in the lung range ({lo:g} to {hi:g} HU), expected at "
+            "least 0.5 % in a chest series"
+        )
+    if not problems:
+        return []
+    fix = Fix.of(hu_check="warn")
+    text = (
+        f"{label}: implausible Hounsfield units: " + "; ".join(problems) + " - check "
+        "RescaleSlope/RescaleIntercept and that this is a chest CT"
+    )
+    if config.hu_check == "refuse":
+        raise HounsfieldError(f"{text}; pass {fix.python()} to load it anyway", fix=fix)
+    log.warning("%s", text)
+    return problems
+
+
+def check_coverage(volume: CTVolume, min_mm: float) -> float:
+    """Refuse a volume that covers less than ``min_mm`` along its slice normal.
+
+    Parameters
+    ----------
+    volume : CTVolume
+        A loaded series.
+    min_mm : float
+        Shortest acceptable extent (``lungslice predict`` uses 30 mm).
+
+    Returns
+    -------
+    float
+        The coverage in mm: first to last slice position plus one slice spacing.
+
+    Raises
+    ------
+    CoverageError
+        Naming the series, its folder, its coverage and the opt-out
+        (``LoadConfig(min_coverage_mm=...)``; ``--min-coverage`` on the CLI).
+    """
+    covered = coverage_mm(volume.z_positions, volume.spacing[0])
+    if covered < min_mm:
+        fix = Fix.of(min_coverage_mm=int(covered))
+        paths = volume.info.get("paths") or ["?"]
+        raise CoverageError(
+            f"series {volume.series_uid} ({Path(paths[0]).parent}): {volume.n_slices} slice(s) "
+            f"{volume.spacing[0]:g} mm apart cover {covered:.4g} mm along the slice normal; "
+            f"expected at least {min_mm:g} mm of the chest - load the full series, or pass "
+            f"{fix.python()} to accept it",
+            fix=fix,
+        )
+    return covered
 
 
 def load_series(
@@ -442,6 +577,8 @@ def load_series(
         If no installed decoder handles the pixel data (names the package).
     DicomReadError
         If a file's pixel data is damaged.
+    HounsfieldError
+        With ``config.hu_check="refuse"``, when the HU look implausible.
     """
     gathered = _gather(source, series_uid, progress)
     plan = plan_stack(gathered.headers, config, label=gathered.label)
@@ -476,6 +613,18 @@ def load_series(
                 )
     for s in gathered.skipped:
         log.info("skipped %s: %s", s["path"], s["reason"])
+    hu_label = f"{gathered.label} ({first.path.parent})"
+    warnings = check_hu(hu, hu_label, config)
+    if not first.has_rescale:
+        warnings.append(
+            "no RescaleSlope/RescaleIntercept: stored values taken as HU (allow_missing_rescale)"
+        )
+        decisions.append("stored values taken as HU: RescaleSlope/RescaleIntercept absent")
+    for uid, n in gathered.derived.items():
+        if uid == first.series_uid:
+            decisions.append(
+                f"no SeriesInstanceUID in {n} image(s): grouped by folder and geometry as {uid}"
+            )
     info: dict[str, Any] = {
         "modality": first.modality,
         "manufacturer": first.manufacturer,
@@ -495,6 +644,8 @@ def load_series(
         "dropped_images": list(plan.dropped),
         "skipped_files": gathered.skipped,
         "decisions": decisions,
+        "warnings": warnings,
+        "series_uid_derived": first.series_uid in gathered.derived,
         "load_config": config_dict(config),
     }
     assert first.position is not None and first.orientation is not None

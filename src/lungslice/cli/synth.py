@@ -11,6 +11,7 @@ from lungslice.cli._app import app, console, fail, out, progress_bar
 from lungslice.errors import ConfigError, LungsliceError
 from lungslice.lidc.db import read_database
 from lungslice.phantom.config import PhantomConfig
+from lungslice.phantom.insert import INSERTION_FILE, InsertConfig, insert_nodules
 from lungslice.phantom.preview import phantom_preview
 from lungslice.phantom.select import select_patients
 from lungslice.phantom.writer import MANIFEST, synthesize
@@ -47,6 +48,15 @@ def synth(
     preview: Path | None = typer.Option(
         None, "--preview", help="Also save a PNG grid of slices with the readers' contours."
     ),
+    into: Path | None = typer.Option(
+        None,
+        "--into",
+        help="Insert the --patients' LIDC-IDRI nodules into this real CT series folder instead "
+        "of rendering phantoms; --out receives dicom/, the label tables and insertion.json.",
+    ),
+    max_nodules: int | None = typer.Option(
+        None, "--max-nodules", help="With --into: insert at most this many nodules."
+    ),
 ) -> None:
     """Render synthetic chest CT series from the real LIDC-IDRI annotation geometry.
 
@@ -54,6 +64,9 @@ def synth(
     slice thickness and the readers' nodule contours; anatomy, vessels and noise
     are synthetic. A manifest (phantom.json) records what was written.
     """
+    if into is not None:
+        _insert(into, out_dir, patients, n, seed, mask_mode, max_nodules)
+        return
     try:
         if (patients is None) == (n is None):
             raise ConfigError(
@@ -92,3 +105,47 @@ def synth(
     )
     if png is not None:
         console.print(f"preview {png}")
+
+
+def _insert(
+    into: Path,
+    out_dir: Path,
+    patients: str | None,
+    n: int | None,
+    seed: int,
+    mask_mode: str,
+    max_nodules: int | None,
+) -> None:
+    try:
+        if patients is None or n is not None:
+            raise ConfigError(
+                "synth --into: give the LIDC-IDRI patients whose nodules go in with --patients "
+                "(comma-separated ids, e.g. LIDC-IDRI-0078); --n is for phantoms only"
+            )
+        ids = [p.strip() for p in patients.split(",") if p.strip()]
+        config = InsertConfig(max_nodules=max_nodules, mask_mode=mask_mode)
+        result = insert_nodules(into, ids, out_dir, config=config, seed=seed)
+    except LungsliceError as err:
+        raise fail(err) from None
+    table = Table(title=f"nodules inserted into {into}")
+    for col in ("nodule", "from", "row", "col", "z (mm)", "radius (mm)", "slices"):
+        table.add_column(col)
+    for nod in result.nodules:
+        ks = nod.slice_indices
+        table.add_row(
+            nod.nodule_id,
+            nod.source_nodule_id,
+            f"{nod.centre_row:.0f}",
+            f"{nod.centre_col:.0f}",
+            f"{nod.centre_z_mm:.1f}",
+            f"{nod.radius_mm:.1f}",
+            f"{ks[0]}-{ks[-1]}" if ks else "-",
+        )
+    out.print(table)
+    for s in result.skipped:
+        console.print(f"[yellow]not inserted[/yellow] {s['source_nodule_id']}: {s['reason']}")
+    console.print(
+        f"wrote {result.n_files} files of derived series {result.series_uid} to "
+        f"{result.series_dir} (edge sigma {result.edge_sigma_mm:.2f} mm); labels and "
+        f"{INSERTION_FILE} in {out_dir}"
+    )

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungslice.errors import BundleMismatchError
+from lungslice.errors import BundleMismatchError, CorruptFileError
 from lungslice.model.aggregate import AggregateConfig
 from lungslice.model.heads import CLASSES, Head, LogisticHead, MLPHead
 from lungslice.model.metrics import json_safe
@@ -245,6 +245,8 @@ def load_bundle(directory: str | Path) -> ModelBundle:
     BundleMismatchError
         If ``model.json`` is missing or not a lungslice bundle, or a weight file
         is missing or differs from the checksum the manifest records.
+    CorruptFileError
+        If ``model.json`` is truncated or not valid JSON.
     """
     root = Path(directory)
     path = root / "model.json"
@@ -253,7 +255,19 @@ def load_bundle(directory: str | Path) -> ModelBundle:
             f"{root} is not a model bundle: {path} does not exist. "
             "Fix: pass the directory `lungslice train --out` wrote."
         )
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise CorruptFileError(
+            f"{path}: not valid JSON ({err}); the model bundle's manifest is truncated or "
+            f"damaged ({path.stat().st_size} bytes). Fix: copy the bundle directory {root} "
+            "again from where it was trained, or retrain it with `lungslice train`."
+        ) from None
+    if not isinstance(manifest, dict):
+        raise CorruptFileError(
+            f"{path}: holds a JSON {type(manifest).__name__}, expected an object. Fix: copy "
+            f"the bundle directory {root} again, or retrain it with `lungslice train`."
+        )
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleMismatchError(
             f"{path}: expected format {FORMAT!r} version {FORMAT_VERSION}, got "

@@ -1,0 +1,746 @@
+"""The candidate path, evaluated: labelled candidates, patient-grouped CV, FROC and slice figures.
+
+:func:`build_candidate_set` joins a candidate cache with the readers' labels:
+each candidate inside a counted nodule (its sphere, see
+:func:`lungslice.candidates.labels.match_candidates`) is that nodule's class,
+every other candidate (vessels included) is a negative, and candidates on
+nodules the label rule excludes are left out of training and scoring.
+
+:func:`cross_validate_candidates` fits the candidate classifier on patient-
+grouped folds and turns the out-of-fold candidate probabilities into what the
+tool reports (:func:`lungslice.model.findings.study_findings`): slice
+probabilities, ranked findings with their location, study scores. The tables
+it returns give every figure with a bootstrap CI over patients
+(:func:`candidate_figures` with :func:`lungslice.model.metrics.bootstrap`):
+
+- detection: FROC and CPM as LUNA16 defines them (mean sensitivity at 1/8 ...
+  8 false positives per scan), with the findings as detections;
+- slices: ROC-AUC nodule-vs-none and malignant-vs-rest;
+- reading order: nodule recall@k (a recommended slice inside the nodule's z
+  range) next to ``recall@k.chance``, what a random order of the same
+  slices gives, and ``located@k`` (the recommended finding itself lies on the
+  nodule);
+- studies: ROC-AUC for any nodule and for malignancy, per aggregator.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from lungslice.errors import ConfigError, FeatureError
+from lungslice.lidc.labels import LabelRule, apply_rule, read_labels, rule_from_provenance
+from lungslice.model.cv import patient_folds, patient_strata
+from lungslice.model.findings import FINDING_AGGREGATORS, FindingsConfig, study_findings
+from lungslice.model.metrics import DEFAULT_KS, EvalTables, nodule_hits, recall_at_k
+from lungslice.progress import ProgressCallback, report
+
+__all__ = [
+    "CPM_RATES",
+    "CandidateSet",
+    "build_candidate_set",
+    "candidate_figures",
+    "cross_validate_candidates",
+    "detector_probabilities",
+    "findings_tables",
+]
+
+log = logging.getLogger(__name__)
+
+#: LUNA16's false-positive rates per scan.
+CPM_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateSet:
+    """Labelled candidates of a cohort with their features and slices.
+
+    Attributes
+    ----------
+    X : numpy.ndarray
+        ``(n_candidates, d)`` float32 candidate features.
+    candidates : pandas.DataFrame
+        Candidate tables with ``nodule_id``, ``distance_mm`` and ``label_code``
+        (0 non-nodule, 1 benign, 2 malignant, -1 on an excluded nodule).
+    slices : pandas.DataFrame
+        Resampled slices of the series with ``label_code`` (labelled slices only;
+        excluded slices dropped) and ``lung``.
+    nodules : pandas.DataFrame
+        Counted nodules of the series: ``nodule_id``, ``patient_id``,
+        ``series_uid``, ``z_min``, ``z_max``, ``label``, ``code`` and centres.
+    rule : LabelRule
+    config : dict
+        The candidate cache's ``config.json``.
+    """
+
+    X: np.ndarray
+    candidates: pd.DataFrame
+    slices: pd.DataFrame
+    nodules: pd.DataFrame
+    rule: LabelRule
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Patient of each candidate row."""
+        return self.candidates["patient_id"].astype(str).to_numpy()
+
+    @property
+    def y(self) -> np.ndarray:
+        """Label code of each candidate row."""
+        return self.candidates["label_code"].to_numpy(dtype=np.int64)
+
+    def subset(self, patients: set[str]) -> CandidateSet:
+        """The rows of these patients only."""
+        keep = self.candidates["patient_id"].astype(str).isin(patients).to_numpy()
+        return CandidateSet(
+            X=self.X[keep],
+            candidates=self.candidates[keep].reset_index(drop=True),
+            slices=self.slices[self.slices["patient_id"].astype(str).isin(patients)].reset_index(
+                drop=True
+            ),
+            nodules=self.nodules[self.nodules["patient_id"].astype(str).isin(patients)].reset_index(
+                drop=True
+            ),
+            rule=self.rule,
+            config=self.config,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for reports."""
+        y = self.y
+        series = self.slices["series_uid"].nunique()
+        hit = set(self.candidates.loc[y > 0, "nodule_id"].dropna())
+        return {
+            "patients": int(self.slices["patient_id"].nunique()),
+            "series": int(series),
+            "slices": len(self.slices),
+            "candidates": len(y),
+            "candidates_per_scan": round(len(y) / max(series, 1), 1),
+            "candidates_per_class": {
+                "non-nodule": int((y == 0).sum()),
+                "benign": int((y == 1).sum()),
+                "malignant": int((y == 2).sum()),
+                "excluded": int((y == -1).sum()),
+            },
+            "nodules": len(self.nodules),
+            "nodules_with_a_candidate": len(hit & set(self.nodules["nodule_id"])),
+            "feature_dim": int(self.X.shape[1]) if self.X.ndim == 2 else 0,
+            "label_rule": self.rule.name,
+        }
+
+
+def resolve_candidates_dir(path: str | Path, key: str | None = None) -> tuple[Path, str]:
+    """``(work_dir, key)`` from a work folder or a ``candidates/<key>`` folder."""
+    p = Path(path)
+    if (p / "config.json").is_file() and p.parent.name == "candidates":
+        return p.parent.parent, p.name
+    root = p / "candidates"
+    keys = sorted(d.name for d in root.glob("*") if (d / "config.json").is_file())
+    if key is not None:
+        if key not in keys:
+            raise FeatureError(
+                f"{root} has no candidate cache {key}; keys present: {', '.join(keys) or 'none'}."
+            )
+        return p, key
+    if len(keys) != 1:
+        raise FeatureError(
+            f"{p}: expected a work folder with exactly one candidate cache under candidates/, "
+            f"found {len(keys)} ({', '.join(keys) or 'none'}). Fix: pass WORK/candidates/<key>."
+        )
+    return p, keys[0]
+
+
+def build_candidate_set(
+    work: str | Path,
+    labels_dir: str | Path,
+    rule: LabelRule | None = None,
+    *,
+    key: str | None = None,
+) -> CandidateSet:
+    """Load a candidate cache and label its candidates and slices.
+
+    Parameters
+    ----------
+    work : path
+        A work folder with one candidate cache (or ``key``), or ``WORK/candidates/<key>``.
+    labels_dir : path
+        Output of ``lungslice labels`` (its nodule table has the nodule centres).
+    rule : LabelRule, optional
+        Defaults to the rule the labels were written with.
+    key : str, optional
+
+    Returns
+    -------
+    CandidateSet
+    """
+    import json
+
+    from lungslice.candidates.labels import match_candidates
+    from lungslice.features.candidates import load_candidates
+    from lungslice.model.dataset import join_labels
+
+    work_dir, key = resolve_candidates_dir(work, key)
+    X, cands, slices = load_candidates(work_dir, key)
+    config_path = work_dir / "candidates" / key / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    labels = read_labels(labels_dir)
+    rule = rule or rule_from_provenance(labels.provenance)
+    ts = join_labels(
+        np.zeros((len(slices), 0), dtype=np.float32),
+        slices,
+        labels.slices,
+        labels.nodules,
+        rule,
+        feature_config=config,
+    )
+    _, nod = apply_rule(labels.slices, labels.nodules, rule)
+    centres = [c for c in nod.columns if c.startswith("centroid_") or c in ("radius_mm",)]
+    centres += ["pixel_spacing_mm"] if "pixel_spacing_mm" in nod.columns else []
+    nodules = ts.nodules.merge(nod[["nodule_id", *centres]], on="nodule_id", how="left")
+    # every rule-labelled nodule of the series (excluded ones too) for matching
+    matchable = nod[nod["series_uid"].isin(set(slices["series_uid"]))].copy()
+    matchable["code"] = matchable["label"].map({"benign": 1, "malignant": 2}).fillna(-1)
+    matchable.loc[~matchable["counted"], "code"] = -1
+    parts = []
+    for uid, rows in cands.groupby("series_uid", sort=False).indices.items():
+        part = cands.iloc[rows].reset_index(drop=True)
+        s = slices[slices["series_uid"] == uid].sort_values("slice_index")
+        matched = match_candidates(
+            part,
+            matchable[matchable["series_uid"] == uid],
+            z_positions=s["z_mm"].to_numpy(dtype=np.float64),
+            pixel_spacing=(
+                float(part["row_spacing_mm"].iloc[0]) if len(part) else 1.0,
+                float(part["col_spacing_mm"].iloc[0]) if len(part) else 1.0,
+            ),
+        )
+        parts.append(matched)
+    table = pd.concat(parts, ignore_index=True) if parts else cands.assign(label_code=0)
+    series_kept = set(ts.slices["series_uid"])
+    keep = table["series_uid"].isin(series_kept).to_numpy()
+    return CandidateSet(
+        X=X[keep],
+        candidates=table[keep].reset_index(drop=True),
+        slices=ts.slices,
+        nodules=nodules,
+        rule=rule,
+        config=config,
+    )
+
+
+def detector_probabilities(candidates: pd.DataFrame) -> np.ndarray:
+    """The detector score alone as p(nodule) (rank-preserving), for the ablation."""
+    s = candidates["score"].to_numpy(dtype=np.float64)
+    if s.size == 0:
+        return np.zeros((0, 3))
+    lo, hi = np.min(s), np.max(s)
+    p = (s - lo) / (hi - lo) if hi > lo else np.full_like(s, 0.5)
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.column_stack([1.0 - p, p / 2.0, p / 2.0])
+
+
+def findings_tables(
+    cs: CandidateSet,
+    probs: np.ndarray,
+    config: FindingsConfig = FindingsConfig(),
+    ks: Sequence[int] = DEFAULT_KS,
+) -> EvalTables:
+    """Slices, nodules and studies tables of candidate probabilities (one row per patient part).
+
+    Parameters
+    ----------
+    cs : CandidateSet
+    probs : numpy.ndarray
+        ``(n_candidates, 3)`` probabilities of ``cs.candidates`` (e.g. out-of-fold).
+    config : FindingsConfig
+    ks : sequence of int
+        The k of the chance columns ``chance@k`` of the nodule table.
+
+    Returns
+    -------
+    EvalTables
+        ``slices``: patient_id, y, p0, p1, p2, score, lung. ``nodules``: patient_id,
+        label, hit_rank, best_score, located_rank, detect_score, chance@k.
+        ``studies``: patient_id, has_any, has_malignant, p_* per aggregator and
+        ``fp_scores`` (the scores of findings on no nodule, for FROC).
+    """
+    srows, nrows, strows = [], [], []
+    cand_by = cs.candidates.groupby("series_uid", sort=False).indices
+    nod_by = cs.nodules.groupby("series_uid", sort=False).indices
+    for uid, rows in cs.slices.groupby("series_uid", sort=False).indices.items():
+        sl = cs.slices.iloc[rows].sort_values("slice_index").reset_index(drop=True)
+        pid = str(sl["patient_id"].iloc[0])
+        ci = cand_by.get(uid, np.zeros(0, dtype=np.int64))
+        c = cs.candidates.iloc[ci].reset_index(drop=True)
+        p = probs[ci]
+        full = _full_slices(sl)
+        f = study_findings(c, p, full, config)
+        # evaluate only labelled slices (excluded ones were dropped from sl)
+        pos = np.searchsorted(full["slice_index"].to_numpy(), sl["slice_index"].to_numpy())
+        sp = f.slice_probs[pos]
+        srows.append(
+            pd.DataFrame(
+                {
+                    "patient_id": pid,
+                    "y": sl["label_code"].to_numpy(dtype=np.int64),
+                    "p0": sp[:, 0],
+                    "p1": sp[:, 1],
+                    "p2": sp[:, 2],
+                    "score": 1.0 - sp[:, 0],
+                    "lung": sl["lung"].to_numpy(dtype=bool) if "lung" in sl else True,
+                }
+            )
+        )
+        # findings -> which nodule each lies on (through its head candidate)
+        nid_of = dict(
+            zip(c["candidate_id"], c.get("nodule_id", pd.Series(dtype=object)), strict=False)
+        )
+        code_of = dict(
+            zip(c["candidate_id"], c.get("label_code", pd.Series(dtype=int)), strict=False)
+        )
+        fnod = [nid_of.get(i) for i in f.findings["candidate_id"]]
+        fcode = np.array([code_of.get(i, 0) for i in f.findings["candidate_id"]], dtype=np.int64)
+        fscore = f.findings["p_nodule"].to_numpy(dtype=np.float64)
+        nods = cs.nodules.iloc[nod_by.get(uid, np.zeros(0, dtype=np.int64))]
+        z = sl["z_mm"].to_numpy(dtype=np.float64)
+        lung = sl["lung"].to_numpy(dtype=bool) if "lung" in sl else np.ones(len(sl), bool)
+        ranking_full = f.ranking()
+        # the reading order restricted to the evaluated slices
+        keep_pos = {int(k): j for j, k in enumerate(sl["slice_index"].to_numpy())}
+        ranking = np.array(
+            [
+                keep_pos[int(k)]
+                for k in full["slice_index"].to_numpy()[ranking_full]
+                if int(k) in keep_pos
+            ],
+            dtype=np.int64,
+        )
+        if len(nods):
+            hit, best = nodule_hits(
+                ranking,
+                z,
+                1.0 - sp[:, 0],
+                nods["z_min"].to_numpy(dtype=np.float64),
+                nods["z_max"].to_numpy(dtype=np.float64),
+            )
+            n_eval = int(lung.sum())
+            za = nods["z_min"].to_numpy(dtype=np.float64)
+            zb = nods["z_max"].to_numpy(dtype=np.float64)
+            zlo, zhi = np.minimum(za, zb) - 0.5, np.maximum(za, zb) + 0.5
+            ids = nods["nodule_id"].astype(str).tolist()
+            codes = nods["code"].to_numpy(dtype=np.int64)
+            for j in range(len(nods)):
+                m = int(((z >= zlo[j]) & (z <= zhi[j]) & lung).sum())
+                on = [r for r, nid in enumerate(fnod) if nid == ids[j]]
+                first = f.findings.iloc[on[0]] if on else None
+                row: dict[str, Any] = {
+                    "patient_id": pid,
+                    "series_uid": uid,
+                    "nodule_id": ids[j],
+                    "located_z_mm": float(first["z_mm"]) if first is not None else math.nan,
+                    "located_row": float(first["row"]) if first is not None else math.nan,
+                    "located_col": float(first["col"]) if first is not None else math.nan,
+                    "label": int(codes[j]),
+                    "hit_rank": float(hit[j]),
+                    "best_score": float(best[j]),
+                    "located_rank": float(on[0]) if on else math.inf,
+                    "detect_score": float(fscore[on[0]]) if on else -math.inf,
+                }
+                for k in ks:
+                    row[f"chance@{k}"] = chance_recall(n_eval, m, k)
+                nrows.append(row)
+        fp = fscore[(fcode == 0) & np.array([n is None or n != n for n in fnod], dtype=bool)]
+        has_any = len(nods) > 0
+        has_mal = bool((nods["code"] == 2).any()) if len(nods) else False
+        st: dict[str, Any] = {
+            "patient_id": pid,
+            "series_uid": uid,
+            "has_any": has_any,
+            "has_malignant": has_mal,
+            "fp_scores": fp,
+            "n_findings": len(f.findings),
+        }
+        for name, v in f.scores.items():
+            st[name] = v
+        strows.append(st)
+    nodule_cols = ["patient_id", "series_uid", "nodule_id", "label", "hit_rank", "best_score"]
+    nodule_cols += ["located_rank", "detect_score", "located_z_mm", "located_row", "located_col"]
+    nodule_cols += [f"chance@{k}" for k in ks]
+    return EvalTables(
+        slices=pd.concat(srows, ignore_index=True) if srows else pd.DataFrame(),
+        nodules=pd.DataFrame(nrows, columns=nodule_cols),
+        studies=pd.DataFrame(strows),
+    )
+
+
+def _full_slices(labelled: pd.DataFrame) -> pd.DataFrame:
+    # Excluded slices are missing from the labelled table; findings need every slice
+    # index up to the last one so that candidate slice indices stay valid.
+    n = int(labelled["slice_index"].max()) + 1 if len(labelled) else 0
+    full = pd.DataFrame({"slice_index": np.arange(n, dtype=np.int64)})
+    z = np.interp(
+        full["slice_index"].to_numpy(dtype=np.float64),
+        labelled["slice_index"].to_numpy(dtype=np.float64),
+        labelled["z_mm"].to_numpy(dtype=np.float64),
+    )
+    full["z_mm"] = z
+    lung = np.zeros(n, dtype=bool)
+    if "lung" in labelled:
+        lung[labelled["slice_index"].to_numpy()] = labelled["lung"].to_numpy(dtype=bool)
+    else:
+        lung[labelled["slice_index"].to_numpy()] = True
+    full["lung"] = lung
+    return full
+
+
+def chance_recall(n_slices: int, n_nodule_slices: int, k: int) -> float:
+    """Chance that a random order of ``n_slices`` puts one of ``n_nodule_slices`` in the top k."""
+    n, m = int(n_slices), int(n_nodule_slices)
+    if n <= 0:
+        return float("nan")
+    if m <= 0:
+        return 0.0
+    k = min(k, n)
+    if n - m < k:
+        return 1.0
+    return 1.0 - math.comb(n - m, k) / math.comb(n, k)
+
+
+def froc_points(
+    detect_score: np.ndarray, fp_scores: Sequence[np.ndarray], rates: Sequence[float] = CPM_RATES
+) -> np.ndarray:
+    """Sensitivity at each false-positive rate per scan (LUNA16's rule).
+
+    Parameters
+    ----------
+    detect_score : numpy.ndarray
+        ``(m,)`` per counted nodule, the score of its first finding (``-inf`` if missed).
+    fp_scores : sequence of numpy.ndarray
+        Per scan, the scores of findings on no nodule.
+    rates : sequence of float
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(rates),)`` sensitivities (NaN without nodules or scans).
+    """
+    d = np.asarray(detect_score, dtype=np.float64)
+    n_scans = len(fp_scores)
+    if d.size == 0 or n_scans == 0:
+        return np.full(len(rates), np.nan)
+    parts = [np.asarray(f, dtype=np.float64).ravel() for f in fp_scores]
+    fps = np.sort(np.concatenate([*parts, np.zeros(0)]))
+    thresholds = np.unique(np.concatenate([d[np.isfinite(d)], fps, [np.inf]]))[::-1]
+    # at threshold t: detections with score >= t
+    n_fp = fps.size - np.searchsorted(fps, thresholds, side="left")
+    sens = (d[None, :] >= thresholds[:, None]).mean(axis=1)
+    fp_rate = n_fp / n_scans
+    out = []
+    for r in rates:
+        ok = fp_rate <= r
+        out.append(float(sens[ok].max()) if ok.any() else 0.0)
+    return np.asarray(out)
+
+
+def candidate_figures(tables: EvalTables, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """Every scalar figure of the candidate path (flat names, bootstrap-ready)."""
+    s, n, st = tables.slices, tables.nodules, tables.studies
+    out: dict[str, float] = {}
+    if len(s):
+        y = s["y"].to_numpy(dtype=np.int64)
+        p0, p2 = s["p0"].to_numpy(dtype=np.float64), s["p2"].to_numpy(dtype=np.float64)
+        out["slice.roc_auc.nodule"] = _auc(y > 0, 1.0 - p0)
+        out["slice.roc_auc.malignant"] = _auc(y == 2, p2)
+        out["slice.roc_auc.benign"] = _auc(y == 1, s["p1"].to_numpy(dtype=np.float64))
+    label = n["label"].to_numpy(dtype=np.int64) if len(n) else np.zeros(0, dtype=np.int64)
+    hit = n["hit_rank"].to_numpy(dtype=np.float64) if len(n) else np.zeros(0)
+    loc = n["located_rank"].to_numpy(dtype=np.float64) if len(n) else np.zeros(0)
+    for k in ks:
+        out[f"nodule.recall@{k}.any"] = recall_at_k(hit[label >= 1], k)
+        out[f"nodule.recall@{k}.malignant"] = recall_at_k(hit[label == 2], k)
+        out[f"nodule.recall@{k}.chance"] = (
+            float(n[f"chance@{k}"].mean()) if len(n) and f"chance@{k}" in n else float("nan")
+        )
+        out[f"nodule.located@{k}.any"] = recall_at_k(loc[label >= 1], k)
+    if len(st):
+        d = n["detect_score"].to_numpy(dtype=np.float64) if len(n) else np.zeros(0)
+        sens = froc_points(d, list(st["fp_scores"]))
+        for r, v in zip(CPM_RATES, sens, strict=True):
+            out[f"froc.sensitivity@{r:g}fp"] = float(v)
+        out["froc.cpm"] = float(np.mean(sens)) if np.isfinite(sens).all() else float("nan")
+        out["froc.detected"] = float(np.mean(np.isfinite(d))) if d.size else float("nan")
+        out["froc.findings_per_scan"] = float(st["n_findings"].mean())
+        for method in FINDING_AGGREGATORS:
+            for col, target, name in (
+                (f"p_any_nodule.{method}", "has_any", "any_nodule"),
+                (f"p_malignant.{method}", "has_malignant", "malignant"),
+            ):
+                if col in st:
+                    out[f"study.roc_auc.{name}.{method}"] = _auc(
+                        st[target].to_numpy(dtype=bool), st[col].to_numpy(dtype=np.float64)
+                    )
+        for col, target, name in (
+            ("p_any_nodule", "has_any", "any_nodule"),
+            ("p_malignant", "has_malignant", "malignant"),
+        ):
+            if col in st:
+                out[f"study.roc_auc.{name}"] = _auc(
+                    st[target].to_numpy(dtype=bool), st[col].to_numpy(dtype=np.float64)
+                )
+    return out
+
+
+def _auc(target: np.ndarray, score: np.ndarray) -> float:
+    target = np.asarray(target, dtype=bool)
+    if target.all() or not target.any():
+        return float("nan")
+    return float(roc_auc_score(target, score))
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateCV:
+    """Out-of-fold results of :func:`cross_validate_candidates`.
+
+    Attributes
+    ----------
+    probs : numpy.ndarray
+        ``(n_candidates, 3)`` out-of-fold probabilities.
+    folds : list of tuple of str
+        Test patients of each fold.
+    params : list of dict
+        The hyperparameters each fold chose.
+    """
+
+    probs: np.ndarray
+    folds: list[tuple[str, ...]]
+    params: list[dict[str, Any]]
+
+
+def cross_validate_candidates(
+    cs: CandidateSet,
+    *,
+    n_splits: int = 4,
+    seed: int = 0,
+    param_grid: Mapping[str, Sequence[Any]] | None = None,
+    fit: Callable[..., Any] | None = None,
+    progress: ProgressCallback | None = None,
+) -> CandidateCV:
+    """Out-of-fold candidate probabilities from patient-grouped folds.
+
+    Each outer fold fits the classifier on the other patients' candidates
+    (label -1 rows left out), choosing hyperparameters by ``GridSearchCV`` over
+    inner patient-grouped folds when ``param_grid`` has more than one setting.
+
+    Parameters
+    ----------
+    cs : CandidateSet
+    n_splits : int
+        Outer folds (patients are stratified: malignant, benign-only, none).
+    seed : int
+    param_grid : dict, optional
+        Hyperparameter grid of :class:`~lungslice.model.candidate_head.CandidateClassifier`.
+    fit : callable, optional
+        ``fit(X, y, groups, param_grid=..., seed=...) -> (estimator, record)``;
+        defaults to :func:`~lungslice.model.candidate_head.fit_candidate_classifier`.
+    progress : ProgressCallback, optional
+
+    Returns
+    -------
+    CandidateCV
+    """
+    from lungslice.model.candidate_head import fit_candidate_classifier
+
+    fit = fit or fit_candidate_classifier
+    sl = cs.slices
+    pid = sl["patient_id"].astype(str).to_numpy()
+    strata = patient_strata(pid, sl["label_code"].to_numpy(dtype=np.int64))
+    folds = patient_folds(pid, strata, n_splits=n_splits, seed=seed)
+    groups = cs.groups
+    y = cs.y
+    probs = np.zeros((len(y), 3), dtype=np.float64)
+    chosen: list[dict[str, Any]] = []
+    for k, fold in enumerate(folds):
+        test = np.isin(groups, fold.test_patients)
+        train = ~test & (y >= 0)
+        if len(np.unique(y[train])) < 2:
+            raise ConfigError(
+                f"fold {k}: the training patients have candidates of one class only; "
+                "expected nodules among them. Fix: add patients with nodules or lower n_splits."
+            )
+        est, record = fit(
+            X=cs.X[train], y=y[train], groups=groups[train], param_grid=param_grid, seed=seed
+        )
+        probs[test] = _proba3(est, cs.X[test])
+        chosen.append(dict(record.get("best_params", {})) if isinstance(record, dict) else {})
+        report(progress, k + 1, len(folds), f"fold {k + 1}/{len(folds)}")
+    return CandidateCV(probs=probs, folds=[f.test_patients for f in folds], params=chosen)
+
+
+def _proba3(est: Any, X: np.ndarray) -> np.ndarray:
+    """``(n, 3)`` probabilities in class order 0, 1, 2 whatever classes the estimator saw."""
+    p = est.predict_proba(X)
+    out = np.zeros((len(X), 3), dtype=np.float64)
+    for j, c in enumerate(np.asarray(est.classes_, dtype=np.int64)):
+        out[:, int(c)] = p[:, j]
+    return out
+
+
+#: Figures shown in reports, in order, with their labels.
+HEADLINE_FIGURES: tuple[tuple[str, str], ...] = (
+    ("froc.cpm", "CPM (mean sensitivity at 1/8..8 FP/scan)"),
+    ("froc.sensitivity@1fp", "sensitivity at 1 FP/scan"),
+    ("froc.sensitivity@2fp", "sensitivity at 2 FP/scan"),
+    ("froc.sensitivity@4fp", "sensitivity at 4 FP/scan"),
+    ("froc.detected", "nodules with a finding (any score)"),
+    ("slice.roc_auc.nodule", "slice ROC-AUC nodule vs none"),
+    ("slice.roc_auc.malignant", "slice ROC-AUC malignant vs rest"),
+    ("nodule.recall@1.any", "nodule recall@1"),
+    ("nodule.recall@5.any", "nodule recall@5"),
+    ("nodule.recall@5.chance", "  random order, recall@5"),
+    ("nodule.recall@10.any", "nodule recall@10"),
+    ("nodule.recall@10.chance", "  random order, recall@10"),
+    ("nodule.located@5.any", "nodule located@5 (finding on the nodule)"),
+    ("study.roc_auc.any_nodule", "study ROC-AUC (any nodule)"),
+    ("study.roc_auc.malignant", "study ROC-AUC (malignant)"),
+)
+
+
+def figures_markdown(rows: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A markdown table: one column per variant, one row per headline figure."""
+    from lungslice.model.metrics import format_figure
+
+    names = list(rows)
+    lines = ["| figure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key, label in HEADLINE_FIGURES:
+        cells = [format_figure(rows[n].get(key)) for n in names]
+        lines.append(f"| {label.strip()} (`{key}`) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_froc(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = ""
+) -> Path:
+    """FROC curves (sensitivity vs false positives per scan, log x) as PNG.
+
+    Parameters
+    ----------
+    curves : dict
+        ``name -> (fp_per_scan, sensitivity)``.
+    path : str or Path
+    title : str
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.0), dpi=110)
+    ax = fig.subplots()
+    for name, (fp, sens) in curves.items():
+        ax.step(fp, sens, where="post", label=name)
+    for r in CPM_RATES:
+        ax.axvline(r, color="#bbb", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlim(1 / 16, 16)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positives per scan")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def froc_curve(tables: EvalTables) -> tuple[np.ndarray, np.ndarray]:
+    """``(fp_per_scan, sensitivity)`` over every threshold of the findings."""
+    d = tables.nodules["detect_score"].to_numpy(dtype=np.float64)
+    parts = [np.asarray(f, dtype=np.float64).ravel() for f in tables.studies["fp_scores"]]
+    fps = np.sort(np.concatenate([*parts, np.zeros(0)]))
+    thresholds = np.unique(np.concatenate([d[np.isfinite(d)], fps]))[::-1]
+    n_fp = fps.size - np.searchsorted(fps, thresholds, side="left")
+    sens = (d[None, :] >= thresholds[:, None]).mean(axis=1) if d.size else np.zeros(len(thresholds))
+    return n_fp / max(len(parts), 1), sens
+
+
+def evaluate_candidates(
+    cs: CandidateSet,
+    out_dir: str | Path,
+    *,
+    n_splits: int = 4,
+    n_boot: int = 200,
+    seed: int = 0,
+    param_grid: Mapping[str, Sequence[Any]] | None = None,
+    findings: FindingsConfig = FindingsConfig(),
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Cross-validate the candidate classifier and write ``metrics.json``, ``report.md``, FROC.
+
+    Two variants side by side, on the same folds and candidates: the trained
+    classifier on pretrained features, and the detector score alone.
+
+    Returns
+    -------
+    dict
+        The content of ``metrics.json``.
+    """
+    import json
+
+    from lungslice.model.metrics import bootstrap, json_safe
+    from lungslice.provenance import provenance
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cv = cross_validate_candidates(
+        cs, n_splits=n_splits, seed=seed, param_grid=param_grid, progress=progress
+    )
+    variants = {
+        "classifier": cv.probs,
+        "detector score alone": detector_probabilities(cs.candidates),
+    }
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    curves = {}
+    for name, probs in variants.items():
+        tables = findings_tables(cs, probs, findings)
+        rows[name] = bootstrap(tables, n_boot=n_boot, seed=seed, figures=candidate_figures)
+        curves[name] = froc_curve(tables)
+    plot_froc(curves, out / "froc.png", title=f"patient-grouped {n_splits}-fold CV")
+    record = provenance(
+        findings,
+        summary=cs.summary(),
+        folds=[list(f) for f in cv.folds],
+        params=cv.params,
+        param_grid={k: list(v) for k, v in (param_grid or {}).items()},
+        figures=rows,
+        candidates=cs.config.get("config", {}),
+    )
+    (out / "metrics.json").write_text(
+        json.dumps(json_safe(record), indent=1, default=str, allow_nan=False) + "\n"
+    )
+    s = cs.summary()
+    md = [
+        "# lungslice candidate evaluation",
+        "",
+        f"{s['patients']} patients, {s['series']} series, {s['slices']} labelled slices, "
+        f"{s['candidates']} candidates ({s['candidates_per_scan']} per scan; "
+        f"{s['nodules_with_a_candidate']} of {s['nodules']} counted nodules have one), "
+        f"label rule {s['label_rule']}. Patient-grouped {n_splits}-fold CV; 95 % CI by "
+        f"bootstrap over patients ({n_boot} replicates). `random order` is what a random "
+        "reading order of the same lung slices gives.",
+        "",
+        figures_markdown(rows),
+        "",
+        "![FROC](froc.png)",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(md))
+    return record

@@ -1,0 +1,103 @@
+"""FROC/CPM as LUNA16 defines it, the chance line, and the candidate figures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungslice.model.candidate_eval import (
+    CPM_RATES,
+    candidate_figures,
+    chance_recall,
+    detector_probabilities,
+    froc_points,
+)
+from lungslice.model.metrics import EvalTables
+
+
+def test_chance_recall_matches_a_simulation() -> None:
+    rng = np.random.default_rng(0)
+    n, m, k = 40, 3, 5
+    hits = [bool(np.isin(rng.permutation(n)[:k], np.arange(m)).any()) for _ in range(20000)]
+    assert chance_recall(n, m, k) == pytest.approx(np.mean(hits), abs=0.01)
+    assert chance_recall(10, 0, 3) == 0.0
+    assert chance_recall(5, 3, 3) == 1.0  # fewer non-nodule slices than k
+    assert chance_recall(300, 5, 1) == pytest.approx(5 / 300)
+
+
+def test_froc_points_count_each_nodule_once_and_missed_nodules_as_misses() -> None:
+    # 2 scans, 4 nodules: two found with score 0.9 and 0.5, one found at 0.2, one missed
+    detect = np.array([0.9, 0.5, 0.2, -np.inf])
+    fps = [np.array([0.8, 0.3]), np.array([0.6, 0.1])]
+    sens = froc_points(detect, fps, rates=(0.5, 1.0, 2.0))
+    # threshold 0.9 -> 0 FP/scan, 1/4; 0.8 -> 0.5 FP/scan, still 1/4; 0.5 -> 1 FP/scan: 2/4
+    # 0.2 -> 1.5 FP/scan (0.8, 0.6, 0.3): 3/4; all -> 2 FP/scan: 3/4 (one never found)
+    assert sens.tolist() == [0.25, 0.5, 0.75]
+
+
+def test_froc_without_nodules_is_undefined() -> None:
+    assert np.isnan(froc_points(np.zeros(0), [np.array([0.5])])).all()
+
+
+def _tables(good: bool) -> EvalTables:
+    rng = np.random.default_rng(1)
+    rows, nods, studies = [], [], []
+    for p in range(6):
+        y = np.zeros(50, dtype=int)
+        y[20:24] = 2 if p % 2 else 1
+        score = rng.random(50) * 0.3 + (0.6 * (y > 0) if good else 0.0)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "patient_id": f"P{p}",
+                    "y": y,
+                    "p0": 1 - score,
+                    "p1": score * 0.5,
+                    "p2": score * 0.5,
+                }
+            )
+        )
+        nods.append(
+            {
+                "patient_id": f"P{p}",
+                "label": 2 if p % 2 else 1,
+                "hit_rank": 0.0 if good else 20.0,
+                "located_rank": 0.0 if good else math.inf,
+                "detect_score": 0.9 if good else -math.inf,
+                "chance@1": 4 / 50,
+                "chance@3": chance_recall(50, 4, 3),
+                "chance@5": chance_recall(50, 4, 5),
+                "chance@10": chance_recall(50, 4, 10),
+            }
+        )
+        studies.append(
+            {
+                "patient_id": f"P{p}",
+                "has_any": True,
+                "has_malignant": bool(p % 2),
+                "fp_scores": np.array([0.2, 0.1]),
+                "n_findings": 3,
+                "p_any_nodule": 0.9,
+                "p_malignant": 0.8 if p % 2 else 0.1,
+            }
+        )
+    return EvalTables(pd.concat(rows, ignore_index=True), pd.DataFrame(nods), pd.DataFrame(studies))
+
+
+def test_candidate_figures_separate_a_good_model_from_a_bad_one() -> None:
+    good, bad = candidate_figures(_tables(True)), candidate_figures(_tables(False))
+    assert good["froc.cpm"] == 1.0 and bad["froc.cpm"] == 0.0
+    assert good["slice.roc_auc.nodule"] == 1.0 and bad["slice.roc_auc.nodule"] < 0.8
+    assert good["nodule.recall@1.any"] == 1.0 and bad["nodule.recall@10.any"] == 0.0
+    assert good["nodule.recall@5.chance"] == pytest.approx(chance_recall(50, 4, 5))
+    assert good["study.roc_auc.malignant"] == 1.0
+    assert len([k for k in good if k.startswith("froc.sensitivity@")]) == len(CPM_RATES)
+
+
+def test_detector_probabilities_keep_the_detector_order() -> None:
+    p = detector_probabilities(pd.DataFrame({"score": [3.0, 1.0, 2.0]}))
+    assert np.argsort(-(p[:, 1] + p[:, 2])).tolist() == [0, 2, 1]
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)

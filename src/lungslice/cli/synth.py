@@ -63,6 +63,10 @@ def synth(
     Each scan keeps its real Study/Series UIDs, slice z positions, pixel spacing,
     slice thickness and the readers' nodule contours; anatomy, vessels and noise
     are synthetic. A manifest (phantom.json) records what was written.
+
+    With --into SERIES_DIR the --patients' nodules are inserted into that real
+    series instead (docs/insertion.md): a derived series in OUT/dicom, the label
+    tables and insertion.json.
     """
     if into is not None:
         _insert(into, out_dir, patients, n, seed, mask_mode, max_nodules)

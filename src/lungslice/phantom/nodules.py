@@ -7,20 +7,35 @@ its readers outlined. Its shape is the readers' contour interiors (pylidc's
 — the >= 50 % consensus of the cluster's annotations, or one reader's. Where a
 slice carries a contour but no consensus (the ends of a nodule that only
 some readers outlined) the union of the readers' interiors is drawn at
-reduced contrast, so every slice a reader outlined holds nodule pixels and no
+60 % opacity, so every slice a reader outlined holds nodule pixels and no
 other slice does.
+
+Partial volume: each slice averages the nodule over the scan's real slice
+thickness (:func:`slab_occupancy`: the outlines are interpolated between
+slices and the nodule closes as a cap half-way to the first slice no reader
+outlined),
+as the vessels are averaged across the slab. The scanner's in-plane blur is
+the kernel's, applied by :func:`lungslice.phantom.render.render` to the whole
+slice (nodule, vessels and lung alike), so edge sharpness follows the kernel.
 
 Its appearance follows the nodule's mean ratings, so the readers' malignancy
 ratings correlate with appearance as their other ratings do:
 
-- texture 1 (ground glass, ~ -650 HU) ... 5 (solid, ~ 20 HU); in between, a
-  solid core inside a ground-glass rim;
+- texture 1 (ground glass, -700..-450 HU) ... 5 (solid, +5..+45 HU, the
+  published 0..+50 HU); in between a solid core inside a ground-glass rim,
+  the core's share of the radius ``(texture - 1) / 4``;
 - calcification 1-5 (popcorn, laminated, solid, non-central, central) paint
   bright 200-1000 HU regions, 6 = absent;
 - internal structure 2/3/4: fluid, fat or air core;
-- margin: poorly defined (1) ... sharp (5) sets the edge blur;
+- margin: poorly defined (1) ... sharp (5) adds 1.0 ... 0 mm of edge blur
+  (a halo outside the outline) on top of the kernel's;
 - lobulation and spiculation add boundary bumps and thin spicules;
-- subtlety 1 (extremely subtle) ... 5 (obvious) scales the contrast to the lung.
+- subtlety 1 (extremely subtle) ... 5 (obvious) adds 0.4 ... 0 mm more edge
+  blur; it never changes the nodule's density.
+
+:func:`nodule_core_hu` measures a rendered nodule's density the way the
+published figures are taken (median HU of the inner half of its outline on
+its central slice).
 """
 
 from __future__ import annotations
@@ -33,16 +48,25 @@ import numpy as np
 from matplotlib.path import Path as MplPath
 from scipy import ndimage as ndi
 
+from lungslice.errors import ConfigError
 from lungslice.lidc.nodules import Nodule
 from lungslice.lidc.records import Annotation, Contour, LidcScan
 
 __all__ = [
+    "GGO_HU",
     "LIDC_MATRIX",
+    "SLAB_SAMPLES",
+    "SOLID_HU",
+    "NoduleHU",
     "NodulePatch",
     "annotation_slice_mask",
+    "central_slice",
+    "deepest_pixels",
+    "nodule_core_hu",
     "nodule_masks",
     "nodule_patches",
     "nodule_spheres",
+    "slab_occupancy",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,6 +75,17 @@ log = logging.getLogger(__name__)
 LIDC_MATRIX = 512
 _LUNG_BG = -860.0
 _PAD = 14  # pixels around the contours for blur and spicules (even, for 2x2 blocks)
+
+#: HU range a ground-glass component is drawn from (per nodule); published pure
+#: ground-glass nodules measure -750 to -300 HU.
+GGO_HU = (-700.0, -450.0)
+#: HU range a solid component is drawn from (per nodule); published solid nodules
+#: measure about 0 to +50 HU (malignant series: means of 30-50 HU).
+SOLID_HU = (5.0, 45.0)
+#: Planes averaged across each slice's thickness (partial volume in z).
+SLAB_SAMPLES = 5
+_MARGIN_BLUR_MM = 0.25  # extra edge blur per margin step below 5 (sharp)
+_SUBTLETY_BLUR_MM = 0.1  # extra edge blur per subtlety step below 5 (obvious)
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,7 +262,6 @@ class _Style:
     lobes: np.ndarray  # angles (rad)
     lobe_size: float
     spicules: np.ndarray  # (n, 2): angle, length (mm)
-    contrast: float
 
 
 def _style(nodule: Nodule, rng: np.random.Generator, radius_mm: float) -> _Style:
@@ -249,18 +283,20 @@ def _style(nodule: Nodule, rng: np.random.Generator, radius_mm: float) -> _Style
         ]
     ).reshape(-1, 2)
     core = round(float(np.clip(r["internal_structure"], 1, 4)))
+    margin = float(np.clip(r["margin"], 1, 5))
+    subtlety = float(np.clip(r["subtlety"], 1, 5))
     return _Style(
-        ggo=-650.0 + float(rng.uniform(-60, 60)),
-        solid=20.0 + float(rng.uniform(-20, 25)),
+        ggo=float(rng.uniform(*GGO_HU)),
+        solid=float(rng.uniform(*SOLID_HU)),
         solid_fraction=(texture - 1.0) / 4.0,
         calc_hu=200.0 + 800.0 * calc_weight * float(rng.uniform(0.75, 1.0)),
         calc_pattern=int(pattern),
         core=int(core),
-        edge_sigma_mm=0.15 + 0.3 * (5.0 - float(np.clip(r["margin"], 1, 5))),
+        # the margin's own fuzziness; the scanner's kernel blur comes on top in render()
+        edge_sigma_mm=_MARGIN_BLUR_MM * (5.0 - margin) + _SUBTLETY_BLUR_MM * (5.0 - subtlety),
         lobes=rng.uniform(0, 2 * np.pi, n_lobes),
         lobe_size=0.15 + 0.05 * lob,
         spicules=spicules,
-        contrast=0.45 + 0.55 * (float(np.clip(r["subtlety"], 1, 5)) - 1.0) / 4.0,
     )
 
 
@@ -276,20 +312,128 @@ def _segment_occupancy(
     return np.clip((width * (1.0 - 0.7 * t) - dist) + 0.5, 0.0, 1.0)
 
 
+def _lobulate(mask: np.ndarray, style: _Style) -> np.ndarray:
+    """The outline with the lobules' bumps added (fixed angles, so they continue across slices)."""
+    if not style.lobes.size or not mask.any():
+        return mask
+    h, w = mask.shape
+    cen = np.array(ndi.center_of_mass(mask))
+    r_eq = np.sqrt(float(mask.sum()) / np.pi)
+    ii, jj = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = mask.copy()
+    for ang in style.lobes:
+        c = cen + r_eq * np.array([np.sin(ang), np.cos(ang)])
+        out |= (ii - c[0]) ** 2 + (jj - c[1]) ** 2 < (style.lobe_size * r_eq) ** 2
+    return out
+
+
+def _signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Signed distance (pixels) to the outline: > 0 inside, the edge half-way between pixels."""
+    inside = ndi.distance_transform_edt(mask)
+    outside = ndi.distance_transform_edt(~mask)
+    return np.where(mask, inside - 0.5, 0.5 - outside)
+
+
+def slab_occupancy(
+    shapes: dict[int, np.ndarray],
+    slice_z: np.ndarray,
+    slice_thickness: float,
+    samples: int = SLAB_SAMPLES,
+) -> dict[int, np.ndarray]:
+    """How much of each slice's slab the nodule fills, per pixel (partial volume in z).
+
+    A CT slice averages what lies within its thickness. The readers outlined
+    the nodule on some slices only; between two outlined slices its surface
+    is interpolated (linearly, on the outlines' signed distance maps), and
+    beyond the first and last outlined slice it closes as an ellipsoidal cap
+    that ends half-way to the next slice (so the next slice's slab, which no
+    reader outlined, stays empty when slices are contiguous). Each slice's opacity is the mean
+    occupancy of ``samples`` planes spread evenly across its thickness, so a
+    nodule that only partly fills a slab is averaged with the lung around it,
+    as the vessels are. Only the outlined slices are returned: the slabs of
+    the other slices stay nodule-free, as the labels say.
+
+    Parameters
+    ----------
+    shapes : dict
+        ``slice_index -> (h, w)`` bool outline interior, every outlined slice
+        of one nodule, all on the same window.
+    slice_z : numpy.ndarray
+        The scan's sorted slice z positions (mm).
+    slice_thickness : float
+        The slab each slice averages (mm); the scan's SliceThickness.
+    samples : int
+        Planes averaged per slab.
+
+    Returns
+    -------
+    dict
+        ``slice_index -> (h, w)`` float opacity 0-1.
+    """
+    if not shapes:
+        return {}
+    ks = sorted(shapes)
+    z = np.asarray(slice_z, dtype=np.float64)
+    steps = np.diff(z)
+    steps = steps[steps > 0]
+    default_step = float(np.median(steps)) if steps.size else max(slice_thickness, 1.0)
+
+    def gap(k: int, direction: int) -> float:
+        j = k + direction
+        if 0 <= j < z.size and z[j] != z[k]:
+            return abs(float(z[j] - z[k]))
+        return default_step
+
+    kz = np.array([float(z[k]) for k in ks])
+    known = [_signed_distance(shapes[k]) for k in ks]
+    # beyond the first and last outline the nodule closes as an ellipsoidal cap that
+    # ends half-way to the next slice (whose slab the readers left empty)
+    ends = (
+        (kz[0], 0.5 * gap(ks[0], -1), known[0], max(float(known[0].max()), 0.5) + 1.0),
+        (kz[-1], 0.5 * gap(ks[-1], 1), known[-1], max(float(known[-1].max()), 0.5) + 1.0),
+    )
+    thickness = max(float(slice_thickness), 1e-3)
+    offsets = ((np.arange(samples) + 0.5) / samples - 0.5) * thickness
+    out: dict[int, np.ndarray] = {}
+    for k in ks:
+        occ = np.zeros(shapes[k].shape, dtype=np.float64)
+        for dz in offsets:
+            zq = float(z[k]) + float(dz)
+            if kz[0] <= zq <= kz[-1]:
+                j = min(max(int(np.searchsorted(kz, zq, side="right")), 1), kz.size - 1)
+                t = (zq - kz[j - 1]) / max(kz[j] - kz[j - 1], 1e-9) if kz.size > 1 else 0.0
+                sd = (1.0 - t) * known[j - 1] + t * known[j] if kz.size > 1 else known[0]
+            else:
+                z_end, reach, sd_end, depth = ends[0] if zq < kz[0] else ends[1]
+                s = abs(zq - z_end) / max(reach, 1e-9)
+                if s >= 1.0:
+                    continue
+                sd = sd_end - depth * (1.0 - np.sqrt(1.0 - s * s))
+            # the readers trace the edge: their outline pixels (just outside the
+            # interior) are half nodule, half lung
+            occ += np.clip(sd + 1.0, 0.0, 1.0)
+        out[k] = occ / samples
+    return out
+
+
 def _draw_slice(
-    mask: np.ndarray, style: _Style, spacing: float, radius_mm: float, rng: np.random.Generator
+    mask: np.ndarray,
+    occupancy: np.ndarray,
+    style: _Style,
+    spacing: float,
+    radius_mm: float,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Opacity and HU of one slice's nodule pixels (512 grid)."""
+    """Opacity and HU of one slice's nodule pixels (512 grid).
+
+    ``mask`` is the (lobulated) outline interior on this slice, ``occupancy``
+    the share of the slab the nodule fills (:func:`slab_occupancy`).
+    """
     h, w = mask.shape
     area = float(mask.sum())
     cen = np.array(ndi.center_of_mass(mask)) if area else np.array([h / 2.0, w / 2.0])
     r_eq = np.sqrt(area / np.pi)
-    mask = mask.copy()
     ii, jj = np.mgrid[0:h, 0:w].astype(np.float64)
-    for ang in style.lobes:
-        # lobules: bumps on the outline at fixed angles, so they continue across slices
-        c = cen + r_eq * np.array([np.sin(ang), np.cos(ang)])
-        mask |= (ii - c[0]) ** 2 + (jj - c[1]) ** 2 < (style.lobe_size * r_eq) ** 2
     depth = ndi.distance_transform_edt(mask) * spacing
     dn = np.clip(depth / max(radius_mm, 1.0), 0.0, 1.0)
 
@@ -304,7 +448,6 @@ def _draw_slice(
     if style.core in (2, 3, 4) and radius_mm >= 2.5:
         core_hu = {2: 10.0, 3: -90.0, 4: -950.0}[style.core]
         hu = np.where(dn > 0.6, core_hu, hu)
-    hu = _LUNG_BG + (hu - _LUNG_BG) * style.contrast
 
     if style.calc_pattern != 6:
         p = style.calc_pattern
@@ -326,9 +469,12 @@ def _draw_slice(
             calc &= mask
         hu = np.where(calc, np.maximum(hu, style.calc_hu), hu)
 
+    # a poorly defined margin fades outwards: the blur adds a halo but leaves the
+    # occupied pixels as dense as the slab holds them
     sigma = style.edge_sigma_mm / spacing
-    alpha = ndi.gaussian_filter(mask.astype(np.float64), sigma) if sigma > 0.05 else mask * 1.0
-    alpha = np.maximum(alpha, mask * 0.85)
+    alpha = occupancy.astype(np.float64)
+    if sigma > 0.05:
+        alpha = np.maximum(alpha, ndi.gaussian_filter(alpha, sigma))
     for ang, length in style.spicules:
         start = cen + 0.8 * r_eq * np.array([np.sin(ang), np.cos(ang)])
         end = start + (length / spacing) * np.array([np.sin(ang), np.cos(ang)])
@@ -395,11 +541,17 @@ def nodule_patches(
         )
         rng = np.random.default_rng([seed, scan_key(scan.series_uid), n, 7])
         style = _style(nodule, rng, radius)
-        for k, (mask, consensus) in sorted(masks.items()):
+        if slice_indices is not None and not slice_indices.intersection(masks):
+            continue
+        shapes = {k: _lobulate(m, style) for k, (m, _) in masks.items()}
+        occupancy = slab_occupancy(shapes, scan.slice_zvals, scan.slice_thickness)
+        for k, (_, consensus) in sorted(masks.items()):
             srng = np.random.default_rng([seed, scan_key(scan.series_uid), n, k])
             if slice_indices is not None and k not in slice_indices:
                 continue
-            alpha, hu = _draw_slice(mask, style, scan.pixel_spacing, radius, srng)
+            alpha, hu = _draw_slice(
+                shapes[k], occupancy[k], style, scan.pixel_spacing, radius, srng
+            )
             if not consensus:
                 alpha = alpha * 0.6
             alpha, hu = _to_matrix(alpha, hu, factor)
@@ -416,3 +568,146 @@ def nodule_patches(
             )
     log.debug("%s: %d nodule patches", scan.patient_id, len(patches))
     return patches
+
+
+@dataclass(frozen=True)
+class NoduleHU:
+    """A rendered nodule's density on its central slice.
+
+    Attributes
+    ----------
+    nodule_id : str
+    slice_index : int
+        The central slice (index into the scan's ``slice_zvals``).
+    texture : float
+        Mean texture rating (1 ground glass ... 5 solid).
+    diameter_mm : float
+        Mean of the readers' greatest axial diameters.
+    core_hu : float
+        Median HU of the inner 50 % of the consensus mask's pixels (the deepest
+        half, by distance to the outline).
+    centre_hu : float
+        Median HU of the deepest 10 % (at least one pixel): the solid part of a
+        part-solid nodule.
+    core_pixels : int
+        Pixels ``core_hu`` is the median of (on the rendered grid).
+    """
+
+    nodule_id: str
+    slice_index: int
+    texture: float
+    diameter_mm: float
+    core_hu: float
+    centre_hu: float
+    core_pixels: int
+
+
+def central_slice(scan: LidcScan, nodule: Nodule) -> int:
+    """The slice where the nodule's >= 50 % consensus mask is largest (its widest section).
+
+    Ties go to the slice nearest the middle of the outlined ones; slices
+    outlined by a minority of readers only count if no slice has a consensus.
+    """
+    _, masks = nodule_masks(scan, nodule, "consensus")
+    ks = sorted(k for k, (_, consensus) in masks.items() if consensus) or sorted(masks)
+    mid = 0.5 * (ks[0] + ks[-1])
+    return max(ks, key=lambda k: (int(masks[k][0].sum()), -abs(k - mid)))
+
+
+def deepest_pixels(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """The ``fraction`` of a mask's pixels farthest from its outline (at least one pixel).
+
+    Pixels are ranked by their distance to the outline, ties broken by
+    closeness to the mask's centroid, and the first ``ceil(fraction * n)``
+    are kept, so the share is exact even on a mask a few pixels wide.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        2-D bool.
+    fraction : float
+        Share of the mask's pixels to keep, in (0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+        Bool, a subset of ``mask``.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(
+            f"deepest_pixels: fraction must be in (0, 1], got {fraction}. "
+            "Fix: pass e.g. 0.5 for the inner half."
+        )
+    out = np.zeros_like(mask, dtype=bool)
+    if not mask.any():
+        return out
+    depth = ndi.distance_transform_edt(mask)
+    rows, cols = np.nonzero(mask)
+    r_c, c_c = rows.mean(), cols.mean()
+    order = np.lexsort((np.hypot(rows - r_c, cols - c_c), -depth[rows, cols]))
+    keep = order[: max(1, int(np.ceil(fraction * rows.size)))]
+    out[rows[keep], cols[keep]] = True
+    return out
+
+
+def nodule_core_hu(
+    scan: LidcScan, nodule: Nodule, hu_slice: np.ndarray, slice_index: int | None = None
+) -> NoduleHU:
+    """Core and centre HU of a rendered nodule on one slice (default: its central slice).
+
+    Parameters
+    ----------
+    scan : LidcScan
+    nodule : Nodule
+    hu_slice : numpy.ndarray
+        The rendered (or read-back DICOM) slice in HU, ``(512, 512)`` or
+        ``(256, 256)`` (the mask is then reduced by 2 x 2 majority).
+    slice_index : int, optional
+        Which slice ``hu_slice`` is; default :func:`central_slice`.
+
+    Returns
+    -------
+    NoduleHU
+
+    Raises
+    ------
+    ConfigError
+        If the slice's grid is not 512 or 256 square, or the nodule has no
+        pixels on that slice.
+    """
+    k = central_slice(scan, nodule) if slice_index is None else int(slice_index)
+    m = hu_slice.shape[0]
+    if hu_slice.ndim != 2 or hu_slice.shape[1] != m or m not in (LIDC_MATRIX, LIDC_MATRIX // 2):
+        raise ConfigError(
+            f"nodule_core_hu({nodule.nodule_id}): expected a 512 x 512 or 256 x 256 slice, "
+            f"got shape {hu_slice.shape}. Fix: pass one slice of the rendered volume."
+        )
+    box, masks = nodule_masks(scan, nodule, "consensus")
+    if k not in masks:
+        raise ConfigError(
+            f"nodule_core_hu({nodule.nodule_id}): slice {k} is not one its readers outlined "
+            f"(expected one of {sorted(masks)}). Fix: pass slice_index=None for the central one."
+        )
+    full = np.zeros((LIDC_MATRIX, LIDC_MATRIX), dtype=bool)
+    r0, c0, h, w = box
+    full[r0 : r0 + h, c0 : c0 + w] = masks[k][0]
+    factor = LIDC_MATRIX // m
+    if factor > 1:
+        full = full.reshape(m, factor, m, factor).mean(axis=(1, 3)) >= 0.5
+        if not full.any():
+            raise ConfigError(
+                f"nodule_core_hu({nodule.nodule_id}): the outline on slice {k} vanishes on a "
+                f"{m} grid. Fix: render at matrix 512."
+            )
+    hu = np.asarray(hu_slice, dtype=np.float64)
+    core = deepest_pixels(full, 0.5)
+    centre = deepest_pixels(full, 0.1)
+    return NoduleHU(
+        nodule_id=nodule.nodule_id,
+        slice_index=k,
+        texture=float(nodule.mean_ratings["texture"]),
+        diameter_mm=float(nodule.diameter_mm),
+        core_hu=float(np.median(hu[core])),
+        centre_hu=float(np.median(hu[centre])),
+        core_pixels=int(core.sum()),
+    )

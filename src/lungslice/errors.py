@@ -7,6 +7,8 @@ expected and what was found, and how to fix it or opt out. Catch
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +136,31 @@ class Fix:
         return " ".join(parts)
 
 
+_LOADCONFIG_CALL = re.compile(r"(?:pass )?LoadConfig\(([^()]*)\)")
+
+
+def phrase_for_cli(text: str) -> str:
+    """Rewrite ``LoadConfig(allow_gaps=True)`` remedies in ``text`` as CLI flags.
+
+    For messages recorded as text (e.g. ``series.parquet`` reasons) that no
+    longer carry their :class:`Fix`.
+    """
+
+    def flags(match: re.Match[str]) -> str:
+        settings = []
+        for part in match.group(1).split(","):
+            key, _, value = part.partition("=")
+            try:
+                parsed = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                return match.group(0)
+            settings.append((key.strip(), parsed))
+        prefix = "add " if match.group(0).startswith("pass ") else ""
+        return prefix + Fix(tuple(settings)).cli()
+
+    return _LOADCONFIG_CALL.sub(flags, text)
+
+
 def render_error(error: BaseException, interface: str = "python") -> str:
     """The message of ``error`` with its remedy phrased for ``interface``.
 
@@ -150,6 +177,8 @@ def render_error(error: BaseException, interface: str = "python") -> str:
     if interface == "cli" and isinstance(fix, Fix):
         text = text.replace(f"pass {fix.python()}", f"add {fix.cli()}")
         text = text.replace(fix.python(), fix.cli())
+    if interface == "cli":
+        text = phrase_for_cli(text)
     return text
 
 

@@ -2,6 +2,14 @@
 
 Only the CLI configures logging and draws progress; the library just logs and
 calls back.
+
+Start-up: ``lungslice --help`` must not import the science stack (torch, timm,
+scipy, matplotlib, scikit-learn, pandas), so command modules import the
+library inside their commands. ``tests/cli/test_startup.py`` checks it.
+
+No traceback reaches a user: :class:`_Group` turns library errors, OS errors
+and anything unexpected into one message and a non-zero exit (``-vv`` logs
+the traceback).
 """
 
 from __future__ import annotations
@@ -9,21 +17,49 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from typer.core import TyperGroup
 
-from lungslice.errors import LungsliceError
+from lungslice.errors import LungsliceError, render_error
 from lungslice.progress import ProgressCallback
+
+log = logging.getLogger("lungslice.cli")
+
+
+class _Group(TyperGroup):
+    """The command group: every error becomes a message and an exit code, never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as err:
+            if _is_cli_control(err):
+                raise  # exits, usage errors and aborts: typer shows them itself
+            _report(err)
+            raise typer.Exit(code=2 if isinstance(err, LungsliceError) else 1) from None
+
+
+def _is_cli_control(err: BaseException) -> bool:
+    return type(err).__module__.split(".")[0] in ("typer", "click")
+
+
+def _report(err: Exception) -> None:
+    log.debug("error", exc_info=err)
+    if isinstance(err, LungsliceError):
+        text = f"error: {render_error(err, 'cli')}"
+    elif isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        text = f"error: {where}{err.strerror or err} ({type(err).__name__})"
+    else:
+        text = (
+            f"internal error: {type(err).__name__}: {err} - please report it with the command "
+            "line; -vv shows the traceback"
+        )
+    console.print(text, style="red", soft_wrap=True, markup=False, highlight=False)
+
 
 app = typer.Typer(
     name="lungslice",
@@ -33,6 +69,7 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     add_completion=False,
+    cls=_Group,
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
@@ -41,6 +78,8 @@ out = Console()
 
 def configure_logging(verbose: int) -> None:
     """Route library logs through rich; ``-v`` for INFO, ``-vv`` for DEBUG."""
+    from rich.logging import RichHandler
+
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
         level=level,
@@ -63,6 +102,15 @@ def _root(
 @contextmanager
 def progress_bar(description: str, unit: str = "items") -> Iterator[ProgressCallback]:
     """A rich progress bar as a library progress callback."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -82,6 +130,9 @@ def progress_bar(description: str, unit: str = "items") -> Iterator[ProgressCall
 
 
 def fail(error: LungsliceError) -> typer.Exit:
-    """Show a library error without a traceback and return the exit to raise."""
-    console.print(f"[bold red]error:[/] {error}")
+    """Show a library error without a traceback and return the exit to raise.
+
+    The remedy is phrased for the command line (flags, not keyword arguments).
+    """
+    _report(error)
     return typer.Exit(code=2)

@@ -4,13 +4,66 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from lungslice.cli import options as opt
 from lungslice.cli._app import app, console, fail, out, progress_bar
 from lungslice.errors import LungsliceError
-from lungslice.features.runtime import tune_allocator
-from lungslice.prediction import PredictConfig, Predictor, results_table
+
+if TYPE_CHECKING:
+    from lungslice.dicom.discover import DicomIndex
+    from lungslice.dicom.geometry import LoadConfig
+
+
+def preflight(study_dir: Path, series_uid: str | None, config: LoadConfig) -> DicomIndex:
+    """Index the study from headers and refuse it, before any model is loaded, if no series fits.
+
+    A study whose CT series are all rejected raises the rejection of the first
+    one as the loader states it (what is damaged, which file, the flag that
+    opts out), rather than a generic "no CT series".
+
+    Raises
+    ------
+    NoCTSeriesError
+        If the folder holds no CT series at all (or not ``series_uid``).
+    SeriesGeometryError, DicomReadError, CoverageError
+        The first CT series' own rejection when none is usable.
+    """
+    from lungslice.dicom.discover import index_tree
+    from lungslice.dicom.volume import load_series
+    from lungslice.errors import DicomReadError, NoCTSeriesError
+
+    index = index_tree(study_dir, workers=1, config=config)
+    series = index.series
+    if series_uid is not None:
+        series = series[series["series_uid"] == series_uid]
+        if series.empty:
+            listed = ", ".join(index.series["series_uid"].astype(str)) or "none"
+            raise NoCTSeriesError(
+                f"{study_dir}: no series with SeriesInstanceUID {series_uid}; the folder holds "
+                f"{len(index.files)} file(s) in series: {listed}"
+            )
+    ct = series[series["modality"] == "CT"]
+    if (ct["status"] == "ok").any():
+        return index
+    if ct.empty:
+        kinds = ", ".join(f"{m} ({n})" for m, n in series["modality"].value_counts().items())
+        skipped = index.summary()["files_skipped"]
+        raise NoCTSeriesError(
+            f"{study_dir}: no CT series among {len(index.files)} file(s)"
+            + (f"; other series: {kinds}" if kinds else "")
+            + (f"; files skipped: {skipped}" if skipped else "")
+            + " - point predict at a folder holding a chest CT series"
+        )
+    for row in ct.itertuples():
+        if str(row.reason).startswith("unreadable file"):
+            raise DicomReadError(f"{study_dir}: series {row.series_uid} is damaged: {row.reason}")
+        # The loader's own refusal names what is damaged and the opt-out.
+        load_series(index, series_uid=str(row.series_uid), config=config)
+    why = "; ".join(f"series {r.series_uid}: {r.reason}" for r in ct.itertuples())
+    raise NoCTSeriesError(f"{study_dir}: no usable CT series: {why}")
 
 
 @app.command("predict")
@@ -29,7 +82,10 @@ def predict_command(
         "series when the study has several CT series).",
     ),
     series: str | None = typer.Option(
-        None, "--series", help="Only this SeriesInstanceUID (default: every CT series)."
+        None,
+        "--series-uid",
+        "--series",
+        help="Only this SeriesInstanceUID (default: every CT series).",
     ),
     top_k: int = typer.Option(5, "--top-k", help="Slices to recommend per series."),
     hide_patient_id: bool = typer.Option(
@@ -46,6 +102,22 @@ def predict_command(
     fmt: str = typer.Option(
         "table", "--format", help="What to print: 'table' (a summary) or 'json' (the records)."
     ),
+    allow_gaps: bool = opt.ALLOW_GAPS,
+    allow_irregular: bool = opt.ALLOW_IRREGULAR,
+    tilt: str = opt.TILT,
+    duplicates: str = opt.DUPLICATES,
+    min_slices: int = opt.MIN_SLICES,
+    allow_missing_rescale: bool = opt.ALLOW_MISSING_RESCALE,
+    hu_check: str = typer.Option(
+        "refuse",
+        "--hu-check",
+        help="Air near -1000 HU and lung-range voxels present? 'refuse', 'warn' or 'off'.",
+    ),
+    min_coverage: float = typer.Option(
+        30.0,
+        "--min-coverage",
+        help="Shortest z-extent (mm) of a series to predict on; 0 accepts any.",
+    ),
 ) -> None:
     """Classify every slice of a study's CT series and recommend the slices to read first.
 
@@ -55,6 +127,29 @@ def predict_command(
     """
     if fmt not in ("table", "json"):
         raise typer.BadParameter("expected 'table' or 'json'", param_hint="--format")
+    from lungslice.outputs import check_output_location
+
+    try:
+        # Everything that can be refused is refused before the model loads.
+        if out_dir is not None:
+            check_output_location(out_dir, what="--out")
+        load = opt.make_load_config(
+            allow_gaps=allow_gaps,
+            allow_irregular=allow_irregular,
+            tilt=tilt,
+            duplicates=duplicates,
+            min_slices=min_slices,
+            allow_missing_rescale=allow_missing_rescale,
+            hu_check=hu_check,
+            min_coverage_mm=min_coverage,
+        )
+        preflight(study_dir, series, load)
+    except LungsliceError as err:
+        raise fail(err) from err
+
+    from lungslice.features.runtime import tune_allocator
+    from lungslice.prediction import PredictConfig, Predictor, results_table
+
     config = PredictConfig(
         series_uid=series,
         top_k=top_k,

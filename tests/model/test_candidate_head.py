@@ -1,0 +1,177 @@
+"""Candidate classifier: sklearn conventions, balanced weights, grouped search, storage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import KFold, cross_val_score
+from sklearn.preprocessing import StandardScaler
+
+from lungslice.errors import ConfigError
+from lungslice.model.candidate_head import (
+    CandidateClassifier,
+    candidate_cv,
+    fit_candidate_classifier,
+    nodule_auc,
+)
+
+
+def _data(
+    n_patients: int = 12, per_patient: int = 60, d: int = 10, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Imbalanced candidates: ~3 nodule rows per patient among many non-nodules."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 1.2, size=(3, d))
+    X, y, g = [], [], []
+    for p in range(n_patients):
+        codes = np.zeros(per_patient, dtype=np.int64)
+        codes[:3] = [1, 2, 1] if p % 2 else [2, 2, 1]
+        codes[3] = -1 if p % 3 == 0 else 0
+        X.append(centres[np.maximum(codes, 0)] + rng.normal(size=(per_patient, d)))
+        y.append(codes)
+        g += [f"P{p:02d}"] * per_patient
+    return np.vstack(X), np.concatenate(y), np.array(g)
+
+
+def test_sklearn_conventions() -> None:
+    model = CandidateClassifier(C=0.5, pca_components=4)
+    assert model.get_params()["C"] == 0.5
+    copy = clone(model.set_params(C=2.0))
+    assert copy.get_params()["C"] == 2.0 and copy is not model
+    assert not hasattr(copy, "classes_")
+
+
+def test_logistic_matches_sklearn_pipeline() -> None:
+    X, y, _ = _data()
+    keep = y >= 0
+    X, y = X[keep], y[keep]
+    ours = CandidateClassifier(C=0.3).fit(X, y)
+    Z = StandardScaler().fit_transform(X)
+    ref = LogisticRegression(C=0.3, class_weight="balanced", max_iter=1000, tol=1e-6).fit(Z, y)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(Z), atol=1e-6)
+    np.testing.assert_array_equal(ours.classes_, [0, 1, 2])
+    assert ours.predict(X).shape == y.shape
+
+
+def test_balanced_weights_find_rare_nodules() -> None:
+    X, y, _ = _data()
+    keep = y >= 0
+    model = CandidateClassifier(C=1.0).fit(X[keep], y[keep])
+    pred = model.predict(X[keep])
+    nodules = y[keep] > 0
+    # ~5 % positives: unweighted fits would call almost everything non-nodule
+    assert (pred[nodules] > 0).mean() > 0.8
+    score = model.nodule_score(X[keep])
+    assert roc_auc_score(nodules, score) > 0.9
+
+
+def test_excluded_labels_rejected_by_fit() -> None:
+    X, y, _ = _data()
+    with pytest.raises(ConfigError, match="drop excluded candidates"):
+        CandidateClassifier().fit(X, y)
+    with pytest.raises(ConfigError, match="only class"):
+        CandidateClassifier().fit(X[:5], np.zeros(5, dtype=int))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"kind": "logistic", "C": 0.1},
+        {"kind": "logistic", "C": 1.0, "pca_components": 5},
+        {"kind": "mlp", "hidden_layer_sizes": (8,), "alpha": 1e-3, "max_iter": 300},
+    ],
+)
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_round_trip_without_pickle(params: dict, tmp_path: Path) -> None:
+    X, y, _ = _data(n_patients=6)
+    keep = y >= 0
+    model = CandidateClassifier(**params).fit(X[keep], y[keep])
+    np.savez(tmp_path / "m.npz", **model.to_arrays())
+    (tmp_path / "m.json").write_text(json.dumps(model.params()))
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    back = CandidateClassifier.from_arrays(json.loads((tmp_path / "m.json").read_text()), arrays)
+    np.testing.assert_array_equal(back.predict_proba(X), model.predict_proba(X))
+    np.testing.assert_array_equal(back.classes_, model.classes_)
+    assert back.get_params() == model.get_params()
+
+
+def test_two_classes_and_full_proba() -> None:
+    X, y, _ = _data(n_patients=4)
+    y2 = np.where(y > 0, 2, 0)
+    model = CandidateClassifier().fit(X, y2)
+    np.testing.assert_array_equal(model.classes_, [0, 2])
+    full = model.predict_proba_full(X)
+    assert full.shape == (len(X), 3)
+    np.testing.assert_allclose(full[:, 1], 0.0)
+    np.testing.assert_allclose(full.sum(axis=1), 1.0)
+
+
+def test_bad_inputs() -> None:
+    X, y, _ = _data(n_patients=3)
+    model = CandidateClassifier().fit(X[y >= 0], y[y >= 0])
+    with pytest.raises(ConfigError, match=r"expected features \(n, 10\)"):
+        model.predict_proba(X[:, :4])
+    with pytest.raises(ConfigError, match="kind"):
+        CandidateClassifier(kind="svm").fit(X[y >= 0], y[y >= 0])
+    with pytest.raises(ConfigError, match="missing array"):
+        CandidateClassifier.from_arrays({}, {"classes": np.array([0, 1])})
+    with pytest.raises(ConfigError, match="not fitted"):
+        CandidateClassifier().to_arrays()
+
+
+def test_grid_search_folds_are_patient_grouped() -> None:
+    X, y, g = _data()
+    model, record = fit_candidate_classifier(
+        X, y, g, param_grid={"C": [0.01, 1.0]}, n_splits=3, seed=0
+    )
+    assert record["n_excluded_dropped"] == int((y == -1).sum())
+    keep = y != -1
+    assert record["n_rows"] == int(keep.sum())
+    folds = record["folds"]
+    assert len(folds) == 3
+    flat = [p for f in folds for p in f]
+    assert sorted(flat) == sorted(set(g)) and len(flat) == len(set(flat))
+    for train, test in candidate_cv(3, 0).split(X[keep], y[keep], g[keep]):
+        assert not set(g[keep][train]) & set(g[keep][test])
+    assert record["best_params"]["C"] in (0.01, 1.0)
+    assert len(record["cv_results"]) == 2
+    assert 0.5 < record["best_score"] <= 1.0
+    json.dumps(record)
+    assert model.get_params()["C"] == record["best_params"]["C"]
+
+
+def test_grouped_cv_does_not_leak_patient_identity() -> None:
+    # labels depend only on the patient and features identify the patient: any fold that
+    # put one patient on both sides would score near 1; grouped folds cannot beat chance
+    rng = np.random.default_rng(5)
+    n_pat, per = 16, 20
+    finger = rng.normal(0, 3, size=(n_pat, 32))
+    X = np.repeat(finger, per, axis=0) + rng.normal(0, 0.1, size=(n_pat * per, 32))
+    y = np.repeat(np.arange(n_pat) % 2, per)  # half the patients' rows are "nodules"
+    g = np.repeat([f"P{p}" for p in range(n_pat)], per)
+    _, record = fit_candidate_classifier(X, y, g, param_grid={"C": [1.0]}, n_splits=4, seed=0)
+    assert record["best_score"] < 0.8
+    # the same search over rows instead of patients "finds" the patient-level labels
+    leaky = cross_val_score(
+        CandidateClassifier(),
+        X,
+        y,
+        cv=KFold(4, shuffle=True, random_state=0),
+        scoring=lambda est, X_, y_: nodule_auc(y_, est.predict_proba(X_), classes=est.classes_),
+    )
+    assert leaky.mean() > 0.95
+
+
+def test_fit_candidate_classifier_errors() -> None:
+    X, y, g = _data(n_patients=2)
+    with pytest.raises(ConfigError, match="patients cannot fill"):
+        fit_candidate_classifier(X, y, g, n_splits=3)
+    with pytest.raises(ConfigError, match="no nodule candidates"):
+        fit_candidate_classifier(X, np.zeros_like(y), g, n_splits=2)

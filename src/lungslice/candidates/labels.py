@@ -230,7 +230,7 @@ def match_candidates(
         label[hit] = codes[best[hit]]
     elif n:
         candidate_mm(candidates, z_positions, pixel_spacing)  # validate positions anyway
-    out["nodule_id"] = ids
+    out["nodule_id"] = pd.Series(ids, index=out.index, dtype=object)
     out["distance_mm"] = dist
     out["label_code"] = label
     log.debug("matched %d candidates to %d nodules: %d hits", n, m, int(pd.notna(ids).sum()))

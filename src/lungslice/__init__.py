@@ -1,25 +1,82 @@
 """lungslice: chest CT slice triage with transfer-learned slice features.
 
-The top-level API is small: :func:`predict` (a study -> ``result.json`` records).
+The main verbs, one per step of the data flow::
+
+    import lungslice
+
+    index = lungslice.index_tree("LIDC-IDRI")                  # every file accounted for
+    volume = lungslice.load_series(index, series_uid=uid)      # HU, geometry, SOP UIDs
+    resampled = lungslice.resample(volume)                     # 1 mm slices, provenance
+    slices, nodules = lungslice.label_scans(scans)             # LIDC labels per slice
+    lungslice.extract_dataset(...)                             # resumable feature cache
+    lungslice.train_model("work", "labels", "model")           # model bundle
+    lungslice.evaluate("work", "labels", "evaluation")         # patient-grouped CV
+    records = lungslice.predict("study", "model")              # result.json records
+    predictor = lungslice.Predictor("model")                   # load once, predict many
+
 Everything else lives in the stage modules (``lungslice.dicom``, ``lungslice.lidc``,
 ``lungslice.phantom``, ``lungslice.features``, ``lungslice.model``,
-``lungslice.prediction``, ``lungslice.report``).
+``lungslice.prediction``, ``lungslice.report``). The verbs load lazily:
+``import lungslice`` imports neither torch nor pandas.
 """
 
 from __future__ import annotations
 
+import importlib
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["predict"]
+__all__ = [
+    "Predictor",
+    "__version__",
+    "evaluate",
+    "extract_dataset",
+    "index_tree",
+    "label_scans",
+    "load_series",
+    "predict",
+    "resample",
+    "train_model",
+]
+
+try:
+    __version__: str = metadata.version("lungslice")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+#: Public name -> module that defines it.
+_VERBS: dict[str, str] = {
+    "index_tree": "lungslice.dicom.discover",
+    "load_series": "lungslice.dicom.volume",
+    "resample": "lungslice.dicom.resample",
+    "label_scans": "lungslice.lidc.labels",
+    "extract_dataset": "lungslice.features.extract",
+    "train_model": "lungslice.model.train",
+    "evaluate": "lungslice.model.evaluate",
+    "Predictor": "lungslice.prediction",
+    "predict": "lungslice.prediction",
+}
 
 if TYPE_CHECKING:
-    from lungslice.prediction import predict
+    from lungslice.dicom.discover import index_tree
+    from lungslice.dicom.resample import resample
+    from lungslice.dicom.volume import load_series
+    from lungslice.features.extract import extract_dataset
+    from lungslice.lidc.labels import label_scans
+    from lungslice.model.evaluate import evaluate
+    from lungslice.model.train import train_model
+    from lungslice.prediction import Predictor, predict
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: importing lungslice must not import torch.
-    if name == "predict":
-        from lungslice.prediction import predict
+    module = _VERBS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lungslice' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return predict
-    raise AttributeError(f"module 'lungslice' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

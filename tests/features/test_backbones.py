@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from featurehelpers import torchvision_resnet18_file
 from typer.testing import CliRunner
 
 from lungslice.cli import app
@@ -15,6 +14,7 @@ from lungslice.features.backbones import Backbone, backbone_info, list_backbones
 from lungslice.features.verify import verify_backbone
 from lungslice.features.weights import efficientnet_lite0_weights_path
 from lungslice.provenance import file_sha256
+from tests.helpers import torchvision_resnet18_file
 
 
 def test_registry_lists_backbones_with_layers_and_weights() -> None:

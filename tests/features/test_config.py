@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from featurehelpers import torchvision_resnet18_file
 
 from lungslice.errors import ConfigError
 from lungslice.features.config import RUNTIME_FIELDS, FeatureConfig
 from lungslice.features.inputs import InputConfig
+from tests.helpers import torchvision_resnet18_file
 
 
 def test_key_is_stable_and_resolves_default_layers() -> None:

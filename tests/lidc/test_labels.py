@@ -11,8 +11,8 @@ import pytest
 
 from lungslice.errors import AnnotationError, ConfigError
 from lungslice.lidc.labels import (
+    CLASSES,
     LABEL_CODES,
-    LABELS,
     LabelRule,
     apply_rule,
     label_scans,
@@ -90,7 +90,7 @@ def scans() -> list[LidcScan]:
 
 
 def test_labels_constants() -> None:
-    assert LABELS == ("non-nodule", "benign", "malignant")
+    assert CLASSES == ("non-nodule", "benign", "malignant")
     assert LABEL_CODES == {"excluded": -1, "non-nodule": 0, "benign": 1, "malignant": 2}
 
 
@@ -125,13 +125,13 @@ def test_default_rule_labels_every_slice(scans: list[LidcScan]) -> None:
 
 
 def test_median_rule_changes_scores(scans: list[LidcScan]) -> None:
-    _, nodules = label_scans(scans, LabelRule(rule="median", threshold=3.5))
+    _, nodules = label_scans(scans, rule=LabelRule(rule="median", threshold=3.5))
     assert nodules.score.tolist() == [3.5, 2.0, 3.0, 1.0]
     assert nodules.label.tolist() == ["malignant", "benign", "benign", "benign"]
 
 
 def test_exclude_ambiguous_keeps_the_row(scans: list[LidcScan]) -> None:
-    slices, nodules = label_scans(scans, LabelRule(exclude_ambiguous=True))
+    slices, nodules = label_scans(scans, rule=LabelRule(exclude_ambiguous=True))
     a = slices[slices.series_uid == "1.1"]
     assert len(a) == 8
     assert a.label.iloc[5] == "excluded" and a.label_code.iloc[5] == -1
@@ -140,7 +140,7 @@ def test_exclude_ambiguous_keeps_the_row(scans: list[LidcScan]) -> None:
 
 
 def test_min_readers_ignores_but_records(scans: list[LidcScan]) -> None:
-    slices, nodules = label_scans(scans, LabelRule(min_readers=3))
+    slices, nodules = label_scans(scans, rule=LabelRule(min_readers=3))
     a = slices[slices.series_uid == "1.1"]
     assert a.label.tolist()[:6] == ["non-nodule"] * 5 + ["malignant"]
     assert a.ignored_nodule_ids.iloc[2] == ["LIDC-IDRI-0001/n1", "LIDC-IDRI-0001/n2"]
@@ -194,7 +194,7 @@ def test_stats_side_by_side(scans: list[LidcScan]) -> None:
 
 def test_write_read_roundtrip(scans: list[LidcScan], tmp_path: Path) -> None:
     rule = LabelRule(rule="median")
-    slices, nodules = label_scans(scans, rule)
+    slices, nodules = label_scans(scans, rule=rule)
     out = write_labels(tmp_path / "labels", slices, nodules, rule=rule, source="test")
     back = read_labels(out)
     pd.testing.assert_frame_equal(back.slices, slices)

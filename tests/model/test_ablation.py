@@ -14,8 +14,7 @@ from lungslice.errors import FeatureError
 from lungslice.model.ablation import ablation, layer_columns
 from lungslice.model.evaluate import EvaluateConfig
 from lungslice.model.heads import HeadConfig
-
-from .conftest import make_synthetic, write_cache, write_labels_dir
+from tests.helpers import make_synthetic, write_cache, write_labels_dir
 
 
 def _record(weights: str) -> dict:

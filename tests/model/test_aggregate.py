@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from lungslice.errors import ConfigError
 from lungslice.model.aggregate import (
+    AGGREGATION_METHODS,
     AggregateConfig,
+    LearnedAggregator,
     aggregate,
     fit_learned_aggregator,
     map_to_source,
@@ -99,10 +103,18 @@ def test_learned_aggregator_ranks_studies() -> None:
         has_any.append(kind > 0)
         has_mal.append(kind == 2)
     learned = fit_learned_aggregator(results, np.array(has_any), np.array(has_mal), cfg)
-    assert learned.method == "learned" and len(learned.learned_any) == 7
-    scored = [aggregate(r.smoothed, np.arange(40.0), learned) for r in results]
+    assert learned.coef_any_.shape == learned.coef_malignant_.shape == (6,)  # 2 x top_k
+    assert cfg == AggregateConfig(top_k=3)  # the config holds no fitted state
+    as_learned = cfg.replace(method="learned")
+    scored = [aggregate(r.smoothed, np.arange(40.0), as_learned, learned=learned) for r in results]
     p_mal = np.array([s.p_malignant for s in scored])
     assert p_mal[np.array(has_mal)].min() > p_mal[~np.array(has_mal)].max()
+    again = LearnedAggregator.from_dict(json.loads(json.dumps(learned.to_dict())))
+    assert again.predict(results[1].topk) == learned.predict(results[1].topk)
+    with pytest.raises(ConfigError, match=r"method='learned'\) needs the fitted weights"):
+        aggregate(results[0].smoothed, np.arange(40.0), as_learned)
+    with pytest.raises(ConfigError, match=r"LearnedAggregator is not fitted"):
+        LearnedAggregator(3).predict(results[0].topk)
 
 
 def test_map_to_source(synthetic) -> None:
@@ -118,7 +130,13 @@ def test_map_to_source(synthetic) -> None:
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"expected one of max, noisy_or, learned, got 'mean'"):
         AggregateConfig(method="mean")
-    with pytest.raises(ConfigError, match=r"needs 11 weights.*Fix: make it with fit_learned"):
-        AggregateConfig(method="learned")
     with pytest.raises(ConfigError, match=r"z_mm must be strictly increasing or decreasing"):
         aggregate(_track(3), np.array([0.0, 1.0, 1.0]), AggregateConfig())
+
+
+def test_config_round_trips_and_methods_are_one_list() -> None:
+    cfg = AggregateConfig(sigma_mm=1.5, top_k=4, method="max", leak=0.05)
+    assert AggregateConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert AGGREGATION_METHODS == ("max", "noisy_or", "learned")
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) 'learned_any'"):
+        AggregateConfig.from_dict({"learned_any": [0.0]})

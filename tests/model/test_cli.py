@@ -12,8 +12,7 @@ import lungslice.cli.model  # noqa: F401  (registers train/evaluate on the app)
 from lungslice.cli import app
 from lungslice.model.bundle import load_bundle
 from lungslice.model.dataset import build_training_set
-
-from .conftest import make_synthetic, write_cache, write_labels_dir
+from tests.helpers import make_synthetic, write_cache, write_labels_dir
 
 KEY = "synthkey0123"
 

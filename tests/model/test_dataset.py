@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 
 from lungslice.errors import AnnotationError
-from lungslice.lidc.labels import LABELS, LabelRule
+from lungslice.lidc.labels import LabelRule
 from lungslice.model.dataset import join_labels
-from lungslice.model.heads import CLASSES
 
 
 def _labels(series: str, patient: str, z: np.ndarray, nodules: list[dict]) -> tuple:
@@ -124,10 +123,6 @@ def test_z_disagreement_is_an_error() -> None:
         match=r"series 1.1: 2 of 4 slice positions have no labelled slice within 0.05 mm",
     ):
         join_labels(np.zeros((len(feats), 2)), feats, lab, nod, LabelRule())
-
-
-def test_class_order_matches_labels() -> None:
-    assert CLASSES == LABELS
 
 
 def test_labels_of_a_z_cropped_series_match_by_position() -> None:

@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 
 from lungslice.lidc.labels import LabelRule
-from lungslice.model.aggregate import AggregateConfig
+from lungslice.model.aggregate import AGGREGATION_METHODS, AggregateConfig
 from lungslice.model.cv import patient_folds
-from lungslice.model.dataset import TrainingSet
 from lungslice.model.evaluate import (
     EvaluateConfig,
     choose_aggregator,
@@ -21,36 +20,11 @@ from lungslice.model.evaluate import (
     rule_variants,
 )
 from lungslice.model.heads import HeadConfig
-
-from .conftest import make_synthetic
-
-
-def _training_set(synthetic, rule: LabelRule, drop_every: int = 0) -> TrainingSet:
-    keep = np.ones(synthetic.y.size, dtype=bool)
-    if drop_every:
-        keep[::drop_every] = False
-    codes = synthetic.nodules["label"].to_numpy()
-    nodules = synthetic.nodules.assign(
-        label=np.where(codes == 2, "malignant", "benign"), code=codes
-    )
-    # a nodule beyond the series' last slice (as in a z-cropped series): not scored
-    outside = nodules.iloc[:1].assign(nodule_id="outside", z_min=500.0, z_max=505.0)
-    nodules = pd.concat([nodules, outside], ignore_index=True)
-    slices = synthetic.slices[keep].reset_index(drop=True).assign(label_code=synthetic.y[keep])
-    return TrainingSet(
-        X=synthetic.X[keep],
-        y=synthetic.y[keep],
-        groups=slices["patient_id"].to_numpy(),
-        slices=slices,
-        nodules=nodules,
-        rejected=pd.DataFrame({"series_uid": [], "slice_index": [], "reason": []}),
-        rule=rule,
-        feature_config={"key": "k", "backbone": {"name": "synthetic", "layers": ["x"]}},
-    )
+from tests.helpers import make_synthetic, training_set
 
 
 def test_cross_validation_never_sees_a_test_patient(synthetic) -> None:
-    ts = _training_set(synthetic, LabelRule())
+    ts = training_set(synthetic, LabelRule())
     folds = patient_folds(ts.groups, ts.strata, n_splits=3, seed=0)
     cv = cross_validate(ts, HeadConfig(C_grid=(0.1,)), folds)
     assert not np.isnan(cv.probs).any()
@@ -64,12 +38,17 @@ def test_evaluate_writes_metrics_plots_and_report(tmp_path) -> None:
     syn = make_synthetic(n_patients=15, n_slices=40, seed=1)
     base = LabelRule()
     sets = [
-        _training_set(syn, base),
-        _training_set(syn, dataclasses.replace(base, exclude_ambiguous=True), drop_every=7),
+        training_set(syn, base),
+        training_set(syn, dataclasses.replace(base, exclude_ambiguous=True), drop_every=7),
     ]
     cfg = EvaluateConfig(n_splits=3, n_boot=20)
     result = evaluate_sets(
-        iter(sets), tmp_path, HeadConfig(C_grid=(0.1,)), AggregateConfig(), cfg, seed=0
+        iter(sets),
+        tmp_path,
+        head_config=HeadConfig(C_grid=(0.1,)),
+        aggregate_config=AggregateConfig(),
+        config=cfg,
+        seed=0,
     )
     for name in ("metrics.json", "report.md", "roc.png", "pr.png", "calibration.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -92,7 +71,7 @@ def test_evaluate_writes_metrics_plots_and_report(tmp_path) -> None:
         assert key in figs
     low, high = figs["slice.roc_auc.macro"]["ci_low"], figs["slice.roc_auc.macro"]["ci_high"]
     assert low <= figs["slice.roc_auc.macro"]["value"] <= high
-    assert stored["rules"]["mean>=3"]["aggregator"] in ("max", "noisy_or", "learned")
+    assert stored["rules"]["mean>=3"]["aggregator"] in AGGREGATION_METHODS
     assert stored["rules"]["mean>=3"]["nodules_outside_series"] == 1
     assert figs["nodule.recall@10.any"]["value"] == 1.0  # the outside nodule is no miss
     pred = pd.read_parquet(tmp_path / "predictions.parquet")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lungslice.errors import ConfigError
-from lungslice.model.heads import CLASSES, HeadConfig, balanced_class_weights, train_head
+from lungslice.lidc.labels import CLASSES
+from lungslice.model.heads import HeadConfig, balanced_class_weights, train_head
 
 
 def _split(synthetic):
@@ -18,7 +19,9 @@ def _split(synthetic):
 def test_logistic_head_learns_and_picks_c_by_inner_cv(synthetic) -> None:
     pids, test = _split(synthetic)
     X, y = synthetic.X, synthetic.y
-    head = train_head(X[~test], y[~test], pids[~test], HeadConfig(C_grid=(0.01, 1.0)), seed=0)
+    head = train_head(
+        X[~test], y[~test], pids[~test], config=HeadConfig(C_grid=(0.01, 1.0)), seed=0
+    )
     proba = head.predict_proba(X[test])
     assert proba.shape == (int(test.sum()), 3)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
@@ -38,9 +41,9 @@ def test_mlp_head_is_seeded_and_learns(synthetic) -> None:
         batch_size=32,
         learning_rate=1e-2,
     )
-    a = train_head(X[~test], y[~test], pids[~test], cfg, seed=5)
-    b = train_head(X[~test], y[~test], pids[~test], cfg, seed=5)
-    c = train_head(X[~test], y[~test], pids[~test], cfg, seed=6)
+    a = train_head(X[~test], y[~test], pids[~test], config=cfg, seed=5)
+    b = train_head(X[~test], y[~test], pids[~test], config=cfg, seed=5)
+    c = train_head(X[~test], y[~test], pids[~test], config=cfg, seed=6)
     pa = a.predict_proba(X[test])
     np.testing.assert_array_equal(pa, b.predict_proba(X[test]))
     assert not np.array_equal(pa, c.predict_proba(X[test]))
@@ -50,7 +53,9 @@ def test_mlp_head_is_seeded_and_learns(synthetic) -> None:
 def test_missing_class_gets_near_zero_probability(synthetic) -> None:
     keep = synthetic.y != 2
     pids = synthetic.slices["patient_id"].to_numpy()
-    head = train_head(synthetic.X[keep], synthetic.y[keep], pids[keep], HeadConfig(C_grid=(1.0,)))
+    head = train_head(
+        synthetic.X[keep], synthetic.y[keep], pids[keep], config=HeadConfig(C_grid=(1.0,))
+    )
     proba = head.predict_proba(synthetic.X)
     assert proba[:, 2].max() < 1e-6
     assert (proba[synthetic.y == 1].argmax(axis=1) == 1).mean() > 0.9
@@ -70,9 +75,9 @@ def test_bad_inputs_raise_with_fix(synthetic) -> None:
     with pytest.raises(ConfigError, match=r"expected 'logistic' or 'mlp', got 'svm'"):
         HeadConfig(kind="svm")
     with pytest.raises(ConfigError, match=r"inner CV needs at least 3 patients.*got 1"):
-        train_head(synthetic.X[:240], synthetic.y[:240], np.zeros(240), HeadConfig())
+        train_head(synthetic.X[:240], synthetic.y[:240], np.zeros(240), config=HeadConfig())
     head = train_head(
-        synthetic.X, synthetic.y, np.arange(synthetic.y.size), HeadConfig(C_grid=(1.0,))
+        synthetic.X, synthetic.y, np.arange(synthetic.y.size), config=HeadConfig(C_grid=(1.0,))
     )
     with pytest.raises(ConfigError, match=r"features have shape \(2, 4\), expected \(n, 16\)"):
         head.predict_proba(np.zeros((2, 4)))
@@ -83,7 +88,7 @@ def test_logistic_head_matches_scikit_learn(synthetic) -> None:
 
     X, y = synthetic.X, synthetic.y
     pids = synthetic.slices["patient_id"].to_numpy()
-    head = train_head(X, y, pids, HeadConfig(C_grid=(0.05,), max_iter=500))
+    head = train_head(X, y, pids, config=HeadConfig(C_grid=(0.05,), max_iter=500))
     Xs = (X - X.mean(axis=0)) / X.std(axis=0)
     w = balanced_class_weights(y)[y]
     ref = LogisticRegression(C=0.05, max_iter=2000, tol=1e-8).fit(Xs, y, sample_weight=w)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from lungslice.errors import ConfigError
@@ -12,16 +13,15 @@ from lungslice.model.bundle import load_bundle
 from lungslice.model.evaluate import EvaluateConfig
 from lungslice.model.heads import HeadConfig
 from lungslice.model.train import train_bundle
-
-from .test_evaluate import _training_set
+from tests.helpers import training_set
 
 
 def test_named_aggregator_without_cv(tmp_path, synthetic) -> None:
-    ts = _training_set(synthetic, LabelRule())
+    ts = training_set(synthetic, LabelRule())
     result = train_bundle(
         ts,
         tmp_path / "m",
-        HeadConfig(C_grid=(0.1,)),
+        head_config=HeadConfig(C_grid=(0.1,)),
         aggregator="max",
         config=EvaluateConfig(n_splits=0),
     )
@@ -33,7 +33,7 @@ def test_named_aggregator_without_cv(tmp_path, synthetic) -> None:
 
 
 def test_auto_aggregator_needs_cv(tmp_path, synthetic) -> None:
-    ts = _training_set(synthetic, LabelRule())
+    ts = training_set(synthetic, LabelRule())
     with pytest.raises(
         ConfigError, match=r"aggregator 'auto' is chosen/fitted by cross-validation"
     ):
@@ -43,15 +43,20 @@ def test_auto_aggregator_needs_cv(tmp_path, synthetic) -> None:
 
 
 def test_learned_aggregator_is_fitted_and_stored(tmp_path, synthetic) -> None:
-    ts = _training_set(synthetic, LabelRule())
+    ts = training_set(synthetic, LabelRule())
     result = train_bundle(
         ts,
         tmp_path / "m",
-        HeadConfig(C_grid=(0.1,)),
+        head_config=HeadConfig(C_grid=(0.1,)),
         aggregator="learned",
         config=EvaluateConfig(n_splits=3, n_boot=5),
     )
-    agg = load_bundle(tmp_path / "m").aggregate_config
-    assert agg.method == "learned" and len(agg.learned_malignant) == 1 + 2 * agg.top_k
+    bundle = load_bundle(tmp_path / "m")
+    agg, learned = bundle.aggregate_config, bundle.learned_aggregator
+    assert agg.method == "learned" and learned is not None
+    assert learned.coef_malignant_.shape == (2 * agg.top_k,)
+    assert result.learned_aggregator is not None
+    np.testing.assert_array_equal(learned.coef_any_, result.learned_aggregator.coef_any_)
+    assert bundle.head_config == HeadConfig(C_grid=(0.1,))
     assert result.cv_metrics["aggregator"] == "learned"
     assert result.cv_metrics["aggregator_rule"] == "given"

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
-import pandas as pd
 import pytest
 
 from lungslice.features.config import FeatureConfig
@@ -17,21 +13,10 @@ from lungslice.model.dataset import build_training_set
 from lungslice.model.evaluate import EvaluateConfig
 from lungslice.model.train import train_bundle
 from lungslice.phantom import PhantomConfig, synthesize
+from tests.helpers import Pipeline
 
 #: One malignant nodule (four readers), the mixed case, and a scan with no nodule.
 PATIENTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0078", "LIDC-IDRI-0937")
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    root: Path
-    data: Path
-    model: Path
-    nodules: pd.DataFrame
-    config: FeatureConfig
-
-    def study(self, patient_id: str) -> Path:
-        return self.data / "LIDC-IDRI" / patient_id
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +27,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         root / "data", PATIENTS, PhantomConfig(seed=1, matrix=256, z_margin_mm=8.0), scans=scans
     )
     rule = LabelRule()
-    slices, nodules = label_scans(scans, rule)
+    slices, nodules = label_scans(scans, rule=rule)
     write_labels(root / "labels", slices, nodules, rule=rule, source="pylidc")
     # Small inputs keep the test quick; the pipeline is the same at 224 px.
     config = FeatureConfig(inputs=InputConfig(size=96), batch_size=16)

@@ -16,8 +16,7 @@ from lungslice.dicom.kos import read_key_images
 from lungslice.errors import BundleMismatchError, NoCTSeriesError
 from lungslice.prediction import PredictConfig, Predictor, predict
 from lungslice.testing import write_ct_series
-
-from .conftest import Pipeline
+from tests.helpers import Pipeline
 
 
 def test_recommendations_fall_on_the_nodule(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -132,15 +132,58 @@ class FeatureCache:
         The configuration key (:attr:`FeatureConfig.key`).
     """
 
+    #: Folder of the caches inside a work folder.
+    FOLDER = "features"
+    #: Name of the record of a cache's configuration.
+    CONFIG_FILE = "config.json"
+
     def __init__(self, work_dir: str | Path, key: str) -> None:
         self.work_dir = Path(work_dir)
         self.key = key
-        self.dir = self.work_dir / "features" / key
+        self.dir = self.work_dir / self.FOLDER / key
+
+    @classmethod
+    def keys(cls, work_dir: str | Path) -> list[str]:
+        """Keys of the caches in a work folder that have a ``config.json``, sorted."""
+        root = Path(work_dir) / cls.FOLDER
+        return sorted(d.name for d in root.glob("*") if (d / cls.CONFIG_FILE).is_file())
+
+    @classmethod
+    def resolve(cls, path: str | Path, key: str | None = None) -> FeatureCache:
+        """The cache a path names: a work folder (one key, or ``key``) or ``WORK/features/<key>``.
+
+        Raises
+        ------
+        FeatureError
+            When the folder holds no feature cache, or several keys and none was chosen.
+        """
+        p = Path(path)
+        if (p / cls.CONFIG_FILE).is_file() and p.parent.name == cls.FOLDER:
+            if key is not None and key != p.name:
+                raise FeatureError(
+                    f"{p} is the cache of key {p.name}, but key {key} was asked for."
+                )
+            return cls(p.parent.parent, p.name)
+        root = p / cls.FOLDER
+        keys = cls.keys(p)
+        if key is not None:
+            if key not in keys:
+                raise FeatureError(
+                    f"{root} has no feature cache {key}; keys present: {', '.join(keys) or 'none'}."
+                )
+            return cls(p, key)
+        if len(keys) != 1:
+            raise FeatureError(
+                f"{p}: expected a work folder with exactly one feature cache under "
+                f"{cls.FOLDER}/, found {len(keys)} ({', '.join(keys) or 'none'}). Fix: pass "
+                f"WORK/{cls.FOLDER}/<key> or --key."
+            )
+        return cls(p, keys[0])
 
     @property
     def config_path(self) -> Path:
         """``config.json``."""
-        return self.dir / "config.json"
+        return self.dir / self.CONFIG_FILE
 
     @property
     def manifest_path(self) -> Path:
@@ -219,7 +262,12 @@ class FeatureCache:
         atomic_write(self.slices_path(series_uid), save_table)
 
     def read_config(self) -> dict[str, Any] | None:
-        """The stored ``config.json``, or None."""
+        """The stored ``config.json`` record, or None.
+
+        The record holds the :class:`~lungslice.features.config.FeatureConfig`
+        (``FeatureConfig.from_dict(record["config"])``), its ``key`` and
+        ``key_payload``, the weights checksum and the backbone's layers and widths.
+        """
         if not self.config_path.is_file():
             return None
         return dict(json.loads(self.config_path.read_text()))
@@ -287,7 +335,7 @@ def load_features(
     """
     cache = FeatureCache(work_dir, key)
     if not cache.manifest_path.is_file():
-        known = sorted(p.name for p in (cache.work_dir / "features").glob("*") if p.is_dir())
+        known = sorted(p.name for p in (cache.work_dir / cache.FOLDER).glob("*") if p.is_dir())
         raise FeatureError(
             f"no feature manifest at {cache.manifest_path}; run `lungslice extract` first "
             f"(keys present: {', '.join(known) or 'none'})"

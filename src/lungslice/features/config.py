@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lungslice.config import DictConfig
 from lungslice.errors import ConfigError
 from lungslice.features.backbones import _REGISTRY, DEFAULT_BACKBONE
 from lungslice.features.inputs import InputConfig
@@ -22,8 +22,11 @@ RUNTIME_FIELDS = ("batch_size", "compile", "device")
 
 
 @dataclass(frozen=True)
-class FeatureConfig:
+class FeatureConfig(DictConfig):
     """How slice features are made.
+
+    ``to_dict``/``from_dict`` round-trip it through JSON (``config.json`` of a
+    feature cache holds ``to_dict()`` under ``"config"``).
 
     Attributes
     ----------
@@ -118,10 +121,6 @@ class FeatureConfig:
             If the weights cannot be resolved (their checksum is part of the key).
         """
         return config_hash(self.key_payload(), length=16)
-
-    def replace(self, **changes: Any) -> FeatureConfig:
-        """A copy with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)
 
 
 def weights_id(backbone: str, weights: str) -> str:

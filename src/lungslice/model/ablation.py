@@ -21,13 +21,12 @@ import numpy as np
 import pandas as pd
 
 from lungslice.errors import ConfigError, FeatureError
-from lungslice.features.cache import load_features
+from lungslice.features.cache import FeatureCache, load_features
 from lungslice.lidc.labels import read_labels, rule_from_provenance
-from lungslice.model.aggregate import AggregateConfig
+from lungslice.model.aggregate import AGGREGATION_METHODS, AggregateConfig
 from lungslice.model.cv import patient_folds
 from lungslice.model.dataset import join_labels
 from lungslice.model.evaluate import (
-    METHODS,
     EvaluateConfig,
     cross_validate,
     eval_tables,
@@ -93,7 +92,7 @@ def layer_columns(record: dict[str, Any], layers: Sequence[str]) -> np.ndarray:
 def _table(rows: list[AblationRow]) -> pd.DataFrame:
     records = []
     for row in rows:
-        for method in METHODS:
+        for method in AGGREGATION_METHODS:
             rec: dict[str, Any] = {
                 "weights": row.weights,
                 "inputs": row.inputs,
@@ -115,11 +114,11 @@ def ablation(
     keys: Sequence[str],
     labels_dir: str | Path,
     out_dir: str | Path,
+    *,
     layer_choices: Sequence[Sequence[str]] | None = None,
     head_config: HeadConfig | None = None,
     aggregate_config: AggregateConfig | None = None,
     config: EvaluateConfig = EvaluateConfig(),
-    *,
     seed: int = 0,
     allow_unlabelled: bool = False,
     progress: ProgressCallback | None = None,
@@ -157,7 +156,14 @@ def ablation(
     rows: list[AblationRow] = []
     records = []
     for key in keys:
-        record = json.loads((work / "features" / key / "config.json").read_text())
+        cache = FeatureCache(work, key)
+        record = cache.read_config()
+        if record is None:
+            raise FeatureError(
+                f"{cache.config_path} does not exist; expected a feature cache written by "
+                "`lungslice extract` (keys present: "
+                f"{', '.join(FeatureCache.keys(work)) or 'none'})."
+            )
         X_all, slices = load_features(work, key)
         choices = layer_choices or [tuple(record["backbone"]["layers"])]
         cfg = record.get("config", {})
@@ -177,8 +183,10 @@ def ablation(
                 patient_fold = {p: f.index for f in folds for p in f.test_patients}
             else:
                 folds = folds_for_patients(ts.groups, patient_fold)
-            cv = cross_validate(ts, head_config, folds, seed)
-            tables, _ = eval_tables(ts, cv.probs, cv.fold_of_row, aggregate_config, config, seed)
+            cv = cross_validate(ts, head_config, folds, seed=seed)
+            tables, _ = eval_tables(
+                ts, cv.probs, cv.fold_of_row, aggregate_config, config=config, seed=seed
+            )
             figures = bootstrap(tables, n_boot=config.n_boot, seed=seed)
             row = AblationRow(
                 key=key,

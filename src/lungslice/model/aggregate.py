@@ -8,7 +8,8 @@
    (the highest smoothed slice), by a leaky ``"noisy_or"`` over the top-k
    candidates (as in the Data Science Bowl 2017 winning solution:
    ``1 - (1 - leak) * prod(1 - p_i)``), or by a ``"learned"`` logistic
-   aggregator over the top-k candidate scores (see :func:`fit_learned_aggregator`).
+   aggregator over the top-k candidate scores (:class:`LearnedAggregator`; its
+   fitted weights live in that object, not in :class:`AggregateConfig`).
    When a study has fewer than k candidates, its highest local maxima below the
    threshold fill the top-k, so scores still rank studies without candidates.
 4. **Recommendations**: candidate peaks first (one slice per candidate), then
@@ -17,8 +18,9 @@
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, Self
 
 import numpy as np
 import pandas as pd
@@ -26,11 +28,15 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.signal import find_peaks
 from sklearn.linear_model import LogisticRegression
 
+from lungslice.config import DictConfig
 from lungslice.errors import ConfigError
 
 __all__ = [
+    "AGGREGATION_METHODS",
     "AggregateConfig",
+    "AggregationMethod",
     "Candidate",
+    "LearnedAggregator",
     "StudyResult",
     "aggregate",
     "fit_learned_aggregator",
@@ -38,12 +44,19 @@ __all__ = [
     "study_scores",
 ]
 
-_METHODS = ("max", "noisy_or", "learned")
+#: A study-score aggregator's name.
+AggregationMethod = Literal["max", "noisy_or", "learned"]
+#: Study-score aggregators. The one list: training, evaluation and the ablation use it.
+AGGREGATION_METHODS: tuple[AggregationMethod, ...] = ("max", "noisy_or", "learned")
 
 
 @dataclass(frozen=True)
-class AggregateConfig:
+class AggregateConfig(DictConfig):
     """How slice probabilities become candidates and study scores.
+
+    Hyperparameters only (``to_dict``/``from_dict`` round-trip them through
+    JSON); the ``"learned"`` aggregator's fitted weights are a
+    :class:`LearnedAggregator`.
 
     Attributes
     ----------
@@ -61,25 +74,19 @@ class AggregateConfig:
         ``lungslice train`` still picks by cross-validation.
     leak : float
         Noisy-OR leak probability (a nodule the candidates missed).
-    learned_any, learned_malignant : tuple of float
-        For ``"learned"``: intercept followed by ``2 * top_k`` weights over the
-        sorted top-k candidate p(nodule) and p(malignant); made by
-        :func:`fit_learned_aggregator`.
     """
 
     sigma_mm: float = 2.0
     threshold: float = 0.5
     min_length_mm: float = 3.0
     top_k: int = 5
-    method: str = "noisy_or"
+    method: AggregationMethod = "noisy_or"
     leak: float = 0.0
-    learned_any: tuple[float, ...] = ()
-    learned_malignant: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.method not in _METHODS:
+        if self.method not in AGGREGATION_METHODS:
             raise ConfigError(
-                f"AggregateConfig.method: expected one of {', '.join(_METHODS)}, "
+                f"AggregateConfig.method: expected one of {', '.join(AGGREGATION_METHODS)}, "
                 f"got {self.method!r}."
             )
         if not 0.0 <= self.threshold <= 1.0 or not 0.0 <= self.leak < 1.0:
@@ -92,14 +99,6 @@ class AggregateConfig:
                 f"AggregateConfig: expected sigma_mm >= 0, min_length_mm >= 0, top_k >= 1, got "
                 f"{self.sigma_mm}, {self.min_length_mm}, {self.top_k}."
             )
-        if self.method == "learned":
-            n = 1 + 2 * self.top_k
-            if len(self.learned_any) != n or len(self.learned_malignant) != n:
-                raise ConfigError(
-                    f"AggregateConfig(method='learned') needs {n} weights in learned_any and "
-                    f"learned_malignant (intercept + 2 x top_k), got {len(self.learned_any)} and "
-                    f"{len(self.learned_malignant)}. Fix: make it with fit_learned_aggregator()."
-                )
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,13 @@ def _sigmoid(x: float) -> float:
     return float(1.0 / (1.0 + np.exp(-x)))
 
 
-def aggregate(probs: np.ndarray, z_mm: np.ndarray, config: AggregateConfig) -> StudyResult:
+def aggregate(
+    probs: np.ndarray,
+    z_mm: np.ndarray,
+    config: AggregateConfig,
+    *,
+    learned: LearnedAggregator | None = None,
+) -> StudyResult:
     """Aggregate one series' slice probabilities.
 
     Parameters
@@ -225,6 +230,8 @@ def aggregate(probs: np.ndarray, z_mm: np.ndarray, config: AggregateConfig) -> S
         ``(n,)`` slice positions, strictly monotonic.
     config : AggregateConfig
         Smoothing, threshold, minimum length, top-k and aggregator.
+    learned : LearnedAggregator, optional
+        The fitted weights; needed when ``config.method == "learned"``.
 
     Returns
     -------
@@ -280,7 +287,7 @@ def aggregate(probs: np.ndarray, z_mm: np.ndarray, config: AggregateConfig) -> S
     if rows:
         take = np.asarray(rows[: config.top_k])
         topk[: len(take)] = take
-    p_any, p_mal = study_scores(smoothed, topk, config)
+    p_any, p_mal = study_scores(smoothed, topk, config, learned=learned)
     return StudyResult(
         z_mm=z,
         smoothed=smoothed.astype(np.float32),
@@ -294,7 +301,11 @@ def aggregate(probs: np.ndarray, z_mm: np.ndarray, config: AggregateConfig) -> S
 
 
 def study_scores(
-    smoothed: np.ndarray, topk: np.ndarray, config: AggregateConfig
+    smoothed: np.ndarray,
+    topk: np.ndarray,
+    config: AggregateConfig,
+    *,
+    learned: LearnedAggregator | None = None,
 ) -> tuple[float, float]:
     """``(p_any_nodule, p_malignant)`` of a study by ``config.method``.
 
@@ -306,6 +317,13 @@ def study_scores(
         ``(top_k, 2)`` candidate p(nodule), p(malignant) (for the others).
     config : AggregateConfig
         Aggregator and its parameters.
+    learned : LearnedAggregator, optional
+        The fitted weights of the ``"learned"`` aggregator.
+
+    Raises
+    ------
+    ConfigError
+        If ``config.method`` is ``"learned"`` and no fitted ``learned`` is given.
     """
     if config.method == "max":
         if smoothed.shape[0] == 0:
@@ -313,12 +331,13 @@ def study_scores(
         return float((smoothed[:, 1] + smoothed[:, 2]).max()), float(smoothed[:, 2].max())
     if config.method == "noisy_or":
         return _noisy_or(topk[:, 0], config.leak), _noisy_or(topk[:, 1], config.leak)
-    feats = _learned_features(topk)
-    w_any, w_mal = np.asarray(config.learned_any), np.asarray(config.learned_malignant)
-    return (
-        _sigmoid(float(w_any[0] + feats @ w_any[1:])),
-        _sigmoid(float(w_mal[0] + feats @ w_mal[1:])),
-    )
+    if learned is None:
+        raise ConfigError(
+            "study_scores: AggregateConfig(method='learned') needs the fitted weights, got "
+            "learned=None. Fix: pass learned=fit_learned_aggregator(...) (a model bundle "
+            "holds it as ModelBundle.learned_aggregator)."
+        )
+    return learned.predict(topk)
 
 
 def _learned_features(topk: np.ndarray) -> np.ndarray:
@@ -326,24 +345,181 @@ def _learned_features(topk: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sort(topk[:, 0])[::-1], np.sort(topk[:, 1])[::-1]])
 
 
+class LearnedAggregator:
+    """The ``"learned"`` study aggregator: two logistic regressions over the top-k candidates.
+
+    Its inputs are the study's top-k candidate p(nodule) and p(malignant), each
+    sorted from highest (:attr:`StudyResult.topk`). As in scikit-learn, the
+    constructor takes hyperparameters and :meth:`fit` sets the fitted
+    attributes, whose names end in ``_``.
+
+    Parameters
+    ----------
+    top_k : int
+        Candidates per study the weights look at (``AggregateConfig.top_k``).
+    C : float
+        Inverse L2 strength of the two logistic regressions.
+    seed : int
+        Solver seed.
+
+    Attributes
+    ----------
+    intercept_any_, intercept_malignant_ : float
+        Intercepts of p(any nodule) and p(malignant).
+    coef_any_, coef_malignant_ : numpy.ndarray
+        ``(2 * top_k,)`` weights over sorted p(nodule) then sorted p(malignant).
+    """
+
+    def __init__(self, top_k: int = 5, *, C: float = 1.0, seed: int = 0) -> None:
+        if top_k < 1 or not C > 0:
+            raise ConfigError(
+                f"LearnedAggregator: expected top_k >= 1 and C > 0, got top_k={top_k}, C={C}."
+            )
+        self.top_k = int(top_k)
+        self.C = float(C)
+        self.seed = int(seed)
+
+    def __repr__(self) -> str:
+        fitted = "fitted" if self.is_fitted else "not fitted"
+        return f"LearnedAggregator(top_k={self.top_k}, C={self.C}, seed={self.seed}; {fitted})"
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether :meth:`fit` has set the weights."""
+        return hasattr(self, "coef_any_")
+
+    def fit(
+        self, results: Sequence[StudyResult], has_any: np.ndarray, has_malignant: np.ndarray
+    ) -> Self:
+        """Fit both regressions on studies with known outcomes.
+
+        Parameters
+        ----------
+        results : sequence of StudyResult
+            Aggregated training studies (any method; only ``topk`` is used).
+        has_any, has_malignant : numpy.ndarray
+            ``(n_studies,)`` bool: the study contains a nodule / a malignant nodule.
+
+        Returns
+        -------
+        LearnedAggregator
+            ``self``, fitted. A target with a single class gets a constant
+            intercept (its base rate) and zero weights.
+        """
+        if len(results) != len(has_any) or len(results) != len(has_malignant):
+            raise ConfigError(
+                f"fit_learned_aggregator: {len(results)} studies but {len(has_any)} and "
+                f"{len(has_malignant)} outcomes; expected one outcome of each per study."
+            )
+        feats = np.stack([_learned_features(r.topk[: self.top_k]) for r in results])
+        if feats.shape[1] != 2 * self.top_k:
+            raise ConfigError(
+                f"results were aggregated with top_k={results[0].topk.shape[0]}, "
+                f"config has {self.top_k}; aggregate them again with this config."
+            )
+
+        def fit(target: np.ndarray) -> tuple[float, np.ndarray]:
+            t = np.asarray(target, dtype=bool)
+            if t.all() or not t.any():
+                rate = np.clip(t.mean(), 1e-3, 1 - 1e-3)
+                return float(np.log(rate / (1 - rate))), np.zeros(feats.shape[1])
+            model = LogisticRegression(C=self.C, random_state=self.seed, max_iter=1000)
+            model.fit(feats, t)
+            return float(model.intercept_[0]), np.asarray(model.coef_[0], dtype=np.float64)
+
+        self.intercept_any_, self.coef_any_ = fit(has_any)
+        self.intercept_malignant_, self.coef_malignant_ = fit(has_malignant)
+        return self
+
+    def predict(self, topk: np.ndarray) -> tuple[float, float]:
+        """``(p_any_nodule, p_malignant)`` of one study from its ``(top_k, 2)`` ``topk``."""
+        if not self.is_fitted:
+            raise ConfigError(
+                "LearnedAggregator is not fitted. Fix: call fit() or fit_learned_aggregator() "
+                "first, or load a bundle that holds one."
+            )
+        feats = _learned_features(np.asarray(topk, dtype=np.float64))
+        if feats.shape[0] != self.coef_any_.shape[0]:
+            raise ConfigError(
+                f"LearnedAggregator: fitted on top_k={self.coef_any_.shape[0] // 2}, the study "
+                f"has {feats.shape[0] // 2} top-k rows. Fix: aggregate with the same top_k."
+            )
+        return (
+            _sigmoid(float(self.intercept_any_ + feats @ self.coef_any_)),
+            _sigmoid(float(self.intercept_malignant_ + feats @ self.coef_malignant_)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Hyperparameters and (when fitted) weights as JSON-ready values."""
+        out: dict[str, Any] = {"top_k": self.top_k, "C": self.C, "seed": self.seed}
+        if self.is_fitted:
+            out.update(
+                intercept_any_=float(self.intercept_any_),
+                coef_any_=[float(v) for v in self.coef_any_],
+                intercept_malignant_=float(self.intercept_malignant_),
+                coef_malignant_=[float(v) for v in self.coef_malignant_],
+            )
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LearnedAggregator:
+        """Rebuild from :meth:`to_dict` output.
+
+        Raises
+        ------
+        ConfigError
+            On unknown keys, or weights that do not fit ``2 * top_k``.
+        """
+        fitted = ("intercept_any_", "coef_any_", "intercept_malignant_", "coef_malignant_")
+        unknown = sorted(set(data) - {"top_k", "C", "seed", *fitted})
+        if unknown:
+            raise ConfigError(
+                f"LearnedAggregator.from_dict: unknown key(s) {unknown}; expected top_k, C, "
+                "seed and the fitted weights. Fix: pass the dict LearnedAggregator.to_dict() wrote."
+            )
+        new = cls(
+            int(data.get("top_k", 5)), C=float(data.get("C", 1.0)), seed=int(data.get("seed", 0))
+        )
+        present = [k for k in fitted if k in data]
+        if present and len(present) != len(fitted):
+            raise ConfigError(
+                f"LearnedAggregator.from_dict: has {present} but not all of {list(fitted)}."
+            )
+        if present:
+            n = 2 * new.top_k
+            coef_any = np.asarray(data["coef_any_"], dtype=np.float64)
+            coef_mal = np.asarray(data["coef_malignant_"], dtype=np.float64)
+            if coef_any.shape != (n,) or coef_mal.shape != (n,):
+                raise ConfigError(
+                    f"LearnedAggregator.from_dict: expected {n} weights each (2 x top_k), got "
+                    f"{coef_any.size} and {coef_mal.size}."
+                )
+            new.intercept_any_ = float(data["intercept_any_"])
+            new.coef_any_ = coef_any
+            new.intercept_malignant_ = float(data["intercept_malignant_"])
+            new.coef_malignant_ = coef_mal
+        return new
+
+
 def fit_learned_aggregator(
-    results: list[StudyResult],
+    results: Sequence[StudyResult],
     has_any: np.ndarray,
     has_malignant: np.ndarray,
     config: AggregateConfig,
+    *,
     C: float = 1.0,
     seed: int = 0,
-) -> AggregateConfig:
+) -> LearnedAggregator:
     """Fit the ``"learned"`` aggregator on studies with known outcomes.
 
     Parameters
     ----------
-    results : list of StudyResult
+    results : sequence of StudyResult
         Aggregated training studies (any method; only ``topk`` is used).
     has_any, has_malignant : numpy.ndarray
         ``(n_studies,)`` bool: the study contains a nodule / a malignant nodule.
     config : AggregateConfig
-        Smoothing and top-k settings to keep.
+        Its ``top_k`` sizes the weights.
     C : float
         Inverse L2 strength of the two logistic regressions.
     seed : int
@@ -351,34 +527,11 @@ def fit_learned_aggregator(
 
     Returns
     -------
-    AggregateConfig
-        ``config`` with ``method="learned"`` and the fitted weights. A target
-        with a single class gets a constant intercept (its base rate).
+    LearnedAggregator
+        Fitted; use it with ``config.replace(method="learned")``. A target with
+        a single class gets a constant intercept (its base rate).
     """
-    if len(results) != len(has_any) or len(results) != len(has_malignant):
-        raise ConfigError(
-            f"fit_learned_aggregator: {len(results)} studies but {len(has_any)} and "
-            f"{len(has_malignant)} outcomes; expected one outcome of each per study."
-        )
-    feats = np.stack([_learned_features(r.topk[: config.top_k]) for r in results])
-    if feats.shape[1] != 2 * config.top_k:
-        raise ConfigError(
-            f"results were aggregated with top_k={results[0].topk.shape[0]}, "
-            f"config has {config.top_k}; aggregate them again with this config."
-        )
-
-    def fit(target: np.ndarray) -> tuple[float, ...]:
-        t = np.asarray(target, dtype=bool)
-        if t.all() or not t.any():
-            rate = np.clip(t.mean(), 1e-3, 1 - 1e-3)
-            return (float(np.log(rate / (1 - rate))), *([0.0] * feats.shape[1]))
-        model = LogisticRegression(C=C, random_state=seed, max_iter=1000)
-        model.fit(feats, t)
-        return (float(model.intercept_[0]), *map(float, model.coef_[0]))
-
-    return dataclasses.replace(
-        config, method="learned", learned_any=fit(has_any), learned_malignant=fit(has_malignant)
-    )
+    return LearnedAggregator(config.top_k, C=C, seed=seed).fit(results, has_any, has_malignant)
 
 
 def map_to_source(indices: np.ndarray, slices: pd.DataFrame) -> pd.DataFrame:

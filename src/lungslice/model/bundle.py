@@ -3,15 +3,18 @@
 Layout::
 
     MODEL/
-      model.json   manifest: head kind + hyperparameters, feature settings
-                   (backbone, weights checksum, layers, inputs), label rule,
-                   aggregation settings, training-set summary, CV metrics,
-                   library versions, and the SHA-256 of each weight file
+      model.json   manifest: head kind + hyperparameters (+ the HeadConfig it was
+                   trained with), feature settings (the feature cache's config.json
+                   record: FeatureConfig, weights checksum, layers), label rule,
+                   aggregation settings and the fitted learned aggregator (if any),
+                   training-set summary, CV metrics, library versions, and the
+                   SHA-256 of each weight file
       head.npz     standardisation (mean, scale) and, for logistic heads, coef/intercept
       head.pt      MLP heads only: the torch state_dict (tensors only)
 
 Nothing is pickled: weights load with ``numpy.load(allow_pickle=False)`` and
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. :func:`load_bundle` gives every setting back
+as its typed config (``from_dict`` of what ``to_dict`` wrote).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungslice.errors import BundleMismatchError, CorruptFileError
-from lungslice.model.aggregate import AggregateConfig
-from lungslice.model.heads import CLASSES, Head, LogisticHead, MLPHead
+from lungslice.errors import BundleMismatchError, ConfigError, CorruptFileError
+from lungslice.features.config import FeatureConfig
+from lungslice.lidc.labels import CLASSES, LabelRule
+from lungslice.model.aggregate import AggregateConfig, LearnedAggregator, StudyResult, aggregate
+from lungslice.model.heads import Head, HeadConfig, LogisticHead, MLPHead
 from lungslice.model.metrics import json_safe
 from lungslice.provenance import config_dict, file_sha256, provenance
 
@@ -125,7 +130,7 @@ def compare_feature_configs(trained: dict[str, Any], given: dict[str, Any]) -> l
 
 @dataclass(frozen=True, eq=False)
 class ModelBundle:
-    """A loaded model bundle.
+    """A loaded model bundle: the fitted head and aggregator with their typed settings.
 
     Attributes
     ----------
@@ -133,32 +138,48 @@ class ModelBundle:
         The bundle directory.
     head : Head
         The slice classifier.
-    feature_config : dict
-        Settings of the features it was trained on.
-    label_rule : dict
+    feature_config : FeatureConfig or None
+        Settings of the features it was trained on; None when the training
+        features came without a ``FeatureConfig`` (arrays passed in directly).
+    feature_record : dict
+        The features' whole ``config.json`` record (key, ``key_payload`` with the
+        weights checksum, backbone layers): what :meth:`check_features` compares.
+    label_rule : LabelRule
         The label rule of its training labels.
     aggregate_config : AggregateConfig
         Study aggregation settings.
+    learned_aggregator : LearnedAggregator or None
+        The fitted weights when ``aggregate_config.method == "learned"``.
+    head_config : HeadConfig or None
+        How the head was trained (None in bundles written without it).
     manifest : dict
         The whole ``model.json``.
     """
 
     path: Path
     head: Head
-    feature_config: dict[str, Any]
-    label_rule: dict[str, Any]
+    feature_config: FeatureConfig | None
+    feature_record: dict[str, Any]
+    label_rule: LabelRule
     aggregate_config: AggregateConfig
+    learned_aggregator: LearnedAggregator | None
+    head_config: HeadConfig | None
     manifest: dict[str, Any]
 
     def check_features(self, feature_config: Any) -> None:
         """Refuse features made with other backbone/layer/input settings.
+
+        Parameters
+        ----------
+        feature_config : dict or dataclass
+            The new features' ``config.json`` record (or ``{"key_payload": ...}``).
 
         Raises
         ------
         BundleMismatchError
             Naming each differing setting with the bundle's and the features' value.
         """
-        diffs = compare_feature_configs(self.feature_config, _as_dict(feature_config))
+        diffs = compare_feature_configs(self.feature_record, _as_dict(feature_config))
         if diffs:
             raise BundleMismatchError(
                 f"model bundle {self.path} does not match the features it is given: "
@@ -167,14 +188,21 @@ class ModelBundle:
                 "'features'), or train a bundle on these features."
             )
 
+    def aggregate(self, probs: np.ndarray, z_mm: np.ndarray) -> StudyResult:
+        """Aggregate one series' slice probabilities with the bundle's aggregator."""
+        return aggregate(probs, z_mm, self.aggregate_config, learned=self.learned_aggregator)
+
 
 def save_bundle(
     directory: str | Path,
     head: Head,
-    feature_config: Any,
-    label_rule: Any,
+    *,
+    feature_config: dict[str, Any] | FeatureConfig,
+    label_rule: LabelRule,
     aggregate_config: AggregateConfig,
-    training_summary: dict[str, Any],
+    learned_aggregator: LearnedAggregator | None = None,
+    head_config: HeadConfig | None = None,
+    training_summary: dict[str, Any] | None = None,
     cv_metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Write a model bundle.
@@ -185,14 +213,18 @@ def save_bundle(
         Created if missing; existing bundle files in it are overwritten.
     head : Head
         The fitted head.
-    feature_config : dict or dataclass
-        The FeatureConfig of the training features (backbone, weights checksum,
-        layers, inputs).
-    label_rule : dataclass or dict
-        The ``LabelRule`` of the training labels.
+    feature_config : dict or FeatureConfig
+        The training features' ``config.json`` record (FeatureConfig under
+        ``"config"``, weights checksum, layers), or a bare FeatureConfig.
+    label_rule : LabelRule
+        The label rule of the training labels.
     aggregate_config : AggregateConfig
         Study aggregation settings ``predict`` will use.
-    training_summary : dict
+    learned_aggregator : LearnedAggregator, optional
+        The fitted weights; required when ``aggregate_config.method == "learned"``.
+    head_config : HeadConfig, optional
+        How the head was trained.
+    training_summary : dict, optional
         Patients, series, slices per class, excluded slices...
     cv_metrics : dict, optional
         Cross-validated figures (from :func:`lungslice.model.metrics.bootstrap`).
@@ -202,6 +234,16 @@ def save_bundle(
     pathlib.Path
         Path of ``model.json``.
     """
+    if aggregate_config.method == "learned" and (
+        learned_aggregator is None or not learned_aggregator.is_fitted
+    ):
+        raise ConfigError(
+            "save_bundle: aggregate_config.method is 'learned' but no fitted "
+            "learned_aggregator was given. Fix: pass "
+            "learned_aggregator=fit_learned_aggregator(...)."
+        )
+    if isinstance(feature_config, FeatureConfig):
+        feature_config = {"config": feature_config.to_dict()}
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {"mean": head.mean, "scale": head.scale}
@@ -222,11 +264,17 @@ def save_bundle(
             "kind": head.kind,
             "n_features": head.n_features,
             "hyperparameters": config_dict(head.hyperparameters),
+            "config": head_config.to_dict() if head_config is not None else None,
         },
         "features": _as_dict(feature_config),
-        "label_rule": _as_dict(label_rule),
-        "aggregate": config_dict(aggregate_config),
-        "training": config_dict(training_summary),
+        "label_rule": label_rule.to_dict(),
+        "aggregate": aggregate_config.to_dict(),
+        "learned_aggregator": (
+            learned_aggregator.to_dict()
+            if aggregate_config.method == "learned" and learned_aggregator is not None
+            else None
+        ),
+        "training": config_dict(training_summary or {}),
         "cv_metrics": config_dict(cv_metrics or {}),
         "files": {name: file_sha256(root / name) for name in files},
         "provenance": provenance(),
@@ -305,15 +353,46 @@ def load_bundle(directory: str | Path) -> ModelBundle:
         raise BundleMismatchError(
             f"{path}: head kind {spec['kind']!r} is unknown; expected 'logistic' or 'mlp'."
         )
-    agg: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in manifest["aggregate"].items()
-    }
-    aggregate_config = AggregateConfig(**agg)
+    record = dict(manifest["features"])
+    try:
+        feature_config = FeatureConfig.from_dict(record["config"]) if "config" in record else None
+        aggregate_config, learned = _aggregation(manifest)
+        label_rule = LabelRule.from_dict(manifest["label_rule"])
+        head_config = spec.get("config")
+        head_config = HeadConfig.from_dict(head_config) if head_config is not None else None
+    except ConfigError as err:
+        raise BundleMismatchError(
+            f"{path}: cannot rebuild the bundle's settings from model.json ({err}). Fix: "
+            "retrain the bundle with this version of lungslice."
+        ) from None
     return ModelBundle(
         path=root,
         head=head,
-        feature_config=manifest["features"],
-        label_rule=manifest["label_rule"],
+        feature_config=feature_config,
+        feature_record=record,
+        label_rule=label_rule,
         aggregate_config=aggregate_config,
+        learned_aggregator=learned,
+        head_config=head_config,
         manifest=manifest,
     )
+
+
+def _aggregation(manifest: dict[str, Any]) -> tuple[AggregateConfig, LearnedAggregator | None]:
+    settings = dict(manifest["aggregate"])
+    stored = manifest.get("learned_aggregator")
+    # bundles written before the fitted weights moved out of AggregateConfig kept them there
+    old_any, old_mal = settings.pop("learned_any", None), settings.pop("learned_malignant", None)
+    config = AggregateConfig.from_dict(settings)
+    if stored is None and old_any and old_mal:
+        stored = {
+            "top_k": config.top_k,
+            "intercept_any_": old_any[0],
+            "coef_any_": old_any[1:],
+            "intercept_malignant_": old_mal[0],
+            "coef_malignant_": old_mal[1:],
+        }
+    learned = LearnedAggregator.from_dict(stored) if stored is not None else None
+    if config.method == "learned" and (learned is None or not learned.is_fitted):
+        raise ConfigError("aggregate method 'learned' without fitted weights")
+    return config, learned

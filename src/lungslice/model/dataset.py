@@ -13,7 +13,6 @@ without labels when ``allow_unlabelled=True``.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from lungslice.errors import AnnotationError, FeatureError
-from lungslice.features.cache import load_features
+from lungslice.features.cache import FeatureCache, load_features
 from lungslice.lidc.labels import (
-    LABELS,
+    CLASSES,
     LabelRule,
     apply_rule,
     labels_for_positions,
@@ -36,7 +35,7 @@ from lungslice.lidc.labels import (
 from lungslice.model.cv import patient_strata
 from lungslice.provenance import config_dict
 
-__all__ = ["TrainingSet", "build_training_set", "join_labels", "resolve_features_dir"]
+__all__ = ["TrainingSet", "build_training_set", "join_labels", "load_cached_features"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class TrainingSet:
     X : numpy.ndarray
         ``(n, d)`` float32 features.
     y : numpy.ndarray
-        ``(n,)`` int64 codes 0/1/2 in :data:`lungslice.lidc.labels.LABELS` order.
+        ``(n,)`` int64 codes 0/1/2 in :data:`lungslice.lidc.labels.CLASSES` order.
     groups : numpy.ndarray
         ``(n,)`` patient id of each row (CV groups).
     slices : pandas.DataFrame
@@ -85,14 +84,14 @@ class TrainingSet:
 
     def summary(self) -> dict[str, Any]:
         """Patients, series, slices per class, nodules per class, rejected slices by reason."""
-        counts = np.bincount(self.y, minlength=len(LABELS))
+        counts = np.bincount(self.y, minlength=len(CLASSES))
         strata = pd.Series(self.strata).groupby(self.groups).first()
         return {
             "patients": int(np.unique(self.groups).size),
             "series": int(self.slices["series_uid"].nunique()),
             "slices": int(self.y.size),
             "feature_dim": int(self.X.shape[1]),
-            "slices_per_class": {name: int(counts[i]) for i, name in enumerate(LABELS)},
+            "slices_per_class": {name: int(counts[i]) for i, name in enumerate(CLASSES)},
             "nodules_per_class": {
                 name: int((self.nodules["label"] == name).sum())
                 for name in ("benign", "malignant", "excluded")
@@ -226,41 +225,38 @@ def join_labels(
     )
 
 
-def resolve_features_dir(path: str | Path, key: str | None = None) -> tuple[Path, str]:
-    """``(work_dir, key)`` from a work folder (one key, or ``key``) or a ``features/<key>`` folder.
+def load_cached_features(
+    features: str | Path, *, key: str | None = None, dtype: np.dtype | type | None = np.float32
+) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
+    """Features, slice table and ``config.json`` record of the cache a user points at.
 
-    Raises
-    ------
-    FeatureError
-        When the folder holds no feature cache, or several keys and none was chosen.
+    Parameters
+    ----------
+    features : path
+        A work folder (with one feature cache, or ``key``) or ``WORK/features/<key>``
+        (:meth:`FeatureCache.resolve`).
+    key : str, optional
+        Feature cache key inside a work folder.
+    dtype : numpy dtype or None
+        See :func:`lungslice.features.cache.load_features`.
+
+    Returns
+    -------
+    X : numpy.ndarray
+    slices : pandas.DataFrame
+    record : dict
+        The cache's ``config.json`` record ({} when absent).
     """
-    p = Path(path)
-    if (p / "config.json").is_file() and p.parent.name == "features":
-        if key is not None and key != p.name:
-            raise FeatureError(f"{p} is the cache of key {p.name}, but key {key} was asked for.")
-        return p.parent.parent, p.name
-    root = p / "features"
-    keys = sorted(d.name for d in root.glob("*") if (d / "config.json").is_file())
-    if key is not None:
-        if key not in keys:
-            raise FeatureError(
-                f"{root} has no feature cache {key}; keys present: {', '.join(keys) or 'none'}."
-            )
-        return p, key
-    if len(keys) != 1:
-        raise FeatureError(
-            f"{p}: expected a work folder with exactly one feature cache under features/, "
-            f"found {len(keys)} ({', '.join(keys) or 'none'}). Fix: pass WORK/features/<key> "
-            "or --key."
-        )
-    return p, keys[0]
+    cache = FeatureCache.resolve(features, key)
+    X, slices = load_features(cache.work_dir, cache.key, dtype=dtype)
+    return X, slices, cache.read_config() or {}
 
 
 def build_training_set(
     features: str | Path,
     labels_dir: str | Path,
-    rule: LabelRule | None = None,
     *,
+    rule: LabelRule | None = None,
     key: str | None = None,
     allow_unlabelled: bool = False,
 ) -> TrainingSet:
@@ -279,10 +275,7 @@ def build_training_set(
     allow_unlabelled : bool
         See :func:`join_labels`.
     """
-    work_dir, key = resolve_features_dir(features, key)
-    X, slices = load_features(work_dir, key)
-    config_path = work_dir / "features" / key / "config.json"
-    feature_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    X, slices, feature_config = load_cached_features(features, key=key)
     labels = read_labels(labels_dir)
     rule = rule or rule_from_provenance(labels.provenance)
     return join_labels(

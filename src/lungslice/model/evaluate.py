@@ -28,20 +28,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lungslice.config import DictConfig
 from lungslice.errors import ConfigError
-from lungslice.features.cache import load_features
-from lungslice.lidc.labels import LabelRule, read_labels, rule_from_provenance
+from lungslice.lidc.labels import CLASSES, LabelRule, read_labels, rule_from_provenance
 from lungslice.model import plots
 from lungslice.model.aggregate import (
+    AGGREGATION_METHODS,
     AggregateConfig,
+    AggregationMethod,
     StudyResult,
     aggregate,
     fit_learned_aggregator,
     study_scores,
 )
 from lungslice.model.cv import Fold, patient_folds
-from lungslice.model.dataset import TrainingSet, join_labels, resolve_features_dir
-from lungslice.model.heads import CLASSES, HeadConfig, train_head
+from lungslice.model.dataset import TrainingSet, join_labels, load_cached_features
+from lungslice.model.heads import HeadConfig, train_head
 from lungslice.model.metrics import (
     EvalTables,
     bootstrap,
@@ -67,12 +69,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("max", "noisy_or", "learned")
-
 
 @dataclass(frozen=True)
-class EvaluateConfig:
-    """Evaluation settings.
+class EvaluateConfig(DictConfig):
+    """Evaluation settings (``to_dict``/``from_dict`` round-trip them through JSON).
 
     Attributes
     ----------
@@ -157,6 +157,7 @@ def cross_validate(
     ts: TrainingSet,
     head_config: HeadConfig,
     folds: Sequence[Fold],
+    *,
     seed: int = 0,
     progress: ProgressCallback | None = None,
 ) -> CVResult:
@@ -170,7 +171,11 @@ def cross_validate(
         if leaked:  # cannot happen with patient_folds; guards hand-made folds
             raise ConfigError(f"fold {fold.index}: patients {sorted(leaked)[:5]} in train and test")
         head = train_head(
-            ts.X[fold.train], ts.y[fold.train], ts.groups[fold.train], head_config, seed=seed
+            ts.X[fold.train],
+            ts.y[fold.train],
+            ts.groups[fold.train],
+            config=head_config,
+            seed=seed,
         )
         probs[fold.test] = head.predict_proba(ts.X[fold.test])
         fold_of_row[fold.test] = fold.index
@@ -197,6 +202,7 @@ def eval_tables(
     probs: np.ndarray,
     fold_of_row: np.ndarray,
     aggregate_config: AggregateConfig,
+    *,
     config: EvaluateConfig = EvaluateConfig(),
     seed: int = 0,
 ) -> tuple[EvalTables, dict[str, StudyResult]]:
@@ -288,9 +294,7 @@ def eval_tables(
             seed=seed,
         )
         for i in np.flatnonzero(test):
-            learned_any[i], learned_mal[i] = study_scores(
-                results[uids[i]].smoothed, results[uids[i]].topk, fitted
-            )
+            learned_any[i], learned_mal[i] = fitted.predict(results[uids[i]].topk)
     studies["p_any_nodule.learned"] = learned_any
     studies["p_malignant.learned"] = learned_mal
     studies["p_any_nodule"] = studies[f"p_any_nodule.{aggregate_config.method}"]
@@ -316,10 +320,10 @@ def eval_tables(
     return EvalTables(slices, nodules, studies), results
 
 
-def choose_aggregator(figures: dict[str, dict[str, float]]) -> str:
+def choose_aggregator(figures: dict[str, dict[str, float]]) -> AggregationMethod:
     """The aggregator with the highest mean of the two study ROC-AUCs (ties: simplest)."""
-    best, best_score = METHODS[0], -np.inf
-    for method in METHODS:
+    best, best_score = AGGREGATION_METHODS[0], -np.inf
+    for method in AGGREGATION_METHODS:
         vals = [
             figures.get(f"study.roc_auc.{t}.{method}", {}).get("value", np.nan)
             for t in ("malignant", "any_nodule")
@@ -413,6 +417,7 @@ def _report_md(result: dict[str, Any], config: EvaluateConfig) -> str:
 def evaluate_sets(
     sets: Iterable[TrainingSet],
     out_dir: str | Path,
+    *,
     head_config: HeadConfig | None = None,
     aggregate_config: AggregateConfig | None = None,
     config: EvaluateConfig = EvaluateConfig(),
@@ -477,8 +482,10 @@ def evaluate_sets(
         def fold_progress(done: int, total: int, label: str = "", name: str = name) -> None:
             report(progress, done, total, f"{name}: {label}")
 
-        cv = cross_validate(ts, head_config, set_folds, seed, fold_progress)
-        tables, _ = eval_tables(ts, cv.probs, cv.fold_of_row, aggregate_config, config, seed)
+        cv = cross_validate(ts, head_config, set_folds, seed=seed, progress=fold_progress)
+        tables, _ = eval_tables(
+            ts, cv.probs, cv.fold_of_row, aggregate_config, config=config, seed=seed
+        )
         figures = bootstrap(tables, n_boot=config.n_boot, seed=seed)
         result["rules"][name] = {
             "rule": config_dict(ts.rule),
@@ -522,11 +529,11 @@ def evaluate(
     features: str | Path,
     labels_dir: str | Path,
     out_dir: str | Path,
+    *,
     head_config: HeadConfig | None = None,
     aggregate_config: AggregateConfig | None = None,
     config: EvaluateConfig = EvaluateConfig(),
     rules: Sequence[LabelRule] | None = None,
-    *,
     key: str | None = None,
     allow_unlabelled: bool = False,
     seed: int = 0,
@@ -552,10 +559,7 @@ def evaluate(
     dict
         The content of ``metrics.json``.
     """
-    work_dir, key = resolve_features_dir(features, key)
-    X, slices = load_features(work_dir, key)
-    config_path = work_dir / "features" / key / "config.json"
-    feature_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    X, slices, feature_config = load_cached_features(features, key=key)
     labels = read_labels(labels_dir)
     rules = list(rules) if rules else rule_variants(rule_from_provenance(labels.provenance))
     sets = (
@@ -570,4 +574,12 @@ def evaluate(
         )
         for rule in rules
     )
-    return evaluate_sets(sets, out_dir, head_config, aggregate_config, config, seed, progress)
+    return evaluate_sets(
+        sets,
+        out_dir,
+        head_config=head_config,
+        aggregate_config=aggregate_config,
+        config=config,
+        seed=seed,
+        progress=progress,
+    )

@@ -1,7 +1,8 @@
 """Three-class slice classifiers ("heads") trained on cached backbone features.
 
 Two kinds, both standardising the features first and both returning
-probabilities in :data:`CLASSES` order (non-nodule, benign, malignant):
+probabilities in :data:`lungslice.lidc.labels.CLASSES` order (non-nodule,
+benign, malignant):
 
 - ``"logistic"``: multinomial logistic regression with balanced class weights
   for the ~94 % non-nodule imbalance: scikit-learn's ``LogisticRegression``
@@ -21,7 +22,7 @@ import itertools
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -29,11 +30,12 @@ from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
+from lungslice.config import DictConfig
 from lungslice.errors import ConfigError
+from lungslice.lidc.labels import CLASSES
 from lungslice.progress import ProgressCallback, report
 
 __all__ = [
-    "CLASSES",
     "Head",
     "HeadConfig",
     "LogisticHead",
@@ -44,14 +46,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Class names in code order (0, 1, 2); the same as ``lungslice.lidc.labels.LABELS``.
-CLASSES: tuple[str, ...] = ("non-nodule", "benign", "malignant")
 _N_CLASSES = len(CLASSES)
 
 
+#: Head kinds.
+HeadKind = Literal["logistic", "mlp"]
+
+
 @dataclass(frozen=True)
-class HeadConfig:
-    """How to train a head.
+class HeadConfig(DictConfig):
+    """How to train a head (``to_dict``/``from_dict`` round-trip it through JSON).
 
     Attributes
     ----------
@@ -74,11 +78,11 @@ class HeadConfig:
         MLP training settings.
     """
 
-    kind: str = "logistic"
+    kind: HeadKind = "logistic"
     C_grid: tuple[float, ...] = (0.01, 0.1, 1.0)
     hidden_grid: tuple[int, ...] = (128,)
     weight_decay_grid: tuple[float, ...] = (1e-4, 1e-2)
-    class_weight: str = "balanced"
+    class_weight: Literal["balanced", "none"] = "balanced"
     inner_folds: int = 3
     max_iter: int = 200
     epochs: int = 20
@@ -154,7 +158,7 @@ class Head(ABC):
         """``(n, 3)`` unnormalised scores."""
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """``(n, 3)`` class probabilities in :data:`CLASSES` order (rows sum to 1)."""
+        """``(n, 3)`` class probabilities in :data:`~lungslice.lidc.labels.CLASSES` order."""
         z = self.logits(X).astype(np.float64)
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
@@ -445,6 +449,7 @@ def train_head(
     X: np.ndarray,
     y: np.ndarray,
     groups: np.ndarray,
+    *,
     config: HeadConfig | None = None,
     seed: int = 0,
     progress: ProgressCallback | None = None,

@@ -10,23 +10,23 @@ training-set summary and the cross-validated figures into a model bundle.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, Literal
 
 from lungslice.errors import ConfigError
-from lungslice.features.cache import load_features
-from lungslice.lidc.labels import LabelRule, read_labels, rule_from_provenance
-from lungslice.model.aggregate import AggregateConfig, fit_learned_aggregator
+from lungslice.lidc.labels import LabelRule
+from lungslice.model.aggregate import (
+    AGGREGATION_METHODS,
+    AggregateConfig,
+    LearnedAggregator,
+    fit_learned_aggregator,
+)
 from lungslice.model.bundle import save_bundle
 from lungslice.model.cv import patient_folds
-from lungslice.model.dataset import TrainingSet, join_labels, resolve_features_dir
+from lungslice.model.dataset import TrainingSet, build_training_set
 from lungslice.model.evaluate import (
-    METHODS,
     EvaluateConfig,
     choose_aggregator,
     cross_validate,
@@ -36,9 +36,12 @@ from lungslice.model.heads import HeadConfig, train_head
 from lungslice.model.metrics import bootstrap
 from lungslice.progress import ProgressCallback, report
 
-__all__ = ["TrainResult", "train_bundle", "train_model"]
+__all__ = ["AggregatorChoice", "TrainResult", "train_bundle", "train_model"]
 
 log = logging.getLogger(__name__)
+
+#: ``"auto"`` (chosen by cross-validation) or one of the aggregation methods.
+AggregatorChoice = Literal["auto", "max", "noisy_or", "learned"]
 
 
 @dataclass(frozen=True)
@@ -55,20 +58,24 @@ class TrainResult:
         Cross-validated figures with CIs (empty when ``n_splits=0``).
     aggregate_config : AggregateConfig
         The aggregation stored in the bundle.
+    learned_aggregator : LearnedAggregator or None
+        Its fitted weights when the method is ``"learned"``.
     """
 
     bundle: Path
     summary: dict[str, Any]
     cv_metrics: dict[str, Any]
     aggregate_config: AggregateConfig
+    learned_aggregator: LearnedAggregator | None = None
 
 
 def train_bundle(
     ts: TrainingSet,
     out_dir: str | Path,
+    *,
     head_config: HeadConfig | None = None,
     aggregate_config: AggregateConfig | None = None,
-    aggregator: str = "auto",
+    aggregator: AggregatorChoice = "auto",
     config: EvaluateConfig = EvaluateConfig(),
     seed: int = 0,
     progress: ProgressCallback | None = None,
@@ -92,8 +99,10 @@ def train_bundle(
     progress : ProgressCallback, optional
         Called per fold and for the final fit.
     """
-    if aggregator not in ("auto", *METHODS):
-        raise ConfigError(f"aggregator: expected auto, {', '.join(METHODS)}; got {aggregator!r}.")
+    if aggregator not in ("auto", *AGGREGATION_METHODS):
+        raise ConfigError(
+            f"aggregator: expected auto, {', '.join(AGGREGATION_METHODS)}; got {aggregator!r}."
+        )
     head_config = head_config or HeadConfig()
     aggregate_config = aggregate_config or AggregateConfig()
     needs_cv = aggregator in ("auto", "learned")
@@ -104,6 +113,7 @@ def train_bundle(
         )
     n_steps = (config.n_splits if config.n_splits else 0) + 1
     cv_metrics: dict[str, Any] = {}
+    learned: LearnedAggregator | None = None
     # without CV only a named, parameter-free aggregator is possible (checked above)
     chosen = (
         dataclasses.replace(aggregate_config, method=aggregator)
@@ -116,21 +126,22 @@ def train_bundle(
         def fold_progress(done: int, total: int, label: str = "") -> None:
             report(progress, done, n_steps, label)
 
-        cv = cross_validate(ts, head_config, folds, seed, fold_progress)
-        tables, results = eval_tables(ts, cv.probs, cv.fold_of_row, aggregate_config, config, seed)
+        cv = cross_validate(ts, head_config, folds, seed=seed, progress=fold_progress)
+        tables, results = eval_tables(
+            ts, cv.probs, cv.fold_of_row, aggregate_config, config=config, seed=seed
+        )
         figures = bootstrap(tables, n_boot=config.n_boot, seed=seed)
         method = choose_aggregator(figures) if aggregator == "auto" else aggregator
         if method == "learned":
             studies = tables.studies
-            chosen = fit_learned_aggregator(
+            learned = fit_learned_aggregator(
                 [results[u] for u in studies["series_uid"]],
                 studies["has_any"].to_numpy(),
                 studies["has_malignant"].to_numpy(),
                 aggregate_config,
                 seed=seed,
             )
-        else:
-            chosen = dataclasses.replace(aggregate_config, method=method)
+        chosen = dataclasses.replace(aggregate_config, method=method)
         cv_metrics = {
             "n_splits": config.n_splits,
             "n_boot": config.n_boot,
@@ -143,49 +154,55 @@ def train_bundle(
             "fold_hyperparameters": cv.hyperparameters,
             "figures": figures,
         }
-    head = train_head(ts.X, ts.y, ts.groups, head_config, seed=seed)
+    head = train_head(ts.X, ts.y, ts.groups, config=head_config, seed=seed)
     report(progress, n_steps, n_steps, "final fit")
     summary = ts.summary()
-    summary["head_config"] = dataclasses.asdict(head_config)
-    path = save_bundle(out_dir, head, ts.feature_config, ts.rule, chosen, summary, cv_metrics)
+    summary["head_config"] = head_config.to_dict()
+    path = save_bundle(
+        out_dir,
+        head,
+        feature_config=ts.feature_config,
+        label_rule=ts.rule,
+        aggregate_config=chosen,
+        learned_aggregator=learned,
+        head_config=head_config,
+        training_summary=summary,
+        cv_metrics=cv_metrics,
+    )
     log.info("trained %s head on %d slices; bundle %s", head.kind, ts.y.size, path)
-    return TrainResult(path, summary, cv_metrics, chosen)
+    return TrainResult(path, summary, cv_metrics, chosen, learned)
 
 
 def train_model(
     features: str | Path,
     labels_dir: str | Path,
     out_dir: str | Path,
+    *,
     head_config: HeadConfig | None = None,
     aggregate_config: AggregateConfig | None = None,
     rule: LabelRule | None = None,
-    *,
-    aggregator: str = "auto",
+    aggregator: AggregatorChoice = "auto",
     config: EvaluateConfig = EvaluateConfig(),
     key: str | None = None,
     allow_unlabelled: bool = False,
     seed: int = 0,
     progress: ProgressCallback | None = None,
 ) -> TrainResult:
-    """Load features and labels, then :func:`train_bundle`.
+    """Train a model bundle from a feature cache and a labels folder.
 
-    ``rule`` defaults to the rule the labels were written with.
+    Loads them with :func:`~lungslice.model.dataset.build_training_set` (``rule``
+    defaults to the rule the labels were written with), then :func:`train_bundle`.
     """
-    work_dir, key = resolve_features_dir(features, key)
-    X, slices = load_features(work_dir, key, dtype=np.float32)
-    config_path = work_dir / "features" / key / "config.json"
-    feature_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    labels = read_labels(labels_dir)
-    rule = rule or rule_from_provenance(labels.provenance)
-    ts = join_labels(
-        X,
-        slices,
-        labels.slices,
-        labels.nodules,
-        rule,
-        allow_unlabelled=allow_unlabelled,
-        feature_config=feature_config,
+    ts = build_training_set(
+        features, labels_dir, rule=rule, key=key, allow_unlabelled=allow_unlabelled
     )
     return train_bundle(
-        ts, out_dir, head_config, aggregate_config, aggregator, config, seed, progress
+        ts,
+        out_dir,
+        head_config=head_config,
+        aggregate_config=aggregate_config,
+        aggregator=aggregator,
+        config=config,
+        seed=seed,
+        progress=progress,
     )

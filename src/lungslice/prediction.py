@@ -16,7 +16,6 @@ anywhere unless asked for (``keep_patient_name``, key images only).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -35,7 +34,7 @@ from lungslice.dicom.volume import load_series
 from lungslice.errors import BundleMismatchError, ConfigError, NoCTSeriesError
 from lungslice.features.config import FeatureConfig
 from lungslice.features.extract import extract_volume, make_runner
-from lungslice.features.inputs import InputConfig, make_inputs
+from lungslice.features.inputs import make_inputs
 from lungslice.features.runtime import FeatureRunner
 from lungslice.model.aggregate import StudyResult, aggregate
 from lungslice.model.bundle import ModelBundle, compare_feature_configs, load_bundle
@@ -111,24 +110,14 @@ class SeriesPrediction:
 
 
 def _feature_config(bundle: ModelBundle) -> FeatureConfig:
-    record = bundle.feature_config
-    raw = record.get("config", record)
-    try:
-        inputs = dict(raw.get("inputs", {}))
-        if "windows" in inputs:
-            inputs["windows"] = tuple(tuple(w) for w in inputs["windows"])
-        if "window_25d" in inputs:
-            inputs["window_25d"] = tuple(inputs["window_25d"])
-        fields = {f.name for f in dataclasses.fields(FeatureConfig)}
-        values = {k: v for k, v in raw.items() if k in fields and k != "inputs"}
-        if values.get("layers") is not None:
-            values["layers"] = tuple(values["layers"])
-        return FeatureConfig(**values, inputs=InputConfig(**inputs))
-    except (TypeError, ConfigError) as exc:
+    # load_bundle rebuilt it with FeatureConfig.from_dict (model.json 'features' 'config')
+    if bundle.feature_config is None:
         raise BundleMismatchError(
-            f"model bundle {bundle.path}: cannot rebuild its feature settings from model.json "
-            f"'features' ({exc}). Fix: retrain the bundle with this version of lungslice."
-        ) from exc
+            f"model bundle {bundle.path}: model.json 'features' holds no feature settings "
+            "('config'), so features cannot be made for it. Fix: train the bundle on a feature "
+            "cache written by `lungslice extract`."
+        )
+    return bundle.feature_config
 
 
 def describe_contents(index: DicomIndex) -> str:

@@ -6,12 +6,17 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/phantom.py --skip-speed    # calibration table only
     .venv/bin/python benchmarks/phantom.py --previews docs/images
     .venv/bin/python benchmarks/phantom.py --all-nodules --skip-speed --skip-calibration
+    .venv/bin/python benchmarks/phantom.py --nodule-hu 12 --skip-speed --skip-calibration \
+        --previews docs/images
 
 Speed: one full 512 x 512 LIDC scan of ~300 slices rendered (and written), and
 the demo-sized phantom (24 stratified patients, nodule-bearing z range with a
 10 mm margin) synthesised to a temporary folder. Calibration: the same
 figures (lungslice.phantom.calibrate.figures) for each real series in
 ../shared/realct and for phantom scans rendered with the matching kernel.
+Nodule HU: nodules of every texture rating rendered at 512 x 512 (each scan's
+own kernel, seed 0), written as DICOM and read back, their core HU tabulated
+against the published ranges (lungslice.phantom.nodules.nodule_core_hu).
 Nothing here is asserted; the numbers go to docs/phantom.md.
 """
 
@@ -20,11 +25,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tarfile
 import tempfile
 import time
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +112,245 @@ def _all_nodules() -> None:
         f"({100 * n_pockets / max(n_nodules, 1):.1f} %), {n_mismatch} scans whose nodule "
         f"pixels are not on exactly the readers' slices ({time.perf_counter() - t0:.0f} s)"
     )
+
+
+#: Texture bins and the published density of each (HU): pure ground glass -750..-300;
+#: part-solid: a solid component of ~0..+50 inside ground glass; solid 0..+50.
+TEXTURE_BINS = (
+    ("1-1.5 (ground glass)", 1.0, 1.5, (-750.0, -300.0), None),
+    ("1.5-2.5 (part-solid)", 1.5, 2.5, (-750.0, 50.0), (0.0, 50.0)),
+    ("2.5-3.5 (part-solid)", 2.5, 3.5, (-750.0, 50.0), (0.0, 50.0)),
+    ("3.5-4.5 (part-solid)", 3.5, 4.5, (-750.0, 50.0), (0.0, 50.0)),
+    ("4.5-5 (solid)", 4.5, 5.01, (0.0, 50.0), (0.0, 50.0)),
+)
+#: A nodule whose core reads at least this without the nodule sits in soft tissue.
+IN_LUNG_HU = -500.0
+#: Always measured: the nodule the reviewer found too faint.
+NODULE_HU_ALWAYS = ("LIDC-IDRI-0684",)
+
+
+def _calcified(nodule: Any) -> bool:
+    """Whether the phantom paints calcium into the nodule (as nodules._style decides)."""
+    return bool(nodule.mean_ratings["calcification"] <= 5.5)
+
+
+def _texture_bin(texture: float) -> int:
+    for i, (_, lo, hi, _, _) in enumerate(TEXTURE_BINS):
+        if lo <= texture < hi or (i == 0 and texture <= hi):
+            return i
+    return len(TEXTURE_BINS) - 1
+
+
+def _nodule_hu(per_bin: int, previews: Path | None) -> None:
+    """Render nodules of every texture bin, measure their core HU on the written DICOM."""
+    from lungslice.lidc.nodules import find_nodules
+    from lungslice.phantom.nodules import central_slice, nodule_core_hu, nodule_masks
+    from lungslice.phantom.preview import Panel, draw_grid
+    from lungslice.phantom.render import render
+    from lungslice.phantom.writer import write_series
+
+    t0 = time.perf_counter()
+    scans = read_database()
+    # per_bin patients per texture bin, drawn with a fixed seed among the scans
+    # holding a nodule of that bin, plus the reviewer's example
+    by_bin: dict[int, list[str]] = {i: [] for i in range(len(TEXTURE_BINS))}
+    nodules_of = {}
+    for scan in scans:
+        nodules_of[scan.series_uid] = find_nodules(scan)
+        for b in {_texture_bin(n.mean_ratings["texture"]) for n in nodules_of[scan.series_uid]}:
+            by_bin[b].append(scan.series_uid)
+    rng = np.random.default_rng(0)
+    chosen = set(s.series_uid for s in scans if s.patient_id in NODULE_HU_ALWAYS)
+    for b in sorted(by_bin):
+        pool = sorted(set(by_bin[b]) - chosen)
+        take = rng.choice(len(pool), size=min(per_bin, len(pool)), replace=False)
+        chosen |= {pool[int(i)] for i in take}
+    picked = sorted((s for s in scans if s.series_uid in chosen), key=lambda s: s.patient_id)
+    rows = []
+    crops: list[tuple[float, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scan in picked:
+            nodules = nodules_of[scan.series_uid]
+            centre = {n.nodule_id: central_slice(scan, n) for n in nodules}
+            config = PhantomConfig(seed=0, matrix=512)
+            wanted = np.array(sorted(set(centre.values())))
+            r = render(scan, config, wanted)
+            # the same slices without nodules: what surrounds each nodule (lung or wall)
+            bare = render(scan, replace(config, nodules=False), wanted)
+            series = write_series(scan, r, tmp, config)
+            hu, zs = read_folder_hu(series.folder)
+            for n in nodules:
+                k = centre[n.nodule_id]
+                i = int(np.flatnonzero(np.isclose(zs, scan.slice_zvals[k]))[0])
+                m = nodule_core_hu(scan, n, hu[i], k)
+                j = int(np.flatnonzero(bare.slice_indices == k)[0])
+                around = nodule_core_hu(scan, n, bare.hu[j].astype(np.float64), k).core_hu
+                rows.append((scan, n, m, r.kernel.name, around))
+                box, _ = nodule_masks(scan, n)
+                r0, c0, h, w = box
+                rc, cc = r0 + h // 2, c0 + w // 2
+                half = max(16, max(h, w) // 2 - 6)
+                a, b_ = max(rc - half, 0), max(cc - half, 0)
+                crops.append(
+                    (
+                        m.texture,
+                        Panel(
+                            hu=hu[i, a : a + 2 * half, b_ : b_ + 2 * half],
+                            title=(
+                                f"{n.nodule_id} tex {m.texture:.1f}\n"
+                                f"{m.diameter_mm:.0f} mm, core {m.core_hu:.0f} HU, "
+                                f"{r.kernel.name}"
+                            ),
+                        ),
+                    )
+                )
+            shutil.rmtree(series.folder)
+    dt = time.perf_counter() - t0
+
+    print()
+    print(
+        f"nodule HU: {len(rows)} nodules of {len(picked)} scans (up to {per_bin} scans per "
+        f"texture bin, seed 0, matrix 512, each scan's own kernel), measured on the written "
+        f"DICOM in {dt:.0f} s"
+    )
+    print()
+    # the published ranges are for nodules in lung; a nodule the readers drew in the
+    # chest wall or mediastinum (its pixels there are the wall's, drawn or not) and
+    # calcified ones are left out of the bins
+    plain = [(n, m) for _, n, m, _, bg in rows if not _calcified(n) and bg < IN_LUNG_HU]
+    print(
+        f"{len(plain)} nodules in lung and not calcified; left out: "
+        f"{sum(_calcified(n) for _, n, _, _, _ in rows)} calcified, "
+        f"{sum(bg >= IN_LUNG_HU and not _calcified(n) for _, n, _, _, bg in rows)} whose "
+        f"core lies in soft tissue (>= {IN_LUNG_HU:.0f} HU without the nodule)"
+    )
+    print()
+    print(
+        "| texture bin | nodules | core HU median [p10, p90] | published | core inside "
+        "published | centre HU median [p10, p90] | published solid part | nodules >= 8 mm: "
+        "core median, inside published (n) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for b, (label, _, _, band, solid) in enumerate(TEXTURE_BINS):
+        sel = [m for _, m in plain if _texture_bin(m.texture) == b]
+        if not sel:
+            print(f"| {label} | 0 | - | - | - | - | - | - |")
+            continue
+        core = np.array([m.core_hu for m in sel])
+        cen = np.array([m.centre_hu for m in sel])
+        big = np.array([m.core_hu for m in sel if m.diameter_mm >= 8.0])
+        inside = np.mean((core >= band[0]) & (core <= band[1]))
+        q = np.percentile(core, [50, 10, 90])
+        qc = np.percentile(cen, [50, 10, 90])
+        solid_text = f"{solid[0]:+.0f}..{solid[1]:+.0f}" if solid else "-"
+        big_text = (
+            f"{np.median(big):.0f}, {100 * np.mean((big >= band[0]) & (big <= band[1])):.0f} % "
+            f"({big.size})"
+            if big.size
+            else "- (0)"
+        )
+        print(
+            f"| {label} | {len(sel)} | {q[0]:.0f} [{q[1]:.0f}, {q[2]:.0f}] | "
+            f"{band[0]:+.0f}..{band[1]:+.0f} | {100 * inside:.0f} % | "
+            f"{qc[0]:.0f} [{qc[1]:.0f}, {qc[2]:.0f}] | {solid_text} | {big_text} |"
+        )
+    calc = np.array([m.centre_hu for _, n, m, _, _ in rows if _calcified(n)])
+    if calc.size:
+        q = np.percentile(calc, [50, 10, 90])
+        print(
+            f"| calcified (any texture; drawn 200-1000 HU) | {calc.size} | - | - | - | "
+            f"{q[0]:.0f} [{q[1]:.0f}, {q[2]:.0f}] | - | - |"
+        )
+    print()
+    print(
+        "| patient | nodule | texture | calcified | diameter (mm) | kernel | "
+        "slice thickness (mm) | core HU | centre HU | core HU without the nodule |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for scan, n, m, kernel, bg in rows:
+        print(
+            f"| {scan.patient_id} | {n.nodule_id.split('/')[-1]} | {m.texture:.2f} | "
+            f"{'yes' if _calcified(n) else 'no'} | {m.diameter_mm:.1f} | {kernel} | "
+            f"{scan.slice_thickness:g} | {m.core_hu:.0f} | {m.centre_hu:.0f} | {bg:.0f} |"
+        )
+    if previews is not None:
+        _nodule_hu_figure(
+            [(m, k) for _, n, m, k, bg in rows if not _calcified(n) and bg < IN_LUNG_HU],
+            previews / "nodule_hu.png",
+        )
+        crops.sort(key=lambda t: t[0])
+        pick = np.linspace(0, len(crops) - 1, min(12, len(crops))).round().astype(int)
+        draw_grid(
+            [crops[int(i)][1] for i in pick],
+            previews / "nodule_hu_crops.png",
+            title="phantom nodules by texture (lung window W 1500 / L -600, central slice)",
+        )
+
+
+def _nodule_hu_figure(rows: list[tuple[Any, str]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    rng = np.random.default_rng(0)
+    colours = {"SOFT": "#0a84ff", "STANDARD": "#34c759", "LUNG": "#ff3b30"}
+    for ax, what in zip(axes, ("core_hu", "centre_hu"), strict=True):
+        ax.add_patch(
+            plt.Rectangle(
+                (0.8, -750),
+                0.95,
+                450,
+                color="#ffcc00",
+                alpha=0.35,
+                lw=0,
+                label="published ground glass -750..-300",
+            )
+        )
+        ax.add_patch(
+            plt.Rectangle(
+                (1.75, 0),
+                3.45,
+                50,
+                color="#bf5af2",
+                alpha=0.35,
+                lw=0,
+                label="published solid (part) 0..+50",
+            )
+        )
+        for kernel, colour in colours.items():
+            sel = [m for m, k in rows if k == kernel]
+            if not sel:
+                continue
+            x = np.array([m.texture for m in sel]) + rng.uniform(-0.06, 0.06, len(sel))
+            y = np.array([getattr(m, what) for m in sel])
+            size = np.clip(np.array([m.diameter_mm for m in sel]), 3, 30) * 2.5
+            ax.scatter(
+                x,
+                y,
+                s=size,
+                c=colour,
+                alpha=0.7,
+                edgecolors="none",
+                label=f"phantom, {kernel} kernel",
+            )
+        ax.set_xlabel("mean texture rating (1 ground glass ... 5 solid)")
+        ax.set_xlim(0.8, 5.2)
+        ax.set_ylim(-950, 250)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("HU")
+    axes[0].set_title("core HU: median of the inner 50 % of the consensus mask", fontsize=9)
+    axes[1].set_title("centre HU: median of the deepest 10 % (solid part)", fontsize=9)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(
+        "phantom nodule density by texture vs published ranges (marker size ~ diameter)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def _unpack(tmp: Path) -> dict[str, Path]:
@@ -188,9 +435,17 @@ def main() -> None:
     parser.add_argument(
         "--all-nodules", action="store_true", help="check every LIDC nodule (about a minute)"
     )
+    parser.add_argument(
+        "--nodule-hu",
+        type=int,
+        metavar="N",
+        help="measure nodule core HU on N scans per texture bin (about 2 s a scan)",
+    )
     args = parser.parse_args()
     if args.all_nodules:
         _all_nodules()
+    if args.nodule_hu:
+        _nodule_hu(args.nodule_hu, args.previews)
     if not args.skip_speed:
         _speed()
     if not args.skip_calibration:

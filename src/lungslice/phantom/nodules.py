@@ -21,7 +21,7 @@ slice (nodule, vessels and lung alike), so edge sharpness follows the kernel.
 Its appearance follows the nodule's mean ratings, so the readers' malignancy
 ratings correlate with appearance as their other ratings do:
 
-- texture 1 (ground glass, -700..-450 HU) ... 5 (solid, +5..+45 HU, the
+- texture 1 (ground glass, -700..-450 HU) ... 5 (solid, +15..+45 HU, the
   published 0..+50 HU); in between a solid core inside a ground-glass rim,
   the core's share of the radius ``(texture - 1) / 4``;
 - calcification 1-5 (popcorn, laminated, solid, non-central, central) paint
@@ -81,7 +81,7 @@ _PAD = 14  # pixels around the contours for blur and spicules (even, for 2x2 blo
 GGO_HU = (-700.0, -450.0)
 #: HU range a solid component is drawn from (per nodule); published solid nodules
 #: measure about 0 to +50 HU (malignant series: means of 30-50 HU).
-SOLID_HU = (5.0, 45.0)
+SOLID_HU = (15.0, 45.0)
 #: Planes averaged across each slice's thickness (partial volume in z).
 SLAB_SAMPLES = 5
 _MARGIN_BLUR_MM = 0.25  # extra edge blur per margin step below 5 (sharp)

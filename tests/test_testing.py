@@ -14,7 +14,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from lungslice.dicom import write as dicom_write
 from lungslice.errors import ConfigError
+from lungslice.phantom import writer as phantom_writer
 from lungslice.testing import body_phantom, make_uid, write_ct_series
 
 
@@ -55,6 +57,12 @@ def test_deterministic_uids_depend_on_seed(tmp_path: Path) -> None:
     assert set(a).isdisjoint(c)
     assert make_uid("x", 1) == make_uid("x", 1) != make_uid("x", 2)
     assert len(make_uid("x")) <= 64
+    # one UID scheme: the phantom's namespace of the same helper
+    assert make_uid("x") == dicom_write.make_uid("x", namespace="lungslice-testing")
+    assert phantom_writer._uid("sop", 1) == dicom_write.make_uid(
+        "sop", 1, namespace=phantom_writer.UID_NAMESPACE
+    )
+    assert all(u.startswith("2.25.") and pydicom.uid.UID(u).is_valid for u in a)
 
 
 def test_default_phantom_is_body_like() -> None:

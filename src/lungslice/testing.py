@@ -10,7 +10,8 @@ temporary folder::
 
 Every UID is derived from ``seed`` (and ``patient_id``), so the same call
 always writes the same files. Per-slice variations (a wrong position, a
-missing tag) go through ``**overrides``.
+missing tag) go through ``**overrides``. The files are written by
+:func:`lungslice.dicom.write.write_ct_images`, the writer the phantom uses too.
 """
 
 from __future__ import annotations
@@ -21,25 +22,19 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset as _Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    UID,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    generate_uid,
-)
+from pydicom.uid import ExplicitVRLittleEndian
 
+from lungslice.dicom.write import make_uid as _make_uid
+from lungslice.dicom.write import write_ct_images
 from lungslice.errors import ConfigError
 
 __all__ = ["body_phantom", "make_uid", "write_ct_series"]
 
-#: Root for UIDs written by this module (pydicom's example root).
-_UID_PREFIX = "1.2.826.0.1.3680043.8.498."
-
 
 def make_uid(*parts: object) -> str:
     """A valid DICOM UID derived deterministically from ``parts``.
+
+    :func:`lungslice.dicom.write.make_uid` in this module's own namespace.
 
     Parameters
     ----------
@@ -49,9 +44,9 @@ def make_uid(*parts: object) -> str:
     Returns
     -------
     str
-        A UID of at most 64 characters under pydicom's example root.
+        A ``2.25.<integer>`` UID of at most 44 characters.
     """
-    return str(generate_uid(prefix=_UID_PREFIX, entropy_srcs=[repr(p) for p in parts]))
+    return _make_uid(*parts, namespace="lungslice-testing")
 
 
 def body_phantom(
@@ -93,15 +88,6 @@ def body_phantom(
     if noise > 0:
         hu = hu + np.random.default_rng(seed).normal(0.0, noise, hu.shape)
     return hu.astype(np.float32)
-
-
-def _encodable(syntax: UID) -> bool:
-    from pydicom.pixels import get_encoder
-
-    try:
-        return bool(get_encoder(syntax).is_available)
-    except (NotImplementedError, ValueError, KeyError):
-        return False
 
 
 def write_ct_series(
@@ -228,88 +214,69 @@ def write_ct_series(
     # Centre the image on the stacking axis, like a scanner's reconstruction.
     corner = -(columns - 1) / 2.0 * spacing[2] * row_cos - (rows - 1) / 2.0 * spacing[1] * col_cos
 
-    syntax = UID(transfer_syntax)
-    compress = syntax.is_compressed and _encodable(syntax)
     study_uid = study_uid or make_uid("study", patient_id, seed)
     series_uid = series_uid or make_uid("series", patient_id, seed)
-    frame_uid = make_uid("frame", patient_id, seed)
     instance_numbers = np.arange(1, n_slices + 1)
     if shuffle_instance_numbers:
         instance_numbers = np.random.default_rng(seed).permutation(instance_numbers)
 
-    folder.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    for i in range(n_slices):
-        sop_uid = make_uid("sop", series_uid, seed, i)
-        position = corner + positions_1d[i] * direction
-        ds = _Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-        # ds.compress() switches the syntax itself after encoding native pixels.
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if compress else syntax
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.StudyDate = "20000101"
-        ds.SeriesDate = "20000101"
-        ds.StudyTime = "120000"
-        ds.Modality = modality
-        ds.Manufacturer = manufacturer
-        ds.PatientName = f"Test^{patient_id}"
-        ds.PatientID = patient_id
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = int(instance_numbers[i])
-        ds.FrameOfReferenceUID = frame_uid
-        ds.ImagePositionPatient = [round(float(v), 6) for v in position]
-        ds.ImageOrientationPatient = [round(float(v), 8) for v in orientation]
-        ds.SliceLocation = round(float(position[2]), 6)
-        ds.SliceThickness = float(spacing[0])
-        ds.PixelSpacing = [float(spacing[1]), float(spacing[2])]
-        ds.ConvolutionKernel = kernel
-        ds.KVP = 120
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = columns
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = float(rescale_intercept)
-        ds.RescaleSlope = float(rescale_slope)
-        ds.RescaleType = "HU"
-        ds.WindowCenter = -600
-        ds.WindowWidth = 1500
-        ds.PixelData = pixels[i].tobytes()
+    ds = _Dataset()
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.StudyDate = "20000101"
+    ds.SeriesDate = "20000101"
+    ds.StudyTime = "120000"
+    ds.Modality = modality
+    ds.Manufacturer = manufacturer
+    ds.PatientName = f"Test^{patient_id}"
+    ds.PatientID = patient_id
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.FrameOfReferenceUID = make_uid("frame", patient_id, seed)
+    ds.ImageOrientationPatient = [round(float(v), 8) for v in orientation]
+    ds.SliceThickness = float(spacing[0])
+    ds.PixelSpacing = [float(spacing[1]), float(spacing[2])]
+    ds.ConvolutionKernel = kernel
+    ds.KVP = 120
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = float(rescale_intercept)
+    ds.RescaleSlope = float(rescale_slope)
+    ds.RescaleType = "HU"
+    ds.WindowCenter = -600
+    ds.WindowWidth = 1500
+
+    def apply_overrides(i: int, slice_ds: _Dataset) -> None:
         for keyword, value in overrides.items():
             value = value(i) if callable(value) else value
             if value is Ellipsis:
                 continue
             if value is None:
-                if keyword in ds:
-                    delattr(ds, keyword)
+                if keyword in slice_ds:
+                    delattr(slice_ds, keyword)
             else:
-                setattr(ds, keyword, value)
-        if "PixelData" in ds:
-            if compress:
-                ds.compress(syntax)
-            elif syntax.is_compressed:
-                _encapsulate_as_is(ds)
-        path = folder / file_name.format(index=i, instance=int(instance_numbers[i]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+                setattr(slice_ds, keyword, value)
 
-
-def _encapsulate_as_is(ds: _Dataset) -> None:
-    from pydicom.encaps import encapsulate
-
-    data = bytes(ds.PixelData)
-    ds.PixelData = encapsulate([data + b"\x00" * (len(data) % 2)])
-    ds["PixelData"].VR = "OB"
+    positions = [corner + positions_1d[i] * direction for i in range(n_slices)]
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_ct_images(
+        [
+            folder / file_name.format(index=i, instance=int(instance_numbers[i]))
+            for i in range(n_slices)
+        ],
+        ds,
+        pixels,
+        sop_uids=[make_uid("sop", series_uid, seed, i) for i in range(n_slices)],
+        instance_numbers=[int(k) for k in instance_numbers],
+        positions=[[round(float(v), 6) for v in p] for p in positions],
+        slice_locations=[round(float(p[2]), 6) for p in positions],
+        transfer_syntax=transfer_syntax,
+        finish=apply_overrides if overrides else None,
+    )

@@ -7,22 +7,24 @@ written and why (config, provenance, per-series slices and z crop).
 
 File names and InstanceNumber count from the top of the scan (``1.dcm`` is
 the highest slice, as scanners number a head-first acquisition), so they run
-against z: readers must order slices by ImagePositionPatient.
+against z: readers must order slices by ImagePositionPatient. The files are
+written by :func:`lungslice.dicom.write.write_ct_images` and named by
+:func:`lungslice.dicom.write.make_uid`, as :mod:`lungslice.testing` does.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage
 
+from lungslice.dicom.write import make_uid, write_ct_images
 from lungslice.lidc.db import read_database
 from lungslice.lidc.records import LidcScan
 from lungslice.phantom.config import PhantomConfig
@@ -90,11 +92,13 @@ def _ds(value: float) -> str:
     return text if len(text) <= 16 else f"{value:.8g}"
 
 
+#: :func:`~lungslice.dicom.write.make_uid` namespace of the phantom's (and insertion's) UIDs.
+UID_NAMESPACE = "lungslice-phantom"
+
+
 def _uid(*parts: object) -> str:
-    # a name-based (version 5) UUID as a 2.25 UID: the same parts give the same UID
-    # (pydicom's generate_uid(prefix=None) ignores its entropy sources and is random)
-    name = "/".join(["lungslice-phantom", *map(str, parts)])
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
+    # the phantom's UIDs (phantom.insert names its derived series with it too)
+    return make_uid(*parts, namespace=UID_NAMESPACE)
 
 
 def _template(scan: LidcScan, rendered: RenderedScan, config: PhantomConfig) -> Dataset:
@@ -180,23 +184,19 @@ def write_series(
     template = _template(scan, rendered, config)
     origin = -(rendered.hu.shape[2] - 1) / 2.0 * rendered.pixel_spacing
     n_total = scan.n_slices
-    for k, z, pixels in zip(
-        rendered.slice_indices.tolist(), rendered.z_positions.tolist(), rendered.hu, strict=True
-    ):
-        number = n_total - int(k)
-        ds = template.copy()
-        ds.SOPInstanceUID = _uid("sop", config.seed, scan.series_uid, k)
-        ds.InstanceNumber = number
-        ds.ImagePositionPatient = [_ds(origin), _ds(origin), _ds(z)]
-        ds.SliceLocation = _ds(z)
-        raw = (pixels.astype(np.int32) - _INTERCEPT).astype("<i2")
-        ds.PixelData = raw.tobytes()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        ds.save_as(folder / f"{number}.dcm", enforce_file_format=True)
+    indices = [int(k) for k in rendered.slice_indices.tolist()]
+    numbers = [n_total - k for k in indices]
+    z_values = rendered.z_positions.tolist()
+    write_ct_images(
+        [folder / f"{number}.dcm" for number in numbers],
+        template,
+        # int16 HU -> stored values (wraps exactly as the int32 -> int16 cast did)
+        (rendered.hu.astype(np.int16, copy=False) - np.int16(_INTERCEPT)).astype("<i2", copy=False),
+        sop_uids=[_uid("sop", config.seed, scan.series_uid, k) for k in indices],
+        instance_numbers=numbers,
+        positions=[[_ds(origin), _ds(origin), _ds(z)] for z in z_values],
+        slice_locations=[_ds(z) for z in z_values],
+    )
     return PhantomSeries(
         patient_id=scan.patient_id,
         study_uid=scan.study_uid,

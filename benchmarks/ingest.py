@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python benchmarks/ingest.py                  # default allocator
-    .venv/bin/python benchmarks/ingest.py --tuned-malloc   # PERF_NOTES' glibc settings
+    .venv/bin/python benchmarks/ingest.py --tuned-malloc   # glibc settings of docs/performance.md
 
 It unpacks ``../shared/realct`` (three real uncompressed GE chest CT series)
 into a temporary folder, or reads ``--data DIR`` (folders of one series each),
@@ -95,7 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--data", type=Path, default=None, help="folder of series folders")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--tuned-malloc", action="store_true", help="re-run with PERF_NOTES env")
+    parser.add_argument(
+        "--tuned-malloc", action="store_true", help="re-run with the tuned glibc env"
+    )
     parser.add_argument("--many", type=int, default=4, help="times each series is loaded")
     parser.add_argument(
         "--index-series",
@@ -160,7 +162,7 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"load average at the end (1, 5, 15 min): {load} - other work shares these cores")
     print(
-        f"cores: {os.cpu_count()}  allocator: {'tuned (PERF_NOTES)' if tuned else 'glibc default'}"
+        f"cores: {os.cpu_count()}  allocator: {'tuned' if tuned else 'glibc default'}"
         f"  series: {len(folders)} ({sum(n_slices.values())} slices, uncompressed)"
         f"  repeats: {args.repeats}"
     )

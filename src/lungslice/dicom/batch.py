@@ -3,7 +3,7 @@
 What pays on this machine kind (2 cores; measured with ``benchmarks/ingest.py``):
 
 - Handing decoded volumes back from worker *processes* costs more than
-  decoding: pickling runs at ~370 slices/s (PERF_NOTES), and a shared-memory
+  decoding: pickling runs at ~370 slices/s (docs/performance.md), and a shared-memory
   file pays ~0.9 ms a 512x512 slice in page faults (no transparent huge
   pages for shared memory here), more than loading the slice (~0.6 ms).
 - Several loader *threads* gain nothing: header parsing holds the GIL and

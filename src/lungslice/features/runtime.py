@@ -1,8 +1,8 @@
 """Running a backbone fast: device, precision, memory layout, compilation, allocator.
 
 On the 2-core AVX-512-bf16 CPU these machines have, channels-last layout plus
-bfloat16 autocast is the big win (PERF_NOTES.md: ~2x over eager FP32 for
-ResNets). For efficientnet_lite0 on CT inputs full autocast drifts to cosine
+bfloat16 autocast is the big win (~2x over eager FP32 for ResNets,
+docs/performance.md). For efficientnet_lite0 on CT inputs full autocast drifts to cosine
 ~0.975 from FP32; keeping the first convolution in FP32 brings it to >= 0.99
 (benchmarks/extract.py prints it), so that is what ``"bf16"`` means here.
 ``torch.compile`` costs tens of seconds up front and recompiles for every new
@@ -38,8 +38,8 @@ def tune_allocator() -> bool:
 
     glibc maps and unmaps every large allocation by default; a batch loop then
     page-faults its buffers in again on every batch. Raising the mmap and trim
-    thresholds to 1 GB keeps them mapped (PERF_NOTES: eager PyTorch 20-50 %
-    faster, pydicom decoding ~1.7x). Called by the CLI and the benchmark, not
+    thresholds to 1 GB keeps them mapped (eager PyTorch 20-50 % faster, pydicom
+    decoding ~1.7x; docs/performance.md). Called by the CLI and the benchmark, not
     by library functions, since it changes the whole process.
 
     Returns

@@ -8,7 +8,7 @@ The main verbs, one per step of the data flow::
     volume = lungslice.load_series(index, series_uid=uid)      # HU, geometry, SOP UIDs
     resampled = lungslice.resample(volume)                     # 1 mm slices, provenance
     slices, nodules = lungslice.label_scans(scans)             # LIDC labels per slice
-    lungslice.extract_dataset(...)                             # resumable feature cache
+    lungslice.extract_dataset("LIDC-IDRI", "work")             # resumable feature cache
     lungslice.train_model("work", "labels", "model")           # model bundle
     lungslice.evaluate("work", "labels", "evaluation")         # patient-grouped CV
     records = lungslice.predict("study", "model")              # result.json records

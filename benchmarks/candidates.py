@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tarfile
@@ -96,6 +97,12 @@ def _first_hit(truth: pd.DataFrame, cands: pd.DataFrame, spacing: tuple) -> np.n
     return ranks
 
 
+def _config(args: argparse.Namespace) -> DetectorConfig:
+    default = DetectorConfig()
+    radii = tuple(float(x) for x in args.radii.split(",")) if args.radii else default.radii_mm
+    return DetectorConfig(radii_mm=radii, grid_mm=args.grid_mm or default.grid_mm)
+
+
 def _phantom(args: argparse.Namespace) -> None:
     scans = read_database()
     if args.phantom:
@@ -116,7 +123,7 @@ def _phantom(args: argparse.Namespace) -> None:
     sel = [s for s in scans if s.patient_id in set(pids)]
     _, nodules = label_scans(sel, rule=LabelRule())
     counted = nodules[nodules["counted"]]
-    config = DetectorConfig(grid_mm=args.grid_mm)
+    config = _config(args)
     per_scan, hits = [], []
     for scan in sel:
         folder = out / "LIDC-IDRI" / scan.patient_id / scan.study_uid / scan.series_uid
@@ -124,12 +131,12 @@ def _phantom(args: argparse.Namespace) -> None:
             print(f"  {scan.patient_id}: no rendered series at {folder}", file=sys.stderr)
             continue
         r = resample(load_series(folder), 1.0)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         lung = lung_field(r.hu, r.spacing)
-        t_lung = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t_lung, c_lung = time.perf_counter() - t0, time.process_time() - c0
+        t0, c0 = time.perf_counter(), time.process_time()
         cands = detect_candidates(r.hu, r.spacing, lung, config)
-        t_det = time.perf_counter() - t0
+        t_det, c_det = time.perf_counter() - t0, time.process_time() - c0
         truth = _truth(scan, counted, r)
         ranks = _first_hit(truth, cands, r.spacing)
         for t, rank in zip(truth.itertuples(), ranks, strict=True):
@@ -155,13 +162,16 @@ def _phantom(args: argparse.Namespace) -> None:
                 "found": int((ranks >= 0).sum()),
                 "t_lung_s": t_lung,
                 "t_detect_s": t_det,
+                "cpu_lung_s": c_lung,
+                "cpu_detect_s": c_det,
                 "ms_per_slice_lung": 1000 * t_lung / r.n_slices,
+                "cpu_ms_per_slice_lung": 1000 * c_lung / r.n_slices,
             }
         )
         print(
             f"  {scan.patient_id}: {r.n_slices} slices, {len(cands)} candidates, "
-            f"{int((ranks >= 0).sum())}/{len(truth)} nodules, lung {t_lung:.2f} s, "
-            f"detect {t_det:.2f} s",
+            f"{int((ranks >= 0).sum())}/{len(truth)} nodules, lung {t_lung:.2f} s "
+            f"(CPU {c_lung:.2f}), detect {t_det:.2f} s (CPU {c_det:.2f})",
             flush=True,
         )
     scans_df = pd.DataFrame(per_scan)
@@ -179,12 +189,14 @@ def _phantom(args: argparse.Namespace) -> None:
         f"candidates per scan: mean {scans_df['candidates'].mean():.0f}, "
         f"min {scans_df['candidates'].min()}, max {scans_df['candidates'].max()}"
     )
+    med = scans_df.median(numeric_only=True)
     print(
-        f"median time per scan: lung field {scans_df['t_lung_s'].median():.2f} s "
-        f"({scans_df['ms_per_slice_lung'].median():.1f} ms/slice), "
-        f"detector {scans_df['t_detect_s'].median():.2f} s; median slices "
-        f"{scans_df['slices'].median():.0f}"
+        f"median per scan ({med['slices']:.0f} slices of 1 mm, 512 x 512): lung field "
+        f"{med['t_lung_s']:.2f} s wall / {med['cpu_lung_s']:.2f} s CPU "
+        f"({med['ms_per_slice_lung']:.1f} / {med['cpu_ms_per_slice_lung']:.1f} ms per slice), "
+        f"detector {med['t_detect_s']:.2f} s wall / {med['cpu_detect_s']:.2f} s CPU"
     )
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if n:
         missed = hits_df[hits_df["rank"] < 0]
         print(f"missed ({len(missed)}):")
@@ -233,7 +245,10 @@ def _realct(args: argparse.Namespace) -> None:
         print(f"no real CT archives in {REALCT}")
         return
     print()
-    print("| real series | slices at 1 mm | lung slices | candidates | lung field | detector |")
+    print(
+        "| real series | slices at 1 mm | lung slices | candidates | lung field wall (CPU) "
+        "| detector wall (CPU) |"
+    )
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for arc in archives:
@@ -242,15 +257,15 @@ def _realct(args: argparse.Namespace) -> None:
             name = arc.name.removesuffix(".tar.xz")
             folder = Path(tmp) / name
             r = resample(load_series(folder), 1.0)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             lung = lung_field(r.hu, r.spacing)
-            t_lung = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            cands = detect_candidates(r.hu, r.spacing, lung, DetectorConfig(grid_mm=args.grid_mm))
-            t_det = time.perf_counter() - t0
+            t_lung, c_lung = time.perf_counter() - t0, time.process_time() - c0
+            t0, c0 = time.perf_counter(), time.process_time()
+            cands = detect_candidates(r.hu, r.spacing, lung, _config(args))
+            t_det, c_det = time.perf_counter() - t0, time.process_time() - c0
             print(
                 f"| {name} | {r.n_slices} | {int(lung_slices(lung).sum())} | {len(cands)} | "
-                f"{t_lung:.2f} s | {t_det:.2f} s |",
+                f"{t_lung:.2f} s ({c_lung:.2f} s CPU) | {t_det:.2f} s ({c_det:.2f} s CPU) |",
                 flush=True,
             )
             if args.png:
@@ -264,7 +279,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phantom", help="reuse a phantom folder (with phantom.json)")
     parser.add_argument("--keep", help="render the phantom into this folder and keep it")
-    parser.add_argument("--grid-mm", type=float, default=DetectorConfig().grid_mm)
+    parser.add_argument("--grid-mm", type=float, help="DetectorConfig.grid_mm")
+    parser.add_argument("--radii", help="DetectorConfig.radii_mm, comma-separated")
     parser.add_argument("--realct", action="store_true", help="also run on ../shared/realct")
     parser.add_argument("--png", help="folder for the real-CT pictures")
     args = parser.parse_args()

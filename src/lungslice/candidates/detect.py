@@ -15,8 +15,8 @@ Method (:func:`detect_candidates`):
 2. For each radius in ``radii_mm`` (sigma = radius / sqrt(3), where the
    scale-normalised Laplacian of a solid sphere peaks), smooth with a Gaussian
    on the working grid (or on a 2x / 4x coarser copy of it for large radii)
-   and take local maxima in space of the scale-normalised Laplacian of
-   Gaussian ``-sigma² ∇²G`` inside the lung field.
+   and take local maxima in space (over the six face neighbours) of the
+   scale-normalised Laplacian of Gaussian ``-sigma² ∇²G`` inside the lung field.
 3. At each maximum, the Hessian's eigenvalues l1 <= l2 <= l3: a blob has all
    three negative, a vessel (tube) one near zero (it continues through the
    neighbouring slices), a fissure or the pleura (plate) two. The score is Li,
@@ -185,6 +185,26 @@ def _laplacian(g: np.ndarray, sp: tuple[float, float, float]) -> np.ndarray:
     return out
 
 
+def _face_maxima(resp: np.ndarray, floor: float) -> np.ndarray:
+    """Interior voxels above ``floor`` and >= their six face neighbours.
+
+    A superset of the 26-neighbour maxima at a third of the cost of a 3x3x3
+    maximum filter; the extra points are suppressed later.
+    """
+    peaks = np.zeros(resp.shape, dtype=bool)
+    c = resp[1:-1, 1:-1, 1:-1]
+    inner = peaks[1:-1, 1:-1, 1:-1]
+    np.greater(c, floor, out=inner)
+    for a, b in (
+        (resp[2:, 1:-1, 1:-1], resp[:-2, 1:-1, 1:-1]),
+        (resp[1:-1, 2:, 1:-1], resp[1:-1, :-2, 1:-1]),
+        (resp[1:-1, 1:-1, 2:], resp[1:-1, 1:-1, :-2]),
+    ):
+        inner &= c >= a
+        inner &= c >= b
+    return peaks
+
+
 def _hessian_at(g: np.ndarray, idx: np.ndarray, sp: tuple[float, float, float]) -> np.ndarray:
     """``(n, 3, 3)`` finite-difference Hessian of ``g`` at interior voxels ``idx``."""
     z, r, c = idx[:, 0], idx[:, 1], idx[:, 2]
@@ -240,12 +260,8 @@ def _scan_scale(
     g = ndi.gaussian_filter(vol, sigma=sig_vox, mode="nearest", truncate=3.0)
     resp = _laplacian(g, sp)
     resp *= np.float32(-(sigma_mm**2))
-    peaks = resp == ndi.maximum_filter(resp, size=3, mode="nearest")
-    peaks &= resp > config.min_log_hu
+    peaks = _face_maxima(resp, config.min_log_hu)
     peaks &= mask
-    peaks[[0, -1]] = False
-    peaks[:, [0, -1]] = False
-    peaks[:, :, [0, -1]] = False
     idx = np.argwhere(peaks)
     if len(idx) == 0:
         return None

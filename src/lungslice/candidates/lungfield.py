@@ -19,7 +19,9 @@ Steps on the coarse grid:
    (drops bowel gas and small air pockets).
 4. holes up to ``max_hole_mm2`` filled slice by slice; slices whose lung is
    smaller than ``min_slice_area_mm2`` are cleared (above the apices only the
-   trachea is left).
+   trachea is left); then only components that pass step 3's size rule and
+   share a slice with the largest stay (airways of the head, when the scan
+   reaches it, are apart from the lungs once the trachea is gone).
 5. a closing with a box of half-width ``closing_mm`` and a dilation of
    ``dilation_mm`` (separable max/min filters).
 """
@@ -201,6 +203,30 @@ def _inside_air(air: np.ndarray, span_fraction: float) -> np.ndarray:
     return inside | keep[cut]
 
 
+def _large_components(
+    mask: np.ndarray, voxel_ml: float, config: LungFieldConfig, *, beside_largest: bool = False
+) -> np.ndarray:
+    """The 3-D components of ``mask`` of at least ``max(min_ml, fraction * largest)``.
+
+    With ``beside_largest``, also only those sharing a slice with the largest
+    (the two lungs lie side by side; airways of the head lie above them).
+    """
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return np.zeros_like(mask)
+    sizes = np.bincount(labels.ravel()).astype(np.float64) * voxel_ml
+    sizes[0] = 0.0
+    keep = sizes >= max(config.min_component_ml, config.min_component_fraction * sizes.max())
+    if beside_largest:
+        extent = ndi.find_objects(labels)
+        big = extent[int(sizes.argmax()) - 1]
+        for k, box in enumerate(extent, start=1):
+            if box is not None and (box[0].stop <= big[0].start or box[0].start >= big[0].stop):
+                keep[k] = False
+    keep[0] = False
+    return np.asarray(keep[labels])
+
+
 def _close_and_dilate(
     lung: np.ndarray, gs: tuple[float, float, float], config: LungFieldConfig
 ) -> np.ndarray:
@@ -300,18 +326,16 @@ def lung_field(
     air = sub < config.threshold_hu
     inside = _inside_air(air, config.span_fraction)
     lung = np.zeros_like(air)
-    labels, n = ndi.label(inside)
-    if n:
-        sizes = np.bincount(labels.ravel()).astype(np.float64) * voxel_ml
-        sizes[0] = 0.0
-        keep_ml = max(config.min_component_ml, config.min_component_fraction * sizes.max())
-        keep = sizes >= keep_ml
-        keep[0] = False
-        lung = keep[labels]
+    lung = _large_components(inside, voxel_ml, config)
     if lung.any():
         lung = _fill_holes_per_slice(lung, config.max_hole_mm2 / (gs[1] * gs[2]))
         area = lung.sum(axis=(1, 2)) * (gs[1] * gs[2])
-        lung[area < config.min_slice_area_mm2] = False
+        small = area < config.min_slice_area_mm2
+        if small.any():
+            # slices with only the trachea dropped: airways above them (pharynx,
+            # nasal cavity, sinuses in a scan that reaches the head) come apart
+            lung[small] = False
+            lung = _large_components(lung, voxel_ml, config, beside_largest=True)
     if lung.any():
         lung = _close_and_dilate(lung, gs, config)
     if not lung.any():

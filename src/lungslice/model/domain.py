@@ -7,7 +7,10 @@ data. This module measures that distance and turns it into a verdict:
 - :func:`study_descriptor` maps a CT volume to a fixed-length, model-independent
   vector of image statistics (:data:`DESCRIPTOR_NAMES`): geometry, lung-field
   and body HU quantiles, noise and its grain in-plane and along z, edge
-  sharpness, how much of the scan is lung. It is one provider of study
+  sharpness, how much of the scan is lung, and three properties of real CT
+  noise that simple simulations lack: its anisotropy (streaks along the
+  patient's long axis), its non-Gaussian texture (kurtosis) and its
+  non-stationarity across the body. It is one provider of study
   vectors; learned features (e.g. the mean of a study's candidate features)
   work as well.
 - :class:`DomainModel` is fitted on the training studies' vectors ``(n, d)``:
@@ -75,6 +78,9 @@ DESCRIPTOR_NAMES: tuple[str, ...] = (
     "noise_soft_hu",
     "noise_lung_hu",
     "noise_corr_inplane",
+    "noise_anisotropy",
+    "noise_kurtosis",
+    "noise_nonstationarity",
     "noise_corr_z",
     "edge_gradient_hu_per_mm",
 )
@@ -84,6 +90,7 @@ _PAD_BELOW = -1500.0  # out-of-field padding (GE writes -3024 HU)
 _MIN_LUNG_PIXELS_MM2 = 100.0  # smaller air pockets are not lung
 _LUNG_SLICE_SHARE = 0.05  # a lung slice: lung field >= 5 % of the body
 _NO_LUNG_HU = 0.0  # lung quantiles of a study without lung field (soft tissue)
+_BLOCK_MM = 24.0  # blocks over which noise stationarity is measured
 _METHODS = ("mahalanobis", "knn")
 
 
@@ -163,6 +170,34 @@ def _corr(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return float(np.dot(x, y) / den) if den > 0 else float("nan")
 
 
+def _kurtosis(values: list[np.ndarray]) -> float:
+    v = np.concatenate(values) if values else np.zeros(0)
+    if v.size < 50:
+        return float("nan")
+    v = v - v.mean()
+    var = float(np.mean(v * v))
+    return float(np.mean(v**4) / var**2) if var > 0 else float("nan")
+
+
+def _block_stds(res: np.ndarray, mask: np.ndarray, bs: int) -> np.ndarray:
+    """Residual std of each bs x bs block that is at least half inside ``mask``."""
+    h, w = (res.shape[0] // bs) * bs, (res.shape[1] // bs) * bs
+    if h == 0 or w == 0:
+        return np.zeros(0)
+    shape = (h // bs, bs, w // bs, bs)
+    m = mask[:h, :w].reshape(shape).astype(np.float64)
+    r = np.where(mask, res, 0.0)[:h, :w].reshape(shape).astype(np.float64)
+    n = m.sum(axis=(1, 3))
+    s1 = r.sum(axis=(1, 3))
+    s2 = (r * r).sum(axis=(1, 3))
+    ok = n >= 0.5 * bs * bs
+    if not ok.any():
+        return np.zeros(0)
+    var = s2[ok] / n[ok] - (s1[ok] / n[ok]) ** 2
+    out: np.ndarray = np.sqrt(np.maximum(var, 0.0))
+    return out
+
+
 def _q(values: list[np.ndarray], qs: Sequence[float], fill: float) -> list[float]:
     v = np.concatenate(values) if values else np.zeros(0)
     if v.size == 0:
@@ -196,6 +231,14 @@ def study_descriptor(
         air-filled regions (>= 100 mm^2) inside the body with holes filled.
     max_slices : int
         Slices measured.
+
+    The noise figures use the high-pass residual (slice minus its 5 x 5 mean):
+    its std in air outside the body, in soft tissue (-50..100 HU, eroded) and
+    in the lung field; in soft tissue also its lag-1 correlation (mean of x
+    and y; ``noise_anisotropy`` = ``|corr_x - corr_y|``), its kurtosis (3 for
+    Gaussian noise), the coefficient of variation of its std over 24 mm
+    blocks (``noise_nonstationarity``) and its correlation with the next
+    slice (``noise_corr_z``: how thick the source slices were).
 
     Returns
     -------
@@ -235,6 +278,9 @@ def study_descriptor(
     r_lung: list[np.ndarray] = []
     lag_a: list[np.ndarray] = []
     lag_b: list[np.ndarray] = []
+    lag_c: list[np.ndarray] = []
+    lag_d: list[np.ndarray] = []
+    block_cv: list[float] = []
     z_a: list[np.ndarray] = []
     z_b: list[np.ndarray] = []
     edges: list[np.ndarray] = []
@@ -280,9 +326,15 @@ def study_descriptor(
         air_v.append(_thin(sl[outside]))
         r_air.append(_thin(res[outside]))
         r_soft.append(_thin(res[soft]))
-        pair = soft[:, :-1] & soft[:, 1:]
+        pair = soft[:, :-1] & soft[:, 1:]  # neighbours along x (columns)
         lag_a.append(_thin(res[:, :-1][pair]))
         lag_b.append(_thin(res[:, 1:][pair]))
+        pair = soft[:-1] & soft[1:]  # along y (rows)
+        lag_c.append(_thin(res[:-1][pair]))
+        lag_d.append(_thin(res[1:][pair]))
+        stds = _block_stds(res, soft, max(4, round(_BLOCK_MM / ((sp[1] + sp[2]) / 2.0))))
+        if stds.size >= 4 and stds.mean() > 0:
+            block_cv.append(float(stds.std() / stds.mean()))
         r_lung.append(_thin(res[_upsample(inner_s, f, sl.shape)]))
         if k + 1 < nz:
             res2 = _residual(vol[k + 1].astype(np.float32))
@@ -316,7 +368,10 @@ def study_descriptor(
         _std(r_air),
         _std(r_soft),
         noise_lung if math.isfinite(noise_lung) else 0.0,
-        _corr(lag_a, lag_b),
+        (_corr(lag_a, lag_b) + _corr(lag_c, lag_d)) / 2.0,
+        abs(_corr(lag_a, lag_b) - _corr(lag_c, lag_d)),
+        _kurtosis(r_soft),
+        float(np.median(block_cv)) if block_cv else float("nan"),
         _corr(z_a, z_b),
         float(np.median(np.concatenate(edges))) if edges else 0.0,
     ]

@@ -101,11 +101,27 @@ def extract(
         help="Where decoding/resampling run: 'inline' (between batches, all cores), 'thread' or "
         "'process' (overlapped with the model); 'auto' = inline on CPU, thread on GPU.",
     ),
+    engine: str = typer.Option(
+        "local", "--engine", help="'local' or 'ray' (a Ray Data actor pool; docs/scale-out.md)."
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="With --engine ray: the cluster's head (HOST:PORT) or 'auto'; default: a "
+        "private Ray on this machine.",
+    ),
+    actors: int | None = typer.Option(
+        None, "--actors", help="With --engine ray: actors (default: one per CPU, or per GPU share)."
+    ),
+    gpus_per_actor: float = typer.Option(
+        0.0, "--gpus-per-actor", help="With --engine ray: GPUs per actor (fractions share one)."
+    ),
 ) -> None:
     """Extract per-slice features of every CT series under DATA_DIR (resumable)."""
     from lungslice.features.config import FeatureConfig
     from lungslice.features.extract import extract_dataset
     from lungslice.features.inputs import InputConfig
+    from lungslice.features.ray_engine import ray_options
     from lungslice.features.runtime import tune_allocator
     from lungslice.features.weights import resolve_weights
 
@@ -125,10 +141,18 @@ def extract(
         )
         if allow_download:
             resolve_weights(backbone, weights, allow_download=True)  # fills the torch hub cache
+        ray = ray_options(engine, address, actors, gpus_per_actor)
         tune_allocator()
         with progress_bar("extract", unit="series") as progress:
             result = extract_dataset(
-                data_dir, out_dir, config, progress=progress, keep_going=keep_going, loader=loader
+                data_dir,
+                out_dir,
+                config,
+                progress=progress,
+                keep_going=keep_going,
+                loader=loader,
+                engine=engine,
+                ray=ray,
             )
     except LungsliceError as err:
         raise fail(err) from err

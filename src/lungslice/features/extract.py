@@ -1,4 +1,4 @@
-"""Feature extraction: DICOM tree -> 1 mm slices -> network inputs -> cached features.
+"""Whole-slice features: DICOM tree -> 1 mm slices -> network inputs -> cached features.
 
 Two entry points:
 
@@ -8,18 +8,12 @@ Two entry points:
   stores the results in the :class:`~lungslice.features.cache.FeatureCache`,
   resumably: series whose files are in place are not recomputed.
 
-The unit of work is one series (:func:`extract_series`): it shares nothing
-with other series but the cache folder, so a cluster can map it over series.
-On one machine, :func:`extract_dataset` overlaps loading (decode, HU,
-resampling) and input preparation of the next batches with inference on a
-background thread: NumPy, pydicom's pixel handling and PyTorch release the
-GIL in their heavy parts, and a thread hands arrays over without the
-pickling that made worker processes slower on 2 cores (PERF_NOTES.md).
-``loader="process"`` moves decoding and resampling into a spawned worker
-process instead (only the resized slices travel back). The loader runs with
-one intra-op thread at nice 19, so it fills the gaps of the model's OpenMP
-team rather than preempting it; ``ExtractResult.wait_s`` says how long the
-model waited for inputs.
+This module holds the per-series computation (:class:`WholeSliceWork`: load
+and resample, then features and the atomic cache writes); where and when each
+series runs is a scheduler's business (:mod:`lungslice.features.schedule`:
+inline, a loader thread, a loader process; :mod:`lungslice.features.ray_engine`:
+a Ray Data actor pool on one machine or a cluster). Every scheduler writes the
+same cache files under the same key, so their outputs are interchangeable.
 """
 
 from __future__ import annotations
@@ -27,11 +21,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
-import os
-import queue
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,12 +39,16 @@ from lungslice.features.cache import SLICE_COLUMNS, FeatureCache
 from lungslice.features.config import FeatureConfig
 from lungslice.features.inputs import input_size, make_inputs, resize_slices
 from lungslice.features.runtime import FeatureRunner, resolve_device
-from lungslice.progress import ProgressCallback, report
+from lungslice.features.schedule import RunTracker, Scheduler, SeriesJob, find_series
+from lungslice.features.schedule import local_scheduler as _local_scheduler
+from lungslice.progress import ProgressCallback
 from lungslice.provenance import config_dict, provenance
 
 __all__ = [
+    "ENGINES",
     "ExtractResult",
     "SeriesJob",
+    "WholeSliceWork",
     "extract_dataset",
     "extract_series",
     "extract_volume",
@@ -62,21 +57,11 @@ __all__ = [
     "load_resampled",
     "make_runner",
     "resolve_loader",
+    "resolve_scheduler",
     "slice_table",
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SeriesJob:
-    """One series found by the index: its identity, files, and why it is rejected (if so)."""
-
-    series_uid: str
-    patient_id: str
-    study_uid: str
-    files: tuple[Path, ...]
-    rejected: str | None = None
 
 
 @dataclass
@@ -98,7 +83,15 @@ class ExtractResult:
     slices_computed : int
         Slices computed in this run.
     wait_s : float
-        Seconds the model thread waited for inputs (0 when loading keeps up).
+        Seconds the model waited for inputs (0 when loading keeps up), summed
+        over workers.
+    engine : str
+        The scheduler that ran it (``inline``, ``thread``, ``process``, ``ray``).
+    setup_s : float
+        Seconds before the first series was scheduled (index, backbone, cache).
+    timeline : list of (float, int)
+        Per series computed in this run: seconds after scheduling began when
+        its row arrived, and its slice count (steady-state rates, start-up cost).
     """
 
     key: str
@@ -110,12 +103,15 @@ class ExtractResult:
     seconds: float = 0.0
     slices_computed: int = 0
     wait_s: float = 0.0
+    engine: str = "inline"
+    setup_s: float = 0.0
+    timeline: list[tuple[float, int]] = field(default_factory=list)
 
     def summary(self) -> str:
         """A few lines for the CLI."""
         rate = self.slices_computed / self.seconds if self.seconds > 0 else 0.0
         lines = [
-            f"features: {self.cache_dir}",
+            f"features: {self.cache_dir} (engine {self.engine})",
             f"series: {len(self.computed)} computed, {len(self.reused)} already cached, "
             f"{len(self.failed)} failed",
             f"slices computed: {self.slices_computed} in {self.seconds:.1f} s with setup "
@@ -125,41 +121,6 @@ class ExtractResult:
             failed = self.manifest[self.manifest["status"] == "failed"]
             lines += [f"  failed {r.series_uid}: {r.reason}" for r in failed.itertuples()]
         return "\n".join(lines)
-
-
-def find_series(data_dir: str | Path) -> list[SeriesJob]:
-    """Index ``data_dir`` and list every series, sorted by patient and series UID.
-
-    Series the index rejects (not CT, too few slices, ...) come with
-    ``rejected`` set to the index's reason, so the manifest accounts for them.
-
-    Raises
-    ------
-    FeatureError
-        When the tree holds no loadable CT series at all.
-    """
-    from lungslice.dicom.discover import index_tree
-
-    index = index_tree(data_dir)
-    jobs = []
-    for r in index.series.itertuples():
-        uid = str(r.series_uid)
-        ok = r.status == "ok"
-        jobs.append(
-            SeriesJob(
-                series_uid=uid,
-                patient_id=str(r.patient_id),
-                study_uid=str(r.study_uid),
-                files=tuple(Path(p) for p in index.files_of(uid)) if ok else (),
-                rejected=None if ok else str(r.reason),
-            )
-        )
-    if not any(j.rejected is None for j in jobs):
-        raise FeatureError(
-            f"{data_dir}: no loadable CT series ({len(index.files)} files, {len(jobs)} series "
-            "rejected by the index); run `lungslice index` to see why"
-        )
-    return sorted(jobs, key=lambda j: (j.patient_id, j.series_uid))
 
 
 def load_resampled(
@@ -364,6 +325,7 @@ def _row(job: SeriesJob, **values: Any) -> dict[str, Any]:
         "load_s": None,
         "model_s": None,
         "write_s": None,
+        "wait_s": None,
         "finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     row.update(values)
@@ -416,128 +378,6 @@ def _cached_row(
     return _row(job, n_slices=int(shape[0]), feature_dim=int(shape[1]))
 
 
-_END = object()
-
-
-@dataclass
-class _Loaded:
-    job: SeriesJob
-    resampled: ResampledVolume | None
-    error: LungsliceError | None
-    load_s: float
-
-
-def _lower_priority() -> None:
-    """Make the calling thread nice 19 (Linux: per thread), so it yields to the model.
-
-    The model's OpenMP threads spin at barriers; a loader preempting one of
-    them stalls the whole team. At the lowest priority the loader runs in the
-    gaps instead, and still keeps up (it needs a fraction of one core).
-    """
-    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:
-            log.debug("could not lower the loader's priority")
-
-
-def _load_in_worker(job: SeriesJob, config: FeatureConfig, size: int) -> ResampledVolume:
-    """Worker-process side of the ``"process"`` loader (module level, so it pickles)."""
-    torch.set_num_threads(1)
-    _lower_priority()
-    return load_resampled(job, config, size)
-
-
-def _loaded_volumes(
-    jobs: Sequence[SeriesJob], config: FeatureConfig, size: int, loader: str
-) -> Iterator[tuple[SeriesJob, ResampledVolume | None, LungsliceError | None, float]]:
-    """Yield ``(job, volume, error, seconds)`` per series, loading ahead in a process if asked.
-
-    ``"process"``: one spawned worker process loads the next series while
-    this one is consumed; only the resized (input-size) slices travel back,
-    so pickling stays cheap. ``"thread"``: load right here.
-    """
-    if loader == "thread":
-        for job in jobs:
-            t0 = time.perf_counter()
-            try:
-                yield job, load_resampled(job, config, size), None, time.perf_counter() - t0
-            except LungsliceError as err:
-                yield job, None, err, time.perf_counter() - t0
-        return
-    import multiprocessing
-    from collections import deque
-    from concurrent.futures import Future, ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        ahead: deque[tuple[SeriesJob, float, Future[ResampledVolume]]] = deque()
-        todo = iter(jobs)
-        for job in todo:
-            ahead.append(
-                (job, time.perf_counter(), pool.submit(_load_in_worker, job, config, size))
-            )
-            if len(ahead) == 2:
-                break
-        while ahead:
-            job, t0, future = ahead.popleft()
-            nxt = next(todo, None)
-            if nxt is not None:
-                ahead.append(
-                    (nxt, time.perf_counter(), pool.submit(_load_in_worker, nxt, config, size))
-                )
-            try:
-                volume = future.result()
-                yield job, volume, None, time.perf_counter() - t0
-            except LungsliceError as err:
-                yield job, None, err, time.perf_counter() - t0
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _items(
-    jobs: Sequence[SeriesJob], config: FeatureConfig, data_config: dict[str, Any], loader: str
-) -> Iterator[Any]:
-    """For each series, its loaded volume and then its input batches; then ``_END``."""
-    size = input_size(config.inputs, data_config)
-    for job, resampled, error, seconds in _loaded_volumes(jobs, config, size, loader):
-        yield _Loaded(job, resampled, error, seconds)
-        if resampled is not None:
-            yield from iter_input_batches(resampled.hu, config, data_config)
-    yield _END
-
-
-class _Inline:
-    """The producer's items made on demand in the consumer's thread (``loader="inline"``)."""
-
-    def __init__(self, items: Iterator[Any]) -> None:
-        self._items = items
-
-    def get(self) -> Any:
-        return next(self._items)
-
-
-def _producer(
-    jobs: Sequence[SeriesJob],
-    config: FeatureConfig,
-    data_config: dict[str, Any],
-    out_q: queue.Queue[Any],
-    stop: threading.Event,
-    loader: str,
-) -> None:
-    """Loader thread: for each series, its loaded volume and then its input batches."""
-    # One intra-op thread here (the setting is per thread): the model keeps its cores.
-    torch.set_num_threads(1)
-    _lower_priority()
-    try:
-        for item in _items(jobs, config, data_config, loader):
-            if stop.is_set():
-                return
-            out_q.put(item)
-    except BaseException as err:  # hand any crash to the consumer, which re-raises it
-        out_q.put(err)
-
-
 def resolve_loader(loader: str, device: str) -> str:
     """``"auto"``: ``"inline"`` on the CPU, ``"thread"`` when the model runs on a GPU.
 
@@ -555,6 +395,111 @@ def resolve_loader(loader: str, device: str) -> str:
     return "thread" if resolve_device(device).type == "cuda" else "inline"
 
 
+#: Engines of :func:`extract_dataset` and ``lungslice extract --engine``.
+ENGINES = ("local", "ray")
+
+
+def resolve_scheduler(
+    engine: str | Scheduler, loader: str, device: str, ray: Any = None
+) -> Scheduler:
+    """The scheduler for ``engine`` (``"local"`` picks the ``loader``; ``"ray"`` a Ray pool).
+
+    Parameters
+    ----------
+    engine : str or Scheduler
+        ``"local"``, ``"ray"``, or a scheduler object to use as it is.
+    loader : str
+        Local loader (:func:`resolve_loader`); ignored by Ray.
+    device : str
+        The configured device (for ``loader="auto"``).
+    ray : RayOptions, optional
+        Cluster address, actors, GPUs per actor, retries (``engine="ray"``).
+    """
+    if not isinstance(engine, str):
+        return engine
+    if engine == "local":
+        return _local_scheduler(resolve_loader(loader, device))
+    if engine == "ray":
+        from lungslice.features.ray_engine import RayOptions, RayScheduler
+
+        return RayScheduler(ray if ray is not None else RayOptions())
+    raise ConfigError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+
+
+class WholeSliceWork:
+    """The whole-slice computation of one series (:class:`~lungslice.features.schedule.SeriesWork`).
+
+    ``load``: DICOM -> HU -> 1 mm slices at the network's input size;
+    ``compute``: features and the atomic writes of
+    :meth:`FeatureCache.write_series`. Pickles without its backbone: a worker
+    process or Ray actor loads its own in :meth:`setup`.
+
+    Parameters
+    ----------
+    config : FeatureConfig
+    work_dir : str or Path
+        Work folder; the cache is ``WORK/features/<config.key>/``.
+    runner : FeatureRunner, optional
+        An already prepared backbone (this process only).
+    """
+
+    def __init__(
+        self, config: FeatureConfig, work_dir: str | Path, runner: FeatureRunner | None = None
+    ) -> None:
+        self.config = config
+        self.cache = FeatureCache(work_dir, config.key)
+        self.runner = runner
+        self.size: int | None = None
+        if runner is not None:
+            self.size = input_size(config.inputs, runner.backbone.data_config)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["runner"] = None  # a backbone does not travel; each worker loads its own
+        return state
+
+    def setup(self) -> None:
+        """Load the backbone (once)."""
+        if self.runner is None:
+            self.runner = make_runner(self.config)
+        self.size = input_size(self.config.inputs, self.runner.backbone.data_config)
+
+    def load(self, job: SeriesJob) -> ResampledVolume:
+        """The series as HU on 1 mm slices at the input size."""
+        if self.size is None:
+            self.setup()
+        return load_resampled(job, self.config, self.size)
+
+    def compute(self, job: SeriesJob, loaded: ResampledVolume, load_s: float) -> dict[str, Any]:
+        """Features of every slice, written atomically; the manifest row."""
+        if self.runner is None:
+            self.setup()
+        assert self.runner is not None
+        t1 = time.perf_counter()
+        features = extract_volume(loaded, self.runner, self.config)
+        t2 = time.perf_counter()
+        self.cache.write_series(
+            job.series_uid,
+            features.astype(self.config.storage_dtype),
+            slice_table(loaded),
+            _series_metadata(self.config, self.runner),
+        )
+        return _row(
+            job,
+            n_source_slices=loaded.source.n_slices,
+            n_slices=loaded.n_slices,
+            feature_dim=int(features.shape[1]),
+            load_s=load_s,
+            model_s=t2 - t1,
+            write_s=time.perf_counter() - t2,
+            wait_s=load_s,
+        )
+
+    def failed_row(self, job: SeriesJob, reason: str) -> dict[str, Any]:
+        """A ``failed`` manifest row."""
+        return _row(job, status="failed", reason=reason)
+
+
 def extract_dataset(
     data_dir: str | Path,
     work_dir: str | Path,
@@ -563,14 +508,17 @@ def extract_dataset(
     *,
     keep_going: bool = False,
     backbone: Backbone | FeatureRunner | None = None,
-    prefetch_batches: int = 4,
     loader: str = "auto",
+    engine: str | Scheduler = "local",
+    ray: Any = None,
 ) -> ExtractResult:
     """Extract features of every CT series under ``data_dir`` into ``work_dir``.
 
-    Index -> load -> resample -> inputs (background thread) -> features (this
-    thread) -> ``WORK/features/<key>/``. Series already done are not
-    recomputed; temporary files of killed runs are removed.
+    Index -> per series (load -> resample -> inputs -> features -> atomic
+    writes) -> ``WORK/features/<key>/``. Series already done are not
+    recomputed; temporary files of killed runs are removed. The manifest is
+    rewritten after every series, so an interrupted run resumes where it
+    stopped, with any engine.
 
     Parameters
     ----------
@@ -582,21 +530,22 @@ def extract_dataset(
         Default ``FeatureConfig()``.
     progress : ProgressCallback, optional
         Called as ``progress(series_done, series_total, label)``; the label
-        carries slices/s.
+        carries slices/s, the ETA and the failures so far.
     keep_going : bool
-        Record a series that fails to load (status ``failed`` with the reason)
-        and go on; by default the first failure raises after the manifest is
-        written.
+        Record a series that fails (status ``failed`` with the reason) and go
+        on; by default the first failure raises after the manifest is written.
     backbone : Backbone or FeatureRunner, optional
-        Reuse an already loaded (or compiled) backbone.
-    prefetch_batches : int
-        Input batches prepared ahead of the model.
+        Reuse an already loaded (or compiled) backbone (local engine).
     loader : {"auto", "inline", "thread", "process"}
-        Where DICOM decoding, HU conversion and resampling run: ``"inline"``
-        between batches in this thread (with all cores), a background
-        ``"thread"``, or a spawned worker ``"process"`` (which loads the series
-        after next while the thread prepares inputs); the last two overlap
-        inference. ``"auto"`` (default): see :func:`resolve_loader`.
+        Local engine: where DICOM decoding, HU conversion and resampling run:
+        ``"inline"`` between series in this thread (with all cores), a
+        background ``"thread"``, or a spawned worker ``"process"``; the last two
+        overlap inference. ``"auto"`` (default): see :func:`resolve_loader`.
+    engine : {"local", "ray"} or Scheduler
+        ``"ray"`` runs the series on a Ray Data actor pool (``pip install
+        'lungslice[ray]'``; see docs/scale-out.md).
+    ray : RayOptions, optional
+        Address, actors, GPUs per actor and retries of the Ray engine.
 
     Returns
     -------
@@ -609,7 +558,7 @@ def extract_dataset(
         holds a different configuration.
     """
     config = config or FeatureConfig()
-    loader = resolve_loader(loader, config.device)
+    scheduler = resolve_scheduler(engine, loader, config.device, ray)
     t_start = time.perf_counter()
     if isinstance(backbone, FeatureRunner):
         runner = backbone
@@ -634,7 +583,9 @@ def extract_dataset(
         for r in cache.read_manifest().to_dict("records")
     }
     rows: dict[str, dict[str, Any]] = {}
-    result = ExtractResult(key=key, cache_dir=cache.dir, manifest=pd.DataFrame())
+    result = ExtractResult(
+        key=key, cache_dir=cache.dir, manifest=pd.DataFrame(), engine=scheduler.name
+    )
     pending: list[SeriesJob] = []
     for job in jobs:
         if job.rejected is not None:
@@ -650,112 +601,35 @@ def extract_dataset(
         return cache.write_manifest(ordered)
 
     write_manifest()
-    total = len(jobs)
-    report(progress, len(rows), total, f"{len(result.reused)} cached")
-    data_config = runner.backbone.data_config
-    if loader == "inline":
-        source = _Inline(_items(pending, config, data_config, "thread"))
-        _consume(
-            source, runner, config, cache, rows, result, write_manifest, keep_going, progress, total
-        )
-    else:
-        q: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch_batches))
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=_producer,
-            args=(pending, config, data_config, q, stop, loader),
-            name="lungslice-extract-loader",
-            daemon=True,
-        )
-        thread.start()
-        try:
-            _consume(
-                q, runner, config, cache, rows, result, write_manifest, keep_going, progress, total
-            )
-        finally:
-            stop.set()
-            while thread.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    thread.join(timeout=0.05)
-    result.manifest = write_manifest()
+    tracker = RunTracker(len(jobs), progress)
+    tracker.start(len(rows), len(pending))
+    result.setup_s = time.perf_counter() - t_start
+    by_uid = {j.series_uid: j for j in pending}
+    work = WholeSliceWork(config, work_dir, runner if scheduler.name != "ray" else None)
+    rows_in = scheduler.map(work, pending)
+    try:
+        for row in rows_in:
+            uid = str(row["series_uid"])
+            rows[uid] = row
+            write_manifest()
+            tracker.update(row, int(row.get("n_slices") or 0))
+            result.wait_s += float(row.get("wait_s") or 0.0)
+            if row["status"] == "failed":
+                result.failed.append(uid)
+                if not keep_going:
+                    job = by_uid[uid]
+                    raise FeatureError(
+                        f"series {uid} (patient {job.patient_id}) failed: {row['reason']} "
+                        "(use --keep-going to record failures and go on)"
+                    )
+            else:
+                result.computed.append(uid)
+                result.slices_computed += int(row["n_slices"])
+                result.timeline.append((tracker.seconds, int(row["n_slices"])))
+    finally:
+        close = getattr(rows_in, "close", None)
+        if close is not None:
+            close()
+        result.manifest = write_manifest()
     result.seconds = time.perf_counter() - t_start
     return result
-
-
-def _consume(
-    q: queue.Queue[Any] | _Inline,
-    runner: FeatureRunner,
-    config: FeatureConfig,
-    cache: FeatureCache,
-    rows: dict[str, dict[str, Any]],
-    result: ExtractResult,
-    write_manifest: Any,
-    keep_going: bool,
-    progress: ProgressCallback | None,
-    total: int,
-) -> None:
-    t_run = time.perf_counter()
-    metadata = _series_metadata(config, runner)
-    current: _Loaded | None = None
-    parts: list[np.ndarray] = []
-    model_s = 0.0
-
-    def finish() -> None:
-        nonlocal current, parts, model_s
-        assert current is not None and current.resampled is not None
-        job, rv = current.job, current.resampled
-        features = np.concatenate(parts) if parts else np.zeros((0, runner.backbone.feature_dim))
-        t0 = time.perf_counter()
-        cache.write_series(
-            job.series_uid, features.astype(config.storage_dtype), slice_table(rv), metadata
-        )
-        rows[job.series_uid] = _row(
-            job,
-            n_source_slices=rv.source.n_slices,
-            n_slices=rv.n_slices,
-            feature_dim=runner.backbone.feature_dim,
-            load_s=current.load_s,
-            model_s=model_s,
-            write_s=time.perf_counter() - t0,
-        )
-        write_manifest()
-        result.computed.append(job.series_uid)
-        result.slices_computed += rv.n_slices
-        rate = result.slices_computed / max(time.perf_counter() - t_run, 1e-9)
-        report(progress, len(rows), total, f"{rate:.1f} slices/s")
-        current, parts, model_s = None, [], 0.0
-
-    while True:
-        t_wait = time.perf_counter()
-        item = q.get()
-        result.wait_s += time.perf_counter() - t_wait
-        if isinstance(item, BaseException):
-            raise item
-        if isinstance(item, torch.Tensor):
-            t0 = time.perf_counter()
-            parts.append(runner(item))
-            model_s += time.perf_counter() - t0
-            assert current is not None and current.resampled is not None
-            if sum(len(p) for p in parts) == current.resampled.n_slices:
-                finish()
-            continue
-        if item is _END:
-            return
-        assert isinstance(item, _Loaded)
-        if item.error is not None:
-            rows[item.job.series_uid] = _row(item.job, status="failed", reason=str(item.error))
-            result.failed.append(item.job.series_uid)
-            write_manifest()
-            report(progress, len(rows), total, f"failed {item.job.series_uid}")
-            if not keep_going:
-                raise FeatureError(
-                    f"series {item.job.series_uid} (patient {item.job.patient_id}) failed: "
-                    f"{item.error} (use --keep-going to record failures and go on)"
-                ) from item.error
-            continue
-        current = item
-        assert item.resampled is not None
-        if item.resampled.n_slices == 0:
-            finish()

@@ -21,8 +21,9 @@ Method (:func:`detect_candidates`):
    three negative, a vessel (tube) one near zero (it continues through the
    neighbouring slices), a fissure or the pleura (plate) two. The score is Li,
    Sone & Doi's (2003) dot enhancement, scale-normalised:
-   ``sigma² * l3² / |l1|`` when ``l3 < 0``, else 0 (in HU: about a third of a
-   solid sphere's contrast to the lung at its own scale).
+   ``sigma² * l3² / |l1|`` when ``l3 < 0``, else 0 (in HU; at most a third of
+   the scale-normalised LoG response, reached by an isotropic blob; on the
+   test chest a nodule of 870 HU contrast scores 130-190).
 4. Greedy non-maximum suppression over all scales (``min_distance_mm``, or
    ``nms_radius_fraction`` of the stronger candidate's radius) and the
    ``max_candidates`` best.
@@ -188,8 +189,8 @@ def _laplacian(g: np.ndarray, sp: tuple[float, float, float]) -> np.ndarray:
 def _face_maxima(resp: np.ndarray, floor: float) -> np.ndarray:
     """Interior voxels above ``floor`` and >= their six face neighbours.
 
-    A superset of the 26-neighbour maxima at a third of the cost of a 3x3x3
-    maximum filter; the extra points are suppressed later.
+    A superset of the 26-neighbour maxima, without the filtered copy a 3x3x3
+    maximum filter makes; the extra points are suppressed later.
     """
     peaks = np.zeros(resp.shape, dtype=bool)
     c = resp[1:-1, 1:-1, 1:-1]

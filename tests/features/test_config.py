@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -74,3 +75,28 @@ def test_bad_feature_configs() -> None:
         FeatureConfig(backbone="vit")
     with pytest.raises(ConfigError, match=r"FeatureConfig.batch_size: expected >= 1, got 0"):
         FeatureConfig(batch_size=0)
+
+
+def test_configs_round_trip_through_json() -> None:
+    config = FeatureConfig(
+        backbone="resnet18",
+        weights="random",
+        layers=("layer3", "layer4"),
+        inputs=InputConfig(mode="2.5d", window_25d=(-1200.0, 300.0), size=128),
+        precision="fp32",
+        storage_dtype="float32",
+        seed=3,
+    )
+    stored = json.loads(json.dumps(config.to_dict()))
+    assert stored["inputs"]["windows"][0] == [-1000.0, 400.0]  # tuples became lists
+    again = FeatureConfig.from_dict(stored)
+    assert again == config and again.key == config.key
+    assert isinstance(again.inputs.windows[0], tuple)
+    assert InputConfig.from_dict(stored["inputs"]) == config.inputs
+    assert FeatureConfig.from_dict({}) == FeatureConfig()
+    with pytest.raises(ConfigError, match=r"FeatureConfig.from_dict: unknown setting\(s\) 'depth'"):
+        FeatureConfig.from_dict({"depth": 3})
+    with pytest.raises(ConfigError, match=r"InputConfig.mode: expected 'windows' or '2.5d'"):
+        FeatureConfig.from_dict({"inputs": {"mode": "3d"}})
+    with pytest.raises(ConfigError, match=r"expected a mapping of settings, got list"):
+        InputConfig.from_dict([1, 2])  # type: ignore[arg-type]

@@ -211,3 +211,19 @@ def test_nodule_patches_are_seeded_per_nodule(scan: LidcScan, nodules: list[Nodu
         np.testing.assert_array_equal(x.hu, y.hu)
         np.testing.assert_array_equal(x.alpha, y.alpha)
     assert any(not np.array_equal(x.hu, z.hu) for x, z in zip(a, c, strict=True))
+
+
+def test_slab_mm_zero_draws_the_outlines_own_plane(scan: LidcScan, nodules: list[Nodule]) -> None:
+    n4 = next(n for n in nodules if n.nodule_id.endswith("/n4"))
+    _, masks = nodule_masks(scan, n4)
+    ends = [min(masks), max(masks)]
+    flat = nodule_patches(scan, [n4], matrix=512, seed=0, slab_mm=0.0)
+    slab = nodule_patches(scan, [n4], matrix=512, seed=0)
+    for p, q in zip(flat, slab, strict=True):
+        inside = masks[p.slice_index][0]
+        # the plane: every interior pixel, at 60 % where only a minority outlined it
+        assert p.alpha[inside].min() == pytest.approx(1.0 if p.consensus else 0.6)
+        if p.slice_index in ends:
+            assert q.alpha.sum() < p.alpha.sum()  # the 3 mm slab averages the closing cap
+    with pytest.raises(ConfigError, match="slab_mm must be >= 0 mm or None"):
+        nodule_patches(scan, [n4], matrix=512, seed=0, slab_mm=-1.0)

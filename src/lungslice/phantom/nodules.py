@@ -506,6 +506,7 @@ def nodule_patches(
     slice_indices: set[int] | None = None,
     mode: str = "consensus",
     reader: int = 0,
+    slab_mm: float | None = None,
 ) -> list[NodulePatch]:
     """Every nodule's pixels on every slice it was outlined on.
 
@@ -522,11 +523,27 @@ def nodule_patches(
         Only patches on these slices.
     mode, reader
         As :func:`nodule_masks`.
+    slab_mm : float, optional
+        The thickness each slice averages the nodule over (partial volume in
+        z, :func:`slab_occupancy`); None: the scan's SliceThickness; 0: the
+        outlines' own plane (for a caller that averages over its own slabs,
+        e.g. insertion into another series).
 
     Returns
     -------
     list of NodulePatch
+
+    Raises
+    ------
+    ConfigError
+        If ``slab_mm`` is negative.
     """
+    if slab_mm is not None and not slab_mm >= 0:
+        raise ConfigError(
+            f"nodule_patches: slab_mm must be >= 0 mm or None, got {slab_mm}. "
+            "Fix: None for the scan's slice thickness, 0 for the outlines' own plane."
+        )
+    thickness = scan.slice_thickness if slab_mm is None else slab_mm
     from lungslice.phantom.anatomy import scan_key
 
     factor = LIDC_MATRIX // matrix
@@ -544,7 +561,7 @@ def nodule_patches(
         if slice_indices is not None and not slice_indices.intersection(masks):
             continue
         shapes = {k: _lobulate(m, style) for k, (m, _) in masks.items()}
-        occupancy = slab_occupancy(shapes, scan.slice_zvals, scan.slice_thickness)
+        occupancy = slab_occupancy(shapes, scan.slice_zvals, thickness)
         for k, (_, consensus) in sorted(masks.items()):
             srng = np.random.default_rng([seed, scan_key(scan.series_uid), n, k])
             if slice_indices is not None and k not in slice_indices:

@@ -7,10 +7,18 @@ the input shape, as many slices as the end-to-end run made. Both are
 repeated alternately; the best and the median of each are compared (the
 machines are shared and noisy). Also prints how close the chosen precision's features are to FP32.
 
+With ``--engine ray`` the same extraction also runs on a local Ray instance
+(all CPUs, one actor per CPU) in the same run, alternating with the local
+engine: Ray's fixed start-up cost (``ray.init``, actors loading the backbone,
+first series) is reported apart from its steady-state throughput (slices per
+second between the first and the last finished series), and the two engines'
+steady-state rates are compared as a ratio.
+
 Usage::
 
     MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000 \\
     .venv/bin/python benchmarks/extract.py [--series 4 --slices 250 --compile --layouts]
+    .venv/bin/python benchmarks/extract.py --engine ray --series 8 --slices 120 --no-cosine
 
 (the script also tunes the allocator itself through ``mallopt``).
 """
@@ -34,6 +42,7 @@ import torch
 from lungslice.features.backbones import Backbone, load_backbone
 from lungslice.features.config import FeatureConfig
 from lungslice.features.extract import (
+    ExtractResult,
     extract_dataset,
     extract_volume,
     find_series,
@@ -116,6 +125,54 @@ def cosine_vs_fp32(config: FeatureConfig, data: Path) -> tuple[float, float]:
     return float(cos.min()), float(np.median(cos))
 
 
+def steady_rate(result: ExtractResult) -> float:
+    """Slices/s between the first and the last finished series (start-up excluded)."""
+    times = sorted(result.timeline)
+    if len(times) < 2 or times[-1][0] <= times[0][0]:
+        return result.slices_computed / max(result.seconds, 1e-9)
+    return sum(n for _, n in times[1:]) / (times[-1][0] - times[0][0])
+
+
+def compare_engines(data: Path, tmp: Path, config: FeatureConfig, repeats: int) -> None:
+    """Local (inline) and Ray extraction of the same series, alternated in one process."""
+    import ray
+
+    from lungslice.features.ray_engine import RayOptions
+
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    init_s = time.perf_counter() - t0
+    local_rates: list[float] = []
+    ray_rates: list[float] = []
+    first_row: list[float] = []
+    actor_setup: list[float] = []
+    try:
+        for r in range(repeats):
+            loc = extract_dataset(data, tmp / f"local{r}", config, loader="inline")
+            rem = extract_dataset(data, tmp / f"ray{r}", config, engine="ray", ray=RayOptions())
+            local_rates.append(steady_rate(loc))
+            ray_rates.append(steady_rate(rem))
+            first_row.append(min(t for t, _ in rem.timeline))
+            actor_setup.append(float(rem.manifest["actor_setup_s"].median()))
+            print(
+                f"run {r}: local {loc.slices_computed / loc.seconds:.1f} slices/s end to end, "
+                f"{local_rates[-1]:.1f} steady; ray {rem.slices_computed / rem.seconds:.1f} "
+                f"end to end, {ray_rates[-1]:.1f} steady (first series after {first_row[-1]:.1f}"
+                f" s, actors loaded the backbone in {actor_setup[-1]:.1f} s)"
+            )
+    finally:
+        ray.shutdown()
+    loc_m, ray_m = statistics.median(local_rates), statistics.median(ray_rates)
+    print()
+    print(f"ray start-up    ray.init {init_s:.1f} s once per process; per run: first series after")
+    print(
+        f"                {statistics.median(first_row):.1f} s (median), of which actors loading "
+        f"the backbone {statistics.median(actor_setup):.1f} s"
+    )
+    print(f"steady state    local median {loc_m:.1f}, ray median {ray_m:.1f} slices/s")
+    print(f"ratio           ray/local {ray_m / loc_m:.3f} (goal >= 0.9), {repeats} runs each")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--series", type=int, default=4, help="phantom series")
@@ -130,6 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     parser.add_argument("--loader", default="auto", choices=["auto", "inline", "thread", "process"])
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats of each")
+    parser.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="'ray': also run the Ray engine side by side with the local one",
+    )
     parser.add_argument("--no-cosine", action="store_true", help="skip the FP32 comparison")
     parser.add_argument(
         "--layouts", action="store_true", help="also compare eager/channels-last/bf16 model-only"
@@ -153,6 +216,12 @@ def main(argv: list[str] | None = None) -> None:
             f"wrote {args.series} x {args.slices} slices of {args.pixels}^2 in "
             f"{time.perf_counter() - t0:.1f} s"
         )
+        if args.engine == "ray":
+            compare_engines(data, Path(tmp), config, args.repeats)
+            load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+            print(f"machine         {os.cpu_count()} CPUs, load average now {load}")
+            print(f"command         {shlex.join([sys.executable, *sys.argv])}")
+            return
         runner = make_runner(config)
         size = input_size(config.inputs, runner.backbone.data_config)
         t0 = time.perf_counter()

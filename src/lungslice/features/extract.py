@@ -35,7 +35,7 @@ from lungslice.dicom.resample import ResampledVolume
 from lungslice.dicom.volume import CTVolume
 from lungslice.errors import ConfigError, FeatureError, LungsliceError
 from lungslice.features.backbones import Backbone, load_backbone
-from lungslice.features.cache import SLICE_COLUMNS, FeatureCache
+from lungslice.features.cache import MANIFEST_COLUMNS, SLICE_COLUMNS, FeatureCache, atomic_write
 from lungslice.features.config import FeatureConfig
 from lungslice.features.inputs import input_size, make_inputs, resize_slices
 from lungslice.features.runtime import FeatureRunner, resolve_device
@@ -395,6 +395,17 @@ def resolve_loader(loader: str, device: str) -> str:
     return "thread" if resolve_device(device).type == "cuda" else "inline"
 
 
+#: Manifest columns after the cache's own: where and how each series ran.
+RUN_COLUMNS = ("wait_s", "host", "node_id", "worker_pid", "actor_restarted", "actor_setup_s")
+
+
+def _write_manifest(cache: FeatureCache, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The cache's manifest columns, then :data:`RUN_COLUMNS` (the worker of each series)."""
+    frame = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, *RUN_COLUMNS])
+    atomic_write(cache.manifest_path, lambda tmp: frame.to_parquet(tmp, index=False))
+    return frame
+
+
 #: Engines of :func:`extract_dataset` and ``lungslice extract --engine``.
 ENGINES = ("local", "ray")
 
@@ -597,8 +608,7 @@ def extract_dataset(
             pending.append(job)
 
     def write_manifest() -> pd.DataFrame:
-        ordered = [rows[j.series_uid] for j in jobs if j.series_uid in rows]
-        return cache.write_manifest(ordered)
+        return _write_manifest(cache, [rows[j.series_uid] for j in jobs if j.series_uid in rows])
 
     write_manifest()
     tracker = RunTracker(len(jobs), progress)

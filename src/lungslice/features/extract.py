@@ -470,7 +470,8 @@ class WholeSliceWork:
         return state
 
     def setup(self) -> None:
-        """Load the backbone (once)."""
+        """Load the backbone (once); make sure the cache folder exists."""
+        self.cache.dir.mkdir(parents=True, exist_ok=True)
         if self.runner is None:
             self.runner = make_runner(self.config)
         self.size = input_size(self.config.inputs, self.runner.backbone.data_config)

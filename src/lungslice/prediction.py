@@ -16,18 +16,22 @@ anywhere unless asked for (``keep_patient_name``, key images only).
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
+import os
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from lungslice.dicom.discover import DicomIndex, index_tree, reason_category
+from lungslice.dicom.geometry import LoadConfig
 from lungslice.dicom.kos import write_key_images
 from lungslice.dicom.resample import ResampledVolume, resample
 from lungslice.dicom.volume import load_series
@@ -38,8 +42,13 @@ from lungslice.features.inputs import make_inputs
 from lungslice.features.runtime import FeatureRunner
 from lungslice.model.aggregate import StudyResult, aggregate
 from lungslice.model.bundle import ModelBundle, compare_feature_configs, load_bundle
+from lungslice.model.findings import StudyFindings
+from lungslice.outputs import staged_output
 from lungslice.progress import ProgressCallback, report
 from lungslice.provenance import config_dict, provenance
+
+if TYPE_CHECKING:
+    from lungslice.model.candidate_bundle import CandidateBundle
 
 __all__ = ["RESULT_SCHEMA", "PredictConfig", "Predictor", "SeriesPrediction", "predict"]
 
@@ -67,7 +76,11 @@ class PredictConfig:
     write_report, write_key_images : bool
         Which files to write besides ``result.json``.
     heatmaps : bool
-        Compute class activation maps for the report's thumbnails.
+        Compute class activation maps for the report's thumbnails (whole-slice
+        bundles; candidate bundles show crops around each finding).
+    load : LoadConfig
+        How the study's DICOM is loaded (gaps, tilt, rescale, HU check, minimum
+        z-coverage, ...).
     """
 
     series_uid: str | None = None
@@ -77,6 +90,7 @@ class PredictConfig:
     write_report: bool = True
     write_key_images: bool = True
     heatmaps: bool = True
+    load: LoadConfig = field(default_factory=LoadConfig)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -94,8 +108,9 @@ class SeriesPrediction:
     probabilities : numpy.ndarray
         ``(n, 3)`` slice probabilities (non-nodule, benign, malignant) on the
         resampled slices.
-    study : StudyResult
-        Aggregation output (candidates, scores, ranking).
+    study : StudyResult or StudyFindings
+        Aggregation output: whole-slice runs (``StudyResult``) or the candidate
+        path's ranked findings with their locations (``StudyFindings``).
     resampled : ResampledVolume
         The 1 mm volume the probabilities belong to.
     outputs : dict
@@ -104,7 +119,7 @@ class SeriesPrediction:
 
     result: dict[str, Any]
     probabilities: np.ndarray
-    study: StudyResult
+    study: StudyResult | StudyFindings
     resampled: ResampledVolume
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -118,6 +133,28 @@ def _feature_config(bundle: ModelBundle) -> FeatureConfig:
             "cache written by `lungslice extract`."
         )
     return bundle.feature_config
+
+
+def _domain_record(domain: Any, descriptor: np.ndarray) -> dict[str, Any]:
+    """The ``result.json`` ``domain`` record: score, threshold, verdict, message."""
+    if domain is None:
+        return {
+            "in_domain": None,
+            "score": None,
+            "threshold": None,
+            "method": None,
+            "message": "the model bundle has no domain guard; scores unchecked for this input",
+        }
+    rec = dict(domain.assess(descriptor))
+    rec["score"] = None if rec.get("score") is None else round(float(rec["score"]), 4)
+    rec["threshold"] = round(float(rec["threshold"]), 4)
+    return rec
+
+
+def _proba3(est: Any, X: np.ndarray) -> np.ndarray:
+    from lungslice.model.candidate_eval import _proba3 as proba3
+
+    return proba3(est, X)
 
 
 def describe_contents(index: DicomIndex) -> str:
@@ -143,6 +180,24 @@ class Predictor:
     """
 
     def __init__(self, model: str | Path | ModelBundle) -> None:
+        from lungslice.model.candidate_bundle import is_candidate_bundle, load_candidate_bundle
+
+        self.candidates: CandidateBundle | None = None
+        self._domain: dict[str, Any] = {}
+        self.runner: FeatureRunner
+        if not isinstance(model, ModelBundle) and is_candidate_bundle(model):
+            self.candidates = load_candidate_bundle(model)
+            self.feature_config = self.candidates.config.features
+            self.runner = make_runner(self.feature_config)
+            have = self.runner.backbone.weights_id
+            want = str(self.candidates.manifest.get("weights_id", ""))
+            if want and have != want:
+                raise BundleMismatchError(
+                    f"model bundle {self.candidates.path} was trained on features of weights "
+                    f"{want[:12]}..., but backbone {self.feature_config.backbone} resolves to "
+                    f"{have[:12]}... here. Fix: install the same backbone weights, or retrain."
+                )
+            return
         self.bundle = model if isinstance(model, ModelBundle) else load_bundle(model)
         self.feature_config = _feature_config(self.bundle)
         # Features here are made with the bundle's settings; what can still differ is
@@ -155,7 +210,7 @@ class Predictor:
                 "Fix: install the same backbone weights the bundle was trained with, or "
                 "retrain the bundle on features made on this machine."
             )
-        self.runner: FeatureRunner = make_runner(self.feature_config)
+        self.runner = make_runner(self.feature_config)
         width = self.runner.backbone.feature_dim
         if width != self.bundle.head.n_features:
             raise BundleMismatchError(
@@ -303,7 +358,19 @@ class Predictor:
         outputs: dict[str, Path] = {}
         recs = result["recommendations"]
         idx = np.array([r["slice_index"] for r in recs], dtype=np.int64)
-        if config.write_report:
+        if config.write_report and isinstance(prediction.study, StudyFindings):
+            t = time.perf_counter()
+            thumbs, plot = self._candidate_thumbnails(prediction)
+            outputs["report"] = render_report(
+                result,
+                plot,
+                thumbs,
+                out_dir / "report.html",
+                hide_patient_id=config.hide_patient_id,
+            )
+            timings["report"] = round(time.perf_counter() - t, 4)
+        elif config.write_report:
+            assert isinstance(prediction.study, StudyResult)
             t = time.perf_counter()
             heat = self.heatmaps(rs, idx) if config.heatmaps else [None] * len(idx)
             timings["heatmaps"] = round(time.perf_counter() - t, 4)
@@ -334,17 +401,28 @@ class Predictor:
         if config.write_key_images and recs:
             t = time.perf_counter()
             seen: dict[str, str] = {}
+            domain = result.get("domain") or {}
+            title = "lungslice: slices to read first"
+            if domain.get("in_domain") is False:
+                title += f" ({domain['message']})"
             for r in recs:  # several 1 mm slices can share one original image
                 uid = r["sop_instance_uid"]
                 note = (
                     f"rank {r['rank']}, z {r['z_mm']:.1f} mm, p(malignant) "
                     f"{r['p_malignant']:.2f}, p(benign) {r['p_benign']:.2f}"
                 )
+                if "row" in r:
+                    note += (
+                        f", finding at row {r['row']:.0f} column {r['column']:.0f} "
+                        f"(x {r['x_mm']:.1f} mm, y {r['y_mm']:.1f} mm), "
+                        f"radius {r['radius_mm']:.1f} mm"
+                    )
                 seen[uid] = f"{seen[uid]}; {note}" if uid in seen else note
             outputs["key_images"] = write_key_images(
                 out_dir / "key_images.dcm",
                 [files_by_sop[uid] for uid in seen],
                 list(seen.values()),
+                title=title,
                 keep_patient_name=config.keep_patient_name,
                 software_version=str(result["provenance"]["versions"].get("lungslice")),
             )
@@ -353,6 +431,185 @@ class Predictor:
         path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
         outputs["result"] = path
         return outputs
+
+    # -- the candidate path -------------------------------------------------------------
+    def predict_candidates(
+        self, resampled: ResampledVolume
+    ) -> tuple[StudyFindings, pd.DataFrame, dict[str, float]]:
+        """Findings of one resampled volume with a candidate bundle, with stage timings.
+
+        Raises
+        ------
+        NotChestError
+            When no slice of the volume has a lung field.
+        """
+        from lungslice.features.candidates import candidates_for_volume
+        from lungslice.model.findings import study_findings
+
+        assert self.candidates is not None
+        sc = candidates_for_volume(resampled, self.runner, self.candidates.config)
+        timings = {f"candidates.{k}": v for k, v in sc.timings.items()}
+        t = time.perf_counter()
+        probs = (
+            _proba3(self.candidates.classifier, sc.features)
+            if len(sc.features)
+            else np.zeros((0, 3))
+        )
+        timings["classifier"] = time.perf_counter() - t
+        t = time.perf_counter()
+        findings = study_findings(sc.candidates, probs, sc.slices, self.candidates.findings)
+        timings["findings"] = time.perf_counter() - t
+        self._domain = _domain_record(self.candidates.domain, sc.descriptor)
+        return findings, sc.candidates, timings
+
+    def _candidate_result(
+        self,
+        resampled: ResampledVolume,
+        findings: StudyFindings,
+        config: PredictConfig,
+        timings: dict[str, float],
+    ) -> dict[str, Any]:
+        assert self.candidates is not None
+        src = resampled.source
+        z = np.asarray(resampled.z_positions, dtype=np.float64)
+        probs = findings.slice_probs
+        slices = [
+            {
+                "index": i,
+                "z_mm": round(float(z[i]), 3),
+                "p_non_nodule": round(float(probs[i, 0]), 5),
+                "p_benign": round(float(probs[i, 1]), 5),
+                "p_malignant": round(float(probs[i, 2]), 5),
+                "reason": str(findings.slice_reason[i]) or None,
+                "sop_instance_uid": resampled.nearest_sop_instance_uid(i),
+                "instance_number": resampled.nearest_instance_number(i),
+            }
+            for i in range(resampled.n_slices)
+        ]
+        cands = []
+        for f in findings.findings.to_dict(orient="records"):
+            k = int(f["slice_index"])
+            r = float(f["radius_mm"])
+            cands.append(
+                {
+                    "id": int(f["rank"]),
+                    "slice_index": k,
+                    "z_mm": round(float(f["z_mm"]), 3),
+                    "z_min": round(float(f["z_mm"]) - r, 3),
+                    "z_max": round(float(f["z_mm"]) + r, 3),
+                    "peak_index": k,
+                    "peak_z": round(float(f["z_mm"]), 3),
+                    "row": round(float(f["row"]), 1),
+                    "column": round(float(f["col"]), 1),
+                    "x_mm": round(float(f["x_mm"]), 2),
+                    "y_mm": round(float(f["y_mm"]), 2),
+                    "radius_mm": round(r, 2),
+                    "p_nodule": round(float(f["p_nodule"]), 5),
+                    "p_malignant": round(float(f["p_malignant"]), 5),
+                    "p_benign": round(float(f["p_benign"]), 5),
+                    "max_p_malignant": round(float(f["p_malignant"]), 5),
+                    "mean_p_malignant": round(float(f["p_malignant"]), 5),
+                    "max_p_benign": round(float(f["p_benign"]), 5),
+                    "detector_score": round(float(f["detector_score"]), 5),
+                    "peak_sop_instance_uid": resampled.nearest_sop_instance_uid(k),
+                    "instance_number": resampled.nearest_instance_number(k),
+                }
+            )
+        recs = [
+            {
+                "rank": c["id"],
+                "slice_index": c["slice_index"],
+                "z_mm": c["z_mm"],
+                "candidate": c["id"],
+                "row": c["row"],
+                "column": c["column"],
+                "x_mm": c["x_mm"],
+                "y_mm": c["y_mm"],
+                "radius_mm": c["radius_mm"],
+                "p_nodule": c["p_nodule"],
+                "p_malignant": c["p_malignant"],
+                "p_benign": c["p_benign"],
+                "sop_instance_uid": c["peak_sop_instance_uid"],
+                "instance_number": c["instance_number"],
+            }
+            for c in cands[: config.top_k]
+        ]
+        b = self.candidates
+        return {
+            "schema": RESULT_SCHEMA,
+            "study": {
+                "patient_id": src.patient_id,
+                "study_uid": src.study_uid,
+                "series_uid": src.series_uid,
+                "n_original_slices": src.n_slices,
+                "n_resampled_slices": resampled.n_slices,
+                "n_lung_slices": int(sum(1 for r in findings.slice_reason if not r)),
+                "slice_spacing_mm": float(resampled.spacing[0]),
+                "pixel_spacing_mm": [float(resampled.spacing[1]), float(resampled.spacing[2])],
+            },
+            "scores": {
+                "p_any_nodule": round(float(findings.scores["p_any_nodule"]), 5),
+                "p_malignant": round(float(findings.scores["p_malignant"]), 5),
+                "method": b.findings.aggregator,
+                # False when the guard fires: the numbers are reported, not trusted
+                "calibrated_for_input": self._domain.get("in_domain") is not False,
+            },
+            "domain": self._domain,
+            "candidates": cands,
+            "recommendations": recs,
+            "slices": slices,
+            "model": {
+                "bundle": str(b.path),
+                "kind": "candidates",
+                "backbone": self.feature_config.backbone,
+                "weights_id": self.runner.backbone.weights_id,
+                "layers": list(self.feature_config.resolved_layers),
+                "inputs": config_dict(b.config.patches),
+                "head": b.manifest.get("classifier", {}).get("params"),
+                "label_rule": b.label_rule,
+                "aggregate": config_dict(b.findings),
+                "detector": config_dict(b.config.detector),
+            },
+            "timings_s": {k: round(v, 4) for k, v in timings.items()},
+            "provenance": provenance(config),
+        }
+
+    def _candidate_thumbnails(
+        self, prediction: SeriesPrediction
+    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        from lungslice.report.figures import finding_png, z_profile_png
+
+        rs = prediction.resampled
+        recs = prediction.result["recommendations"]
+        thumbs = []
+        crop_mm = 48.0
+        for r in recs:
+            hu = rs.hu[int(r["slice_index"])]
+            rad_px = float(r["radius_mm"]) / float(rs.spacing[1])
+            thumbs.append(
+                (
+                    finding_png(hu, r["row"], r["column"], rad_px),
+                    finding_png(
+                        hu,
+                        r["row"],
+                        r["column"],
+                        rad_px,
+                        crop_px=max(16, round(crop_mm / float(rs.spacing[1]))),
+                    ),
+                )
+            )
+        probs = (
+            prediction.study.slice_probs if isinstance(prediction.study, StudyFindings) else None
+        )
+        assert probs is not None
+        plot = z_profile_png(
+            np.asarray(rs.z_positions),
+            probs[:, 2],
+            probs[:, 1],
+            prediction.result["candidates"][: max(len(recs), 10)],
+            [r["z_mm"] for r in recs],
+        )
+        return thumbs, plot
 
     # -- a whole study ----------------------------------------------------------------
     def predict_study(
@@ -364,7 +621,7 @@ class Predictor:
     ) -> list[SeriesPrediction]:
         """Predict every CT series of ``study_dir`` (or ``config.series_uid``)."""
         t0 = time.perf_counter()
-        index = index_tree(study_dir, workers=1)
+        index = index_tree(study_dir, workers=1, config=config.load)
         t_index = time.perf_counter() - t0
         ct = index.ct_series()
         ct = ct[ct["modality"] == "CT"] if "modality" in ct else ct
@@ -390,6 +647,11 @@ class Predictor:
         }
         results = []
         series = list(ct["series_uid"])
+        run = {
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
         for n, uid in enumerate(series):
             report(progress, n, len(series), f"series {n + 1}/{len(series)}")
             timings = {"index": t_index / len(series)}
@@ -399,19 +661,35 @@ class Predictor:
             t = time.perf_counter()
             rs = resample(volume, slice_spacing=self.feature_config.slice_spacing)
             timings["resample"] = time.perf_counter() - t
-            probs, study, more = self.predict_volume(rs, config)
-            timings.update(more)
-            result = self._result(rs, probs, study, config, timings)
+            study: StudyResult | StudyFindings
+            if self.candidates is not None:
+                study, _, more = self.predict_candidates(rs)
+                timings.update(more)
+                probs = study.slice_probs
+                result = self._candidate_result(rs, study, config, timings)
+            else:
+                probs, study, more = self.predict_volume(rs, config)
+                timings.update(more)
+                result = self._result(rs, probs, study, config, timings)
             pred = SeriesPrediction(result=result, probabilities=probs, study=study, resampled=rs)
+            result["run"] = {
+                **run,
+                "study_uid": volume.study_uid,
+                "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            }
             if out_dir is not None:
                 target = Path(out_dir) if len(series) == 1 else Path(out_dir) / uid
-                pred.outputs.update(self.write_outputs(pred, target, files_by_sop, config))
+                # written under a temporary name and swapped in whole; a run that fails
+                # leaves the previous output untouched, and a concurrent run is refused
+                with staged_output(target, run_id=volume.study_uid) as tmp:
+                    written = self.write_outputs(pred, tmp, files_by_sop, config)
+                pred.outputs.update({k: target / v.name for k, v in written.items()})
             log.info(
                 "series %s: %d slices, p(malignant) %.3f, %d candidates",
                 uid,
                 rs.n_slices,
-                study.p_malignant,
-                len(study.candidates),
+                result["scores"]["p_malignant"],
+                len(result["candidates"]),
             )
             results.append(pred)
         report(progress, len(series), len(series), "done")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from lungslice.cli import batch as _batch  # noqa: F401
+from lungslice.cli import candidates as _candidates  # noqa: F401
 from lungslice.cli import demo as _demo  # noqa: F401
 from lungslice.cli import features as _features  # noqa: F401
 from lungslice.cli import ingest as _ingest  # noqa: F401

@@ -8,10 +8,7 @@ from pathlib import Path
 import typer
 
 from lungslice.cli._app import app, console, fail, out, progress_bar
-from lungslice.demo import DemoConfig, run_demo
 from lungslice.errors import LungsliceError
-from lungslice.features.runtime import tune_allocator
-from lungslice.model.metrics import format_figure
 
 
 @app.command("demo")
@@ -19,24 +16,31 @@ def demo_command(
     out_dir: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Output folder."),
     n_patients: int = typer.Option(24, "--patients", help="LIDC-IDRI patients to render."),
     n_held_out: int = typer.Option(4, "--held-out", help="Patients kept out and predicted."),
-    seed: int = typer.Option(0, "--seed", help="Seeds patients, phantom, folds and heads."),
-    matrix: int = typer.Option(256, "--matrix", help="Phantom in-plane matrix (256 or 512)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds patients, phantom, folds and classifier."),
+    matrix: int = typer.Option(512, "--matrix", help="Phantom in-plane matrix (512 or 256)."),
     folds: int = typer.Option(4, "--folds", help="Patient-grouped cross-validation folds."),
     n_boot: int = typer.Option(200, "--boot", help="Bootstrap replicates for the CIs."),
     c_grid: str = typer.Option(
-        "0.1",
+        "0.01",
         "--c-grid",
-        help="Logistic regularisation strengths, comma-separated; several = inner CV (slower).",
+        help="Candidate classifier C, comma-separated; several = GridSearchCV (slower).",
     ),
 ) -> None:
-    """Phantom -> labels -> features -> patient-grouped evaluation -> model -> predictions.
+    """Phantom -> labels -> candidates -> patient-grouped evaluation -> model -> predictions.
 
-    Renders a phantom of real LIDC-IDRI annotation geometry (no download), labels
-    it from the readers' annotations, extracts efficientnet_lite0 features,
-    cross-validates by patient, trains a model bundle on the development patients
-    and predicts the held-out ones (report.html, key_images.dcm). Phantom figures
-    are not LIDC-IDRI figures.
+    Renders whole-series phantoms of real LIDC-IDRI annotation geometry at 512 x 512
+    (no download), labels them from the readers' annotations, detects nodule
+    candidates in the lung field, extracts efficientnet_lite0 features of
+    tri-planar patches around them, cross-validates the candidate classifier by
+    patient (FROC/CPM, slice AUC, recall@k next to a random reading order), trains
+    a model bundle on the development patients and predicts the held-out ones
+    (report.html, key_images.dcm). Phantom figures are not LIDC-IDRI figures.
     """
+    from lungslice.demo import DemoConfig, run_demo
+    from lungslice.features.runtime import tune_allocator
+    from lungslice.model.candidate_eval import HEADLINE_FIGURES
+    from lungslice.model.metrics import format_figure
+
     config = DemoConfig(
         n_patients=n_patients,
         n_held_out=n_held_out,
@@ -46,7 +50,7 @@ def demo_command(
         n_boot=n_boot,
         c_grid=tuple(float(c) for c in c_grid.split(",")),
     )
-    tune_allocator()  # process-wide malloc settings (PERF_NOTES): the CLI owns the process
+    tune_allocator()  # process-wide malloc settings: the CLI owns the process
     t0 = time.perf_counter()
     try:
         with progress_bar("demo", "steps") as bar:
@@ -56,32 +60,34 @@ def demo_command(
     except LungsliceError as err:
         raise fail(err) from err
     s = result.summary
+    c = s["candidates"]
     out.print(
-        f"\n[bold]lungslice demo[/] — {s['patients']} phantom patients, {s['slices']} "
-        f"labelled 1 mm slices ({s['label_rule']}), patient-grouped {folds}-fold CV"
+        f"\n[bold]lungslice demo[/] — {s['patients']} phantom patients ({matrix}², whole "
+        f"series), {c['slices']} labelled 1 mm slices, {c['candidates']} candidates "
+        f"({c['candidates_per_scan']}/scan, {c['nodules_with_a_candidate']} of {c['nodules']} "
+        f"nodules have one), label rule {s['label_rule']}, patient-grouped {folds}-fold CV"
     )
     out.print("[dim]phantom figures, not LIDC-IDRI figures; 95 % CI over patients[/]")
-    names = {
-        "slice.roc_auc.macro": "slice ROC-AUC (macro)",
-        "slice.roc_auc.malignant": "slice ROC-AUC (malignant)",
-        "slice.roc_auc.benign": "slice ROC-AUC (benign)",
-        "study.roc_auc.malignant": "study ROC-AUC (malignant)",
-        "study.roc_auc.any_nodule": "study ROC-AUC (any nodule)",
-        "nodule.recall@1.any": "nodule recall@1",
-        "nodule.recall@3.any": "nodule recall@3",
-        "nodule.recall@5.any": "nodule recall@5",
-        "nodule.recall@10.any": "nodule recall@10",
-        "nodule.skippable_at_95_recall": "slices skippable at 95 % recall",
-    }
-    for key, label in names.items():
-        out.print(f"  {label:<34} {format_figure(s['figures'].get(key))}")
-    out.print(f"  study aggregator (chosen by CV)    {s['aggregator']}")
+    out.print(f"  {'':<44}{'classifier':<26}detector score alone")
+    for key, label in HEADLINE_FIGURES:
+        out.print(
+            f"  {label:<44}{format_figure(s['figures'].get(key)):<26}"
+            f"{format_figure(s['detector_only'].get(key))}"
+        )
+    out.print(f"  study aggregator (chosen by CV)             {s['aggregator']}")
     out.print("\nheld-out patients:")
     for p in s["predictions"]:
+        top = p["recommended"][0] if p["recommended"] else None
+        where = (
+            f"top finding z {top['z_mm']:.1f} mm, row {top['row']:.0f}, column "
+            f"{top['column']:.0f} (p {top['p_nodule']:.2f})"
+            if top
+            else "no finding"
+        )
         out.print(
             f"  {p['patient_id']} ({p['stratum']}, {p['n_nodules']} nodules): p(malignant) "
-            f"{p['p_malignant']:.2f}, p(any) {p['p_any_nodule']:.2f} -> "
-            f"{result.out_dir / p['report']}"
+            f"{p['p_malignant']:.2f}, p(any) {p['p_any_nodule']:.2f}; {where}\n"
+            f"    -> {result.out_dir / p['report']}"
         )
     out.print(
         f"\noutputs in {result.out_dir}/: data/ labels/ work/ evaluation/ model/ "

@@ -156,8 +156,9 @@ def predict_command(
         hide_patient_id=hide_patient_id,
         keep_patient_name=keep_patient_name,
         heatmaps=not no_heatmaps,
+        load=load,
     )
-    tune_allocator()  # process-wide malloc settings (PERF_NOTES): the CLI owns the process
+    tune_allocator()  # process-wide malloc settings: the CLI owns the process
     try:
         predictor = Predictor(model)
         with progress_bar("predict", "series") as bar:
@@ -173,10 +174,24 @@ def predict_command(
         table = table.drop(columns="patient_id")
     out.print(table.to_string(index=False))
     for p in preds:
+        domain = p.result.get("domain") or {}
+        if domain.get("in_domain") is False:
+            console.print(
+                f"[bold red]warning:[/] series {p.result['study']['series_uid']}: "
+                f"{domain['message']} (domain score {domain['score']} > threshold "
+                f"{domain['threshold']}); the probabilities are uncalibrated for this input"
+            )
         for r in p.result["recommendations"]:
+            where = (
+                f", finding at row {r['row']:.0f} column {r['column']:.0f}, "
+                f"radius {r['radius_mm']:.1f} mm"
+                if "row" in r
+                else ""
+            )
             out.print(
                 f"  #{r['rank']}: z {r['z_mm']:.1f} mm -> InstanceNumber {r['instance_number']} "
                 f"(SOPInstanceUID {r['sop_instance_uid']}), p(malignant) {r['p_malignant']:.2f}"
+                + where
             )
         for kind, path in p.outputs.items():
             console.print(f"[dim]{kind}:[/] {path}")

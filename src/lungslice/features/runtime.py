@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,15 @@ def _stem_in_fp32(backbone: Backbone) -> None:
     stem._lungslice_fp32 = True
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX-512 BF16 or AMX); Linux only."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``."""
     if device == "auto":
@@ -149,6 +159,11 @@ class FeatureRunner:
         backbone.eval().to(self.device).to(memory_format=torch.channels_last)
         if precision == "bf16":
             _stem_in_fp32(backbone)
+            if self.device.type == "cpu" and not cpu_has_native_bf16():
+                log.warning(
+                    "precision 'bf16' on a CPU without native bfloat16 (no AVX-512 BF16/AMX): "
+                    "PyTorch emulates it, 10-15x slower than 'fp32'. Use precision='fp32'."
+                )
         self._fn: Any = backbone
         if compile:
             self._fn = torch.compile(backbone, dynamic=False, options={"freezing": True})

@@ -79,6 +79,9 @@ class CandidateSet:
     rule : LabelRule
     config : dict
         The candidate cache's ``config.json``.
+    studies : pandas.DataFrame
+        One row per series: ``series_uid``, ``patient_id``, ``descriptor`` (the
+        domain guard's study statistics).
     """
 
     X: np.ndarray
@@ -87,6 +90,7 @@ class CandidateSet:
     nodules: pd.DataFrame
     rule: LabelRule
     config: dict[str, Any] = field(default_factory=dict)
+    studies: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def groups(self) -> np.ndarray:
@@ -112,6 +116,11 @@ class CandidateSet:
             ),
             rule=self.rule,
             config=self.config,
+            studies=self.studies[self.studies["patient_id"].astype(str).isin(patients)].reset_index(
+                drop=True
+            )
+            if len(self.studies)
+            else self.studies,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -189,7 +198,7 @@ def build_candidate_set(
     from lungslice.model.dataset import join_labels
 
     work_dir, key = resolve_candidates_dir(work, key)
-    X, cands, slices = load_candidates(work_dir, key)
+    X, cands, slices, studies = load_candidates(work_dir, key)
     config_path = work_dir / "candidates" / key / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     labels = read_labels(labels_dir)
@@ -234,6 +243,7 @@ def build_candidate_set(
         nodules=nodules,
         rule=rule,
         config=config,
+        studies=studies[studies["series_uid"].isin(series_kept)].reset_index(drop=True),
     )
 
 

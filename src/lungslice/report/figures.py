@@ -11,7 +11,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 
-__all__ = ["LUNG_WINDOW", "slice_png", "window", "z_profile_png"]
+__all__ = ["LUNG_WINDOW", "finding_png", "slice_png", "window", "z_profile_png"]
 
 #: Lung window (HU) used for thumbnails: level -300, width 1400.
 LUNG_WINDOW: tuple[float, float] = (-1000.0, 400.0)
@@ -69,6 +69,52 @@ def slice_png(
     a = (alpha * h_arr)[..., None]
     blended = (1 - a) * base + a * colours
     return _png(Image.fromarray((blended * 255).round().astype(np.uint8)))
+
+
+def finding_png(
+    hu: np.ndarray,
+    row: float,
+    col: float,
+    radius_px: float,
+    *,
+    size: int = 256,
+    crop_px: int | None = None,
+    lo_hi: tuple[float, float] = LUNG_WINDOW,
+) -> bytes:
+    """A slice (or a square crop around a finding) with the finding circled.
+
+    Parameters
+    ----------
+    hu : numpy.ndarray
+        ``(rows, columns)`` HU.
+    row, col : float
+        The finding's centre (pixels of ``hu``).
+    radius_px : float
+        The finding's radius (pixels of ``hu``); the circle is drawn a little larger.
+    size : int
+        Output width and height in pixels.
+    crop_px : int, optional
+        Side of a square crop centred on the finding (the whole slice when None).
+    lo_hi : tuple of float
+        HU window.
+    """
+    from PIL import ImageDraw
+
+    img = window(hu, lo_hi)
+    r0, c0 = 0.0, 0.0
+    if crop_px is not None:
+        half = crop_px // 2
+        pad = np.pad(img, half, mode="constant")
+        r, c = round(row) + half, round(col) + half
+        img = pad[r - half : r + half, c - half : c + half]
+        r0, c0 = float(round(row) - half), float(round(col) - half)
+    scale = size / img.shape[0]
+    rgb = Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR).convert("RGB")
+    draw = ImageDraw.Draw(rgb)
+    cy, cx = (row - r0) * scale, (col - c0) * scale
+    rad = max(radius_px * 1.6, 4.0) * scale
+    draw.ellipse((cx - rad, cy - rad, cx + rad, cy + rad), outline=(255, 200, 0), width=2)
+    return _png(rgb)
 
 
 def z_profile_png(

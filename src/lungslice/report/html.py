@@ -24,6 +24,8 @@ padding-bottom:4px}
 .muted{color:#666;font-size:13px}
 .warn{background:#fff6e0;border:1px solid #f0c36d;padding:8px 12px;
 border-radius:4px;font-size:13px;margin:12px 0}
+.ood{background:#fdecea;border:2px solid #c0392b;color:#7b241c;padding:10px 14px;
+border-radius:4px;font-size:14px;margin:12px 0}
 .scores{display:flex;gap:14px;margin:14px 0} .score{border:1px solid #ddd;border-radius:6px;
 padding:10px 16px;min-width:150px} .score b{display:block;font-size:24px}
 .hi{color:#c0392b} .mid{color:#d68910} .lo{color:#1e8449}
@@ -92,8 +94,17 @@ def render_report(
         f"{study['slice_spacing_mm']:g} mm</div>",
         "<div class='warn'>Research software. Not a medical device; not for diagnosis. "
         "Scores are slice-classifier outputs aggregated per study.</div>",
-        "<div class='scores'>",
     ]
+    domain = result.get("domain") or {}
+    if domain.get("in_domain") is False:
+        parts.append(
+            "<div class='ood'><b>Outside the training domain</b>: "
+            f"{html.escape(str(domain.get('message', '')))}. Domain score "
+            f"{_fmt(domain.get('score'))} above the threshold {_fmt(domain.get('threshold'))} "
+            "fixed on the training patients; the probabilities below are reported but "
+            "uncalibrated for this input.</div>"
+        )
+    parts.append("<div class='scores'>")
     for key, name in (("p_malignant", "p(malignant nodule)"), ("p_any_nodule", "p(any nodule)")):
         p = float(scores[key])
         parts.append(f"<div class='score'>{name}<b class='{_level(p)}'>{p:.2f}</b></div>")
@@ -115,6 +126,13 @@ def render_report(
             f"InstanceNumber {_fmt(rec.get('instance_number'))} · p(malignant) "
             f"{rec['p_malignant']:.2f}, p(benign) {rec['p_benign']:.2f}"
             + (f" · candidate {rec['candidate']}" if rec.get("candidate") is not None else "")
+            + (
+                f"<br>finding at row {rec['row']:.0f}, column {rec['column']:.0f} "
+                f"(x {rec['x_mm']:.1f} mm, y {rec['y_mm']:.1f} mm), radius "
+                f"{rec['radius_mm']:.1f} mm, p(nodule) {rec['p_nodule']:.2f}"
+                if "row" in rec
+                else ""
+            )
             + f"<br><span class='muted'>SOPInstanceUID {html.escape(str(rec['sop_instance_uid']))}"
             "</span>"
         )
@@ -123,31 +141,46 @@ def render_report(
             f"{_img(heat, 'slice ' + str(rec['rank']) + ' with evidence map')}"
             f"<div class='cap'>{cap}</div></div>"
         )
+    located = model.get("kind") == "candidates"
     parts.append(
-        "</div><div class='muted'>Left: lung window (-1000..400 HU). Right: the same "
-        "slice with the class activation map for p(malignant).</div>"
+        "</div><div class='muted'>Left: lung window (-1000..400 HU)"
+        + (
+            ", the finding circled. Right: a 48 mm crop around it.</div>"
+            if located
+            else ". Right: the same slice with the class activation map for p(malignant).</div>"
+        )
     )
     parts.append("<h2>Candidates</h2>")
     if result["candidates"]:
-        cols = [
-            "id",
-            "z_min",
-            "z_max",
-            "peak_z",
-            "max_p_malignant",
-            "mean_p_malignant",
-            "max_p_benign",
-        ]
+        cols = (
+            ["id", "z_mm", "row", "column", "radius_mm", "p_nodule", "p_malignant", "p_benign"]
+            if located
+            else [
+                "id",
+                "z_min",
+                "z_max",
+                "peak_z",
+                "max_p_malignant",
+                "mean_p_malignant",
+                "max_p_benign",
+            ]
+        )
+        shown = result["candidates"][:20] if located else result["candidates"]
         parts.append(
             "<table><tr>"
             + "".join(f"<th>{c}</th>" for c in cols)
             + "</tr>"
             + "".join(
                 "<tr>" + "".join(f"<td>{_fmt(c.get(k))}</td>" for k in cols) + "</tr>"
-                for c in result["candidates"]
+                for c in shown
             )
             + "</table>"
         )
+        if len(shown) < len(result["candidates"]):
+            parts.append(
+                f"<div class='muted'>The 20 most probable of {len(result['candidates'])} "
+                "findings; result.json lists all.</div>"
+            )
     else:
         parts.append("<p>No slice run exceeded the candidate threshold.</p>")
     parts.append("<h2>How this was made</h2><table>")

@@ -1,0 +1,364 @@
+"""The candidate model bundle: what ``lungslice train`` writes for the candidate path.
+
+A folder a user can open:
+
+``model.json``
+    ``"kind": "candidates"``, the candidate settings (lung field, detector,
+    patches, backbone with its weights checksum), the classifier's
+    hyperparameters and how they were chosen, the findings settings, the label
+    rule, the cross-validated figures, the checksum of every file, provenance.
+``classifier.npz``
+    The fitted classifier's arrays (scaler, coefficients), no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lungslice.errors import BundleMismatchError
+from lungslice.features.candidates import CandidateConfig
+from lungslice.model.findings import FindingsConfig
+from lungslice.provenance import config_dict, file_sha256, provenance
+
+__all__ = [
+    "BUNDLE_KIND",
+    "CandidateBundle",
+    "is_candidate_bundle",
+    "load_candidate_bundle",
+    "save_candidate_bundle",
+]
+
+log = logging.getLogger(__name__)
+
+BUNDLE_KIND = "candidates"
+_CLASSIFIER_FILE = "classifier.npz"
+_DOMAIN_FILE = "domain.npz"
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateBundle:
+    """A loaded candidate bundle.
+
+    Attributes
+    ----------
+    path : Path
+    config : CandidateConfig
+        How candidates and their features are made.
+    classifier : CandidateClassifier
+        The fitted candidate classifier.
+    findings : FindingsConfig
+        Slices, findings and study aggregation.
+    manifest : dict
+        ``model.json``.
+    domain : DomainModel or None
+        The out-of-domain guard fitted on the training studies (None when the
+        bundle has none: too few training studies, see ``model.json``).
+    """
+
+    path: Path
+    config: CandidateConfig
+    classifier: Any
+    findings: FindingsConfig
+    manifest: dict[str, Any]
+    domain: Any = None
+
+    @property
+    def label_rule(self) -> dict[str, Any]:
+        """The label rule the classifier was trained under."""
+        return dict(self.manifest.get("label_rule", {}))
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    mpath = path / "model.json"
+    if not mpath.is_file():
+        raise BundleMismatchError(
+            f"{path}: no model.json; expected a model bundle folder written by `lungslice "
+            "train`. Fix: point --model at such a folder."
+        )
+    try:
+        return dict(json.loads(mpath.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleMismatchError(
+            f"{mpath} is corrupt ({exc}); expected the JSON `lungslice train` writes. "
+            "Fix: copy the bundle again from where it was trained, or retrain it."
+        ) from exc
+
+
+def is_candidate_bundle(path: str | Path) -> bool:
+    """True when ``path/model.json`` says ``"kind": "candidates"``."""
+    return _read_manifest(Path(path)).get("kind") == BUNDLE_KIND
+
+
+def save_candidate_bundle(
+    out_dir: str | Path,
+    *,
+    config: CandidateConfig,
+    classifier: Any,
+    findings: FindingsConfig,
+    label_rule: Any,
+    weights_id: str,
+    training: dict[str, Any],
+    domain: Any = None,
+) -> Path:
+    """Write a candidate bundle folder.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+    config : CandidateConfig
+    classifier : CandidateClassifier
+        Fitted.
+    findings : FindingsConfig
+    label_rule : LabelRule
+    weights_id : str
+        SHA-256 of the backbone weights the features were made with.
+    training : dict
+        What to record about training: patients, counts, chosen hyperparameters,
+        cross-validated figures.
+    domain : DomainModel, optional
+        The fitted out-of-domain guard.
+
+    Returns
+    -------
+    Path
+        ``model.json``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = classifier.to_arrays()
+    np.savez(out / _CLASSIFIER_FILE, **arrays)
+    files = {_CLASSIFIER_FILE: file_sha256(out / _CLASSIFIER_FILE)}
+    if domain is not None:
+        np.savez(out / _DOMAIN_FILE, **domain.to_arrays())
+        files[_DOMAIN_FILE] = file_sha256(out / _DOMAIN_FILE)
+    manifest = provenance(
+        None,
+        kind=BUNDLE_KIND,
+        candidates=config.to_dict(),
+        key=config.key,
+        key_payload=config.key_payload(),
+        weights_id=weights_id,
+        classifier={"params": classifier.params(), "type": type(classifier).__name__},
+        findings=config_dict(findings),
+        label_rule=config_dict(label_rule),
+        training=training,
+        domain={"params": domain.params(), "summary": domain.to_dict()} if domain else None,
+        files=files,
+    )
+    path = out / "model.json"
+    path.write_text(json.dumps(manifest, indent=1, default=str, allow_nan=False) + "\n")
+    return path
+
+
+def load_candidate_bundle(path: str | Path) -> CandidateBundle:
+    """Read a candidate bundle, checking its files' checksums.
+
+    Raises
+    ------
+    BundleMismatchError
+        When a file is missing, corrupt or altered.
+    """
+    from lungslice.model.candidate_head import CandidateClassifier
+
+    p = Path(path)
+    manifest = _read_manifest(p)
+    if manifest.get("kind") != BUNDLE_KIND:
+        raise BundleMismatchError(
+            f"{p}: model.json kind is {manifest.get('kind')!r}, not 'candidates'."
+        )
+    for name, digest in manifest.get("files", {}).items():
+        f = p / name
+        if not f.is_file():
+            raise BundleMismatchError(f"{p}: {name} is missing. Fix: copy the whole bundle folder.")
+        if file_sha256(f) != digest:
+            raise BundleMismatchError(
+                f"{f}: checksum differs from model.json; the file was altered or damaged. "
+                "Fix: copy the bundle again, or retrain it."
+            )
+    try:
+        config = CandidateConfig.from_dict(manifest["candidates"])
+        findings = FindingsConfig(**manifest.get("findings", {}))
+        with np.load(p / _CLASSIFIER_FILE) as data:
+            arrays = {k: data[k] for k in data.files}
+        classifier = CandidateClassifier.from_arrays(manifest["classifier"]["params"], arrays)
+        domain = None
+        if manifest.get("domain"):
+            from lungslice.model.domain import DomainModel
+
+            with np.load(p / _DOMAIN_FILE) as data:
+                domain_arrays = {k: data[k] for k in data.files}
+            domain = DomainModel.from_arrays(domain_arrays, manifest["domain"]["params"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleMismatchError(
+            f"model bundle {p}: cannot rebuild it from model.json ({exc}). Fix: retrain the "
+            "bundle with this version of lungslice."
+        ) from exc
+    return CandidateBundle(
+        path=p,
+        config=config,
+        classifier=classifier,
+        findings=findings,
+        manifest=manifest,
+        domain=domain,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateTrainResult:
+    """What :func:`train_candidate_bundle` did.
+
+    Attributes
+    ----------
+    path : Path
+        The bundle's ``model.json``.
+    figures : dict
+        Cross-validated figures with bootstrap CIs (development patients).
+    findings : FindingsConfig
+        The findings settings stored (aggregator chosen by CV).
+    params : dict
+        The hyperparameters of the final classifier.
+    """
+
+    path: Path
+    figures: dict[str, dict[str, float]]
+    findings: FindingsConfig
+    params: dict[str, Any]
+
+
+#: Fewer training studies than this give no domain guard (its threshold needs held-out folds).
+MIN_DOMAIN_STUDIES = 8
+
+
+def fit_domain(cs: Any, *, seed: int = 0) -> tuple[Any, str]:
+    """The out-of-domain guard fitted on the training studies' image statistics.
+
+    Returns
+    -------
+    domain : DomainModel or None
+        None with fewer than :data:`MIN_DOMAIN_STUDIES` studies.
+    note : str
+        What was fitted, or why not.
+    """
+    from lungslice.model.domain import DESCRIPTOR_NAMES, DomainModel
+
+    studies = cs.studies
+    if len(studies) < MIN_DOMAIN_STUDIES:
+        return None, (
+            f"no domain guard: {len(studies)} training studies, at least "
+            f"{MIN_DOMAIN_STUDIES} needed to fix its threshold on held-out folds"
+        )
+    X = np.stack([np.asarray(d, dtype=np.float64) for d in studies["descriptor"]])
+    model = DomainModel(seed=seed).fit(
+        X, groups=studies["patient_id"].astype(str).to_numpy(), feature_names=DESCRIPTOR_NAMES
+    )
+    return model, (
+        f"{model.method} on {len(studies)} studies; threshold {model.threshold_:.3g} passes "
+        f"{model.cv_pass_rate_:.0%} of held-out training studies"
+    )
+
+
+def choose_finding_aggregator(figures: dict[str, dict[str, float]]) -> Literal["max", "noisy_or"]:
+    """The aggregator with the best cross-validated study AUC (any nodule, then malignant)."""
+
+    def key(method: str) -> tuple[float, float]:
+        a = figures.get(f"study.roc_auc.any_nodule.{method}", {}).get("value")
+        m = figures.get(f"study.roc_auc.malignant.{method}", {}).get("value")
+        return (
+            float(a) if a is not None and np.isfinite(a) else -1.0,
+            float(m) if m is not None and np.isfinite(m) else -1.0,
+        )
+
+    return "max" if key("max") >= key("noisy_or") else "noisy_or"
+
+
+def train_candidate_bundle(
+    cs: Any,
+    out_dir: str | Path,
+    *,
+    param_grid: Mapping[str, Any] | None = None,
+    n_splits: int = 4,
+    n_boot: int = 200,
+    seed: int = 0,
+    findings: FindingsConfig = FindingsConfig(),
+    progress: Any = None,
+) -> CandidateTrainResult:
+    """Cross-validate, choose the aggregator, fit on every patient, write the bundle.
+
+    Parameters
+    ----------
+    cs : CandidateSet
+        Labelled candidates (:func:`lungslice.model.candidate_eval.build_candidate_set`).
+    out_dir : str or Path
+        The bundle folder.
+    param_grid : dict, optional
+        Classifier hyperparameter grid (GridSearchCV over patient-grouped folds).
+    n_splits, n_boot, seed
+        Cross-validation folds (below 2: no cross-validation, no figures, the
+        aggregator of ``findings`` is kept), bootstrap replicates, seed.
+    findings : FindingsConfig
+        Its aggregator is replaced by the one CV prefers.
+    progress : ProgressCallback, optional
+
+    Returns
+    -------
+    CandidateTrainResult
+    """
+    import dataclasses
+
+    from lungslice.model.candidate_eval import (
+        candidate_figures,
+        cross_validate_candidates,
+        findings_tables,
+    )
+    from lungslice.model.candidate_head import fit_candidate_classifier
+    from lungslice.model.metrics import bootstrap, json_safe
+
+    figures: dict[str, dict[str, float]] = {}
+    folds: list[list[str]] = []
+    fold_params: list[dict[str, Any]] = []
+    if n_splits >= 2:
+        cv = cross_validate_candidates(
+            cs, n_splits=n_splits, seed=seed, param_grid=param_grid, progress=progress
+        )
+        tables = findings_tables(cs, cv.probs, findings)
+        figures = bootstrap(tables, n_boot=n_boot, seed=seed, figures=candidate_figures)
+        findings = dataclasses.replace(findings, aggregator=choose_finding_aggregator(figures))
+        folds, fold_params = [list(f) for f in cv.folds], cv.params
+    y = cs.y
+    keep = y >= 0
+    est, record = fit_candidate_classifier(
+        X=cs.X[keep], y=y[keep], groups=cs.groups[keep], param_grid=param_grid, seed=seed
+    )
+    domain, domain_note = fit_domain(cs, seed=seed)
+    config = CandidateConfig.from_dict(cs.config.get("config", {}))
+    path = save_candidate_bundle(
+        out_dir,
+        config=config,
+        classifier=est,
+        findings=findings,
+        label_rule=cs.rule,
+        weights_id=str(cs.config.get("weights_id", "")),
+        domain=domain,
+        training=json_safe(
+            {
+                "summary": cs.summary(),
+                "patients": sorted(set(cs.groups.tolist())),
+                "cv_folds": folds,
+                "cv_params": fold_params,
+                "search": record,
+                "cv_figures": figures,
+                "aggregator_chosen_by": "CV study ROC-AUC (any nodule, then malignant)",
+                "domain": domain_note,
+            }
+        ),
+    )
+    return CandidateTrainResult(
+        path=path, figures=figures, findings=findings, params=dict(record.get("best_params", {}))
+    )

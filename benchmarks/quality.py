@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boot", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--c", default="0.003,0.01,0.03", help="candidate classifier C grid")
+    parser.add_argument("--pca", type=int, default=128, help="PCA components of the classifier")
     parser.add_argument("--out", type=Path, default=Path("quality-output"))
     parser.add_argument("--no-random", action="store_true", help="skip the random-weight run")
     parser.add_argument("--no-whole-slice", action="store_true", help="skip the seed's path")
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["phantom+labels"] = time.perf_counter() - t
     print(f"phantom: {len(patients)} patients in {timings['phantom+labels']:.0f} s", flush=True)
 
-    grid = {"C": [float(c) for c in args.c.split(",")]}
+    grid = {"C": [float(c) for c in args.c.split(",")], "pca_components": [args.pca]}
     rows: dict[str, dict[str, dict[str, float]]] = {}
     curves = {}
     loc: dict[str, np.ndarray] = {}

@@ -70,6 +70,9 @@ class DemoConfig:
     c_grid : tuple of float
         Candidate classifier regularisation strengths; with more than one, each
         fold chooses by GridSearchCV over inner patient-grouped folds (slower).
+    pca_components : int
+        Principal components of the standardised candidate features the
+        classifier keeps.
     top_k : int
         Findings recommended per held-out study.
     """
@@ -83,6 +86,7 @@ class DemoConfig:
     n_splits: int = 4
     n_boot: int = 200
     c_grid: tuple[float, ...] = (0.01,)
+    pca_components: int = 128
     top_k: int = 5
 
 
@@ -166,7 +170,12 @@ def run_demo(
 
     t = begin("evaluation")
     cs = build_candidate_set(out / "work", out / "labels", rule)
-    grid = {"C": list(config.c_grid)}
+    # PCA first: a linear model on 3 x 1280 pooled features of ~400 candidates per
+    # scan is slow to fit and no better (see docs/ablation.md)
+    grid: dict[str, list[Any]] = {
+        "C": list(config.c_grid),
+        "pca_components": [config.pca_components],
+    }
     metrics = evaluate_candidates(
         cs,
         out / "evaluation",

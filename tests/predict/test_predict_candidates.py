@@ -47,7 +47,8 @@ def cpipe(tmp_path_factory: pytest.TempPathFactory) -> CandidatePipeline:
     write_labels(root / "labels", slices, nodules, rule=rule, source="pylidc")
     extract_candidates(root / "data", root / "work", CandidateConfig())
     cs = build_candidate_set(root / "work", root / "labels")
-    train_candidate_bundle(cs, root / "model", param_grid={"C": [0.01]}, n_splits=0)
+    grid = {"C": [0.01], "pca_components": [64]}
+    train_candidate_bundle(cs, root / "model", param_grid=grid, n_splits=0)
     return CandidatePipeline(root, root / "model", nodules)
 
 

@@ -26,7 +26,7 @@ candidates_app = typer.Typer(
 app.add_typer(candidates_app, name="candidates")
 
 
-def _c_grid(text: str) -> dict[str, list[float]]:
+def _c_grid(text: str) -> dict[str, list[Any]]:
     try:
         values = [float(c) for c in text.split(",") if c.strip()]
     except ValueError:
@@ -35,7 +35,7 @@ def _c_grid(text: str) -> dict[str, list[float]]:
         ) from None
     if not values or any(v <= 0 for v in values):
         raise typer.BadParameter(f"expected positive numbers, got {text!r}", param_hint="--c")
-    return {"C": values}
+    return {"C": values, "pca_components": [128]}
 
 
 @candidates_app.command("extract")

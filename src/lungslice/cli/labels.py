@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from rich import box
@@ -11,17 +12,9 @@ from rich.table import Table
 
 from lungslice.cli._app import app, console, fail, out, progress_bar
 from lungslice.errors import LungsliceError
-from lungslice.lidc.db import read_database
-from lungslice.lidc.labels import (
-    RULE_VARIANTS,
-    LabelRule,
-    label_scans,
-    label_stats,
-    mark_table,
-    read_labels,
-    write_labels,
-)
-from lungslice.lidc.xml import Rejection, geometry_from_database, read_xml_dir
+
+if TYPE_CHECKING:
+    from lungslice.lidc.xml import Rejection
 
 
 def _patients(values: list[str] | None) -> list[str] | None:
@@ -65,9 +58,14 @@ def labels_command(
     row per nodule), DIR/marks.parquet (small nodules and non-nodules, XML
     only) and DIR/labels.json (rule, source, versions, rejected files).
     """
+    # heavy imports here: `lungslice --help` must start fast
+    from lungslice.lidc.db import read_database
+    from lungslice.lidc.labels import LabelRule, label_scans, mark_table, write_labels
+    from lungslice.lidc.xml import geometry_from_database, read_xml_dir
+
     try:
         label_rule = LabelRule(
-            rule=rule,
+            rule=cast(Any, rule),  # LabelRule checks the value and names the choices
             threshold=threshold,
             exclude_ambiguous=exclude_ambiguous,
             min_readers=min_readers,
@@ -87,7 +85,7 @@ def labels_command(
                 scans, rejected = read_xml_dir(xml_root, geo, patient_ids=wanted, progress=progress)
             source_desc = str(xml_root)
         with progress_bar("Labelling", "scans") as progress:
-            slices, nodules = label_scans(scans, label_rule, progress=progress)
+            slices, nodules = label_scans(scans, rule=label_rule, progress=progress)
         written = write_labels(
             out_dir,
             slices,
@@ -131,6 +129,9 @@ def stats_command(
     Variants side by side: mean and median malignancy, ambiguous nodules
     excluded, nodules of >= 3 readers (LUNA16).
     """
+    from lungslice.lidc.db import read_database
+    from lungslice.lidc.labels import RULE_VARIANTS, label_scans, label_stats, read_labels
+
     try:
         if directory is None:
             scans = read_database()

@@ -9,12 +9,6 @@ from rich.table import Table
 
 from lungslice.cli._app import app, console, fail, out, progress_bar
 from lungslice.errors import ConfigError, LungsliceError
-from lungslice.lidc.db import read_database
-from lungslice.phantom.config import PhantomConfig
-from lungslice.phantom.insert import INSERTION_FILE, InsertConfig, insert_nodules
-from lungslice.phantom.preview import phantom_preview
-from lungslice.phantom.select import select_patients
-from lungslice.phantom.writer import MANIFEST, synthesize
 
 
 @app.command("synth")
@@ -68,6 +62,13 @@ def synth(
     series instead (docs/insertion.md): a derived series in OUT/dicom, the label
     tables and insertion.json.
     """
+    # heavy imports here: `lungslice --help` must start fast
+    from lungslice.lidc.db import read_database
+    from lungslice.phantom.config import PhantomConfig
+    from lungslice.phantom.preview import phantom_preview
+    from lungslice.phantom.select import select_patients
+    from lungslice.phantom.writer import MANIFEST, synthesize
+
     if into is not None:
         _insert(into, out_dir, patients, n, seed, mask_mode, max_nodules)
         return
@@ -120,6 +121,8 @@ def _insert(
     mask_mode: str,
     max_nodules: int | None,
 ) -> None:
+    from lungslice.phantom.insert import INSERTION_FILE, InsertConfig, insert_nodules
+
     try:
         if patients is None or n is not None:
             raise ConfigError(

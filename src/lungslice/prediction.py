@@ -455,9 +455,18 @@ class Predictor:
             if len(sc.features)
             else np.zeros((0, 3))
         )
+        cal = self.candidates.calibration
+        if "candidates" in cal and len(probs):
+            probs = cal["candidates"].transform(probs)
         timings["classifier"] = time.perf_counter() - t
         t = time.perf_counter()
         findings = study_findings(sc.candidates, probs, sc.slices, self.candidates.findings)
+        for name in ("p_any_nodule", "p_malignant"):
+            if name in cal:
+                # Platt scaling fitted on held-out training studies
+                raw = findings.scores[name]
+                findings.scores[f"{name}.uncalibrated"] = raw
+                findings.scores[name] = float(cal[name].transform(np.array([raw]))[0])
         timings["findings"] = time.perf_counter() - t
         self._domain = _domain_record(self.candidates.domain, sc.descriptor)
         return findings, sc.candidates, timings
@@ -551,6 +560,10 @@ class Predictor:
                 "p_any_nodule": round(float(findings.scores["p_any_nodule"]), 5),
                 "p_malignant": round(float(findings.scores["p_malignant"]), 5),
                 "method": b.findings.aggregator,
+                "calibration": "Platt on held-out training studies"
+                if "p_any_nodule.uncalibrated" in findings.scores
+                else None,
+                "p_any_nodule_uncalibrated": findings.scores.get("p_any_nodule.uncalibrated"),
                 # False when the guard fires: the numbers are reported, not trusted
                 "calibrated_for_input": self._domain.get("in_domain") is not False,
             },

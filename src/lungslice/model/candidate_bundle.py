@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,9 @@ class CandidateBundle:
         Slices, findings and study aggregation.
     manifest : dict
         ``model.json``.
+    calibration : dict
+        Fitted calibrators by name (``candidates``, ``p_any_nodule``,
+        ``p_malignant``); empty when the bundle was trained without CV.
     domain : DomainModel or None
         The out-of-domain guard fitted on the training studies (None when the
         bundle has none: too few training studies, see ``model.json``).
@@ -68,6 +71,7 @@ class CandidateBundle:
     findings: FindingsConfig
     manifest: dict[str, Any]
     domain: Any = None
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label_rule(self) -> dict[str, Any]:
@@ -106,6 +110,7 @@ def save_candidate_bundle(
     weights_id: str,
     training: dict[str, Any],
     domain: Any = None,
+    calibration: dict[str, Any] | None = None,
 ) -> Path:
     """Write a candidate bundle folder.
 
@@ -124,6 +129,10 @@ def save_candidate_bundle(
         cross-validated figures.
     domain : DomainModel, optional
         The fitted out-of-domain guard.
+    calibration : dict, optional
+        Fitted calibrators (``Calibrator.to_dict``): ``candidates`` (temperature,
+        on candidate probabilities), ``p_any_nodule`` and ``p_malignant``
+        (Platt, on study scores).
 
     Returns
     -------
@@ -150,6 +159,7 @@ def save_candidate_bundle(
         label_rule=config_dict(label_rule),
         training=training,
         domain={"params": domain.params(), "summary": domain.to_dict()} if domain else None,
+        calibration=calibration or {},
         files=files,
     )
     path = out / "model.json"
@@ -200,6 +210,9 @@ def load_candidate_bundle(path: str | Path) -> CandidateBundle:
             f"model bundle {p}: cannot rebuild it from model.json ({exc}). Fix: retrain the "
             "bundle with this version of lungslice."
         ) from exc
+    from lungslice.model.calibration import Calibrator
+
+    calibration = {k: Calibrator.from_dict(v) for k, v in manifest.get("calibration", {}).items()}
     return CandidateBundle(
         path=p,
         config=config,
@@ -207,6 +220,7 @@ def load_candidate_bundle(path: str | Path) -> CandidateBundle:
         findings=findings,
         manifest=manifest,
         domain=domain,
+        calibration=calibration,
     )
 
 
@@ -262,6 +276,28 @@ def fit_domain(cs: Any, *, seed: int = 0) -> tuple[Any, str]:
         f"{model.method} on {len(studies)} studies; threshold {model.threshold_:.3g} passes "
         f"{model.cv_pass_rate_:.0%} of held-out training studies"
     )
+
+
+def fit_calibration(cs: Any, probs: np.ndarray, findings: FindingsConfig) -> dict[str, Any]:
+    """Calibrators fitted on out-of-fold predictions, as ``Calibrator.to_dict`` records.
+
+    Temperature scaling of the candidate probabilities; Platt scaling of the
+    study scores the findings give (after the candidate temperature).
+    """
+    from lungslice.model.calibration import Calibrator
+    from lungslice.model.candidate_eval import findings_tables
+
+    y = cs.y
+    keep = y >= 0
+    temp = Calibrator("temperature").fit(probs[keep], y[keep])
+    out: dict[str, Any] = {"candidates": temp.to_dict()}
+    studies = findings_tables(cs, temp.transform(probs), findings).studies
+    for col, target in (("p_any_nodule", "has_any"), ("p_malignant", "has_malignant")):
+        ys = studies[target].to_numpy(dtype=np.int64)
+        if len(np.unique(ys)) == 2:
+            platt = Calibrator("platt").fit(studies[col].to_numpy(dtype=np.float64), ys)
+            out[col] = platt.to_dict()
+    return out
 
 
 def choose_finding_aggregator(figures: dict[str, dict[str, float]]) -> Literal["max", "noisy_or"]:
@@ -321,6 +357,7 @@ def train_candidate_bundle(
     from lungslice.model.metrics import bootstrap, json_safe
 
     figures: dict[str, dict[str, float]] = {}
+    calibration: dict[str, Any] = {}
     folds: list[list[str]] = []
     fold_params: list[dict[str, Any]] = []
     if n_splits >= 2:
@@ -331,6 +368,7 @@ def train_candidate_bundle(
         figures = bootstrap(tables, n_boot=n_boot, seed=seed, figures=candidate_figures)
         findings = dataclasses.replace(findings, aggregator=choose_finding_aggregator(figures))
         folds, fold_params = [list(f) for f in cv.folds], cv.params
+        calibration = fit_calibration(cs, cv.probs, findings)
     y = cs.y
     keep = y >= 0
     est, record = fit_candidate_classifier(
@@ -346,6 +384,7 @@ def train_candidate_bundle(
         label_rule=cs.rule,
         weights_id=str(cs.config.get("weights_id", "")),
         domain=domain,
+        calibration=calibration,
         training=json_safe(
             {
                 "summary": cs.summary(),

@@ -705,7 +705,7 @@ def evaluate_candidates(
     """
     import json
 
-    from lungslice.model.metrics import bootstrap, json_safe
+    from lungslice.model.metrics import bootstrap, format_figure, json_safe
     from lungslice.provenance import provenance
 
     out = Path(out_dir)
@@ -724,6 +724,7 @@ def evaluate_candidates(
         rows[name] = bootstrap(tables, n_boot=n_boot, seed=seed, figures=candidate_figures)
         curves[name] = froc_curve(tables)
     plot_froc(curves, out / "froc.png", title=f"patient-grouped {n_splits}-fold CV")
+    calibration = calibration_figures(cs, cv, out, findings=findings, n_boot=n_boot, seed=seed)
     record = provenance(
         findings,
         summary=cs.summary(),
@@ -731,6 +732,7 @@ def evaluate_candidates(
         params=cv.params,
         param_grid={k: list(v) for k, v in (param_grid or {}).items()},
         figures=rows,
+        calibration=calibration,
         candidates=cs.config.get("config", {}),
     )
     (out / "metrics.json").write_text(
@@ -751,6 +753,104 @@ def evaluate_candidates(
         "",
         "![FROC](froc.png)",
         "",
+        "## Calibration (expected calibration error, out of fold, before -> after)",
+        "",
+        "| what | n | ECE before | ECE after | saturated before | saturated after |",
+        "|---|---|---|---|---|---|",
     ]
+    for name, c in calibration.items():
+        if not isinstance(c, dict) or "ece_before" not in c:
+            continue
+        md.append(
+            f"| {name} | {c['n']} | {format_figure(c['ece_before'])} | "
+            f"{format_figure(c['ece_after'])} | {c['saturated_before']:.3f} | "
+            f"{c['saturated_after']:.3f} |"
+        )
+    md += ["", *(f"![{k}]({v})" for k, v in calibration.get("plots", {}).items()), ""]
     (out / "report.md").write_text("\n".join(md))
     return record
+
+
+def fold_of_rows(groups: np.ndarray, folds: Sequence[Sequence[str]]) -> np.ndarray:
+    """The outer fold index of each row, from its patient (-1 when in no fold)."""
+    where = {p: k for k, test in enumerate(folds) for p in test}
+    return np.array([where.get(str(g), -1) for g in groups], dtype=np.int64)
+
+
+def calibration_figures(
+    cs: CandidateSet,
+    cv: CandidateCV,
+    out_dir: str | Path | None = None,
+    *,
+    findings: FindingsConfig = FindingsConfig(),
+    n_boot: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Calibration before and after, on the same out-of-fold predictions.
+
+    Candidate probabilities are temperature-scaled and study scores Platt-scaled,
+    each fold by a calibrator fitted on the other folds
+    (:func:`lungslice.model.calibration.cross_calibrate`), so "after" is as
+    held-out as "before". Figures: expected calibration error of p(nodule) per
+    candidate and of p(any nodule) / p(malignant) per study, with 95 % CIs over
+    patients, and the rate of saturated outputs (p < 0.001 or > 0.999).
+
+    Returns
+    -------
+    dict
+        ``{"candidates": {...}, "studies.any_nodule": {...}, "studies.malignant": {...}}``,
+        each with ``ece_before``, ``ece_after`` (figure dicts), ``saturated_before``,
+        ``saturated_after``; plus ``plots`` (file names) when ``out_dir`` is given.
+    """
+    from lungslice.model.calibration import cross_calibrate, plot_reliability
+
+    out: dict[str, Any] = {}
+    y, groups = cs.y, cs.groups
+    keep = y >= 0
+    fold = fold_of_rows(groups, cv.folds)
+    p = cv.probs[keep]
+    p_cal = cross_calibrate(p, y[keep], fold[keep], "temperature")
+    yb = (y[keep] > 0).astype(np.int64)
+    before, after = p[:, 1] + p[:, 2], p_cal[:, 1] + p_cal[:, 2]
+    out["candidates"] = _ece_pair(yb, before, after, groups[keep], n_boot, seed)
+    plots = {}
+    if out_dir is not None:
+        name = "reliability_candidates.png"
+        plot_reliability(yb, before, after, Path(out_dir) / name, title="candidates: p(nodule)")
+        plots["candidates"] = name
+    studies = findings_tables(cs, cv.probs, findings).studies
+    sfold = fold_of_rows(studies["patient_id"].to_numpy(), cv.folds)
+    for col, target, name in (
+        ("p_any_nodule", "has_any", "any_nodule"),
+        ("p_malignant", "has_malignant", "malignant"),
+    ):
+        ys = studies[target].to_numpy(dtype=np.int64)
+        ps = studies[col].to_numpy(dtype=np.float64)
+        if len(np.unique(ys)) < 2:
+            continue
+        ps_cal = cross_calibrate(ps, ys, sfold, "platt")
+        out[f"studies.{name}"] = _ece_pair(
+            ys, ps, ps_cal, studies["patient_id"].to_numpy(), n_boot, seed
+        )
+        if out_dir is not None:
+            fname = f"reliability_studies_{name}.png"
+            plot_reliability(ys, ps, ps_cal, Path(out_dir) / fname, title=f"studies: {col}")
+            plots[f"studies.{name}"] = fname
+    if plots:
+        out["plots"] = plots
+    out["saturated_rule"] = "p < 0.001 or p > 0.999"
+    return out
+
+
+def _ece_pair(
+    y: np.ndarray, before: np.ndarray, after: np.ndarray, groups: np.ndarray, n_boot: int, seed: int
+) -> dict[str, Any]:
+    from lungslice.model.calibration import ece_bootstrap, saturation_rate
+
+    return {
+        "ece_before": ece_bootstrap(y, before, groups, n_boot=n_boot, seed=seed),
+        "ece_after": ece_bootstrap(y, after, groups, n_boot=n_boot, seed=seed),
+        "saturated_before": saturation_rate(before),
+        "saturated_after": saturation_rate(after),
+        "n": len(y),
+    }

@@ -138,16 +138,23 @@ class _SeriesActor:
         import ray
         import torch
 
-        torch.set_num_threads(max(1, threads))
+        self.threads = max(1, threads)
+        torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
         self.work = work
         self.work.setup()
         self.setup_s = time.perf_counter() - t0
         ctx = ray.get_runtime_context()
         self.node_id = str(ctx.get_node_id())
-        self.restarted = bool(ctx.was_current_actor_reconstructed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a deprecation notice inside Ray's own property
+            self.restarted = bool(ctx.was_current_actor_reconstructed)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        # Ray Data calls this from its own thread; PyTorch's thread setting is per thread.
+        torch.set_num_threads(self.threads)
         rows = []
         for text in batch["job"]:
             job = SeriesJob.from_record(json.loads(str(text)))

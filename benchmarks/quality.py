@@ -48,10 +48,10 @@ from lungslice.model.candidate_eval import (
     detector_probabilities,
     figures_markdown,
     findings_tables,
-    froc_curve,
-    plot_froc,
+    froc_curve_of,
 )
 from lungslice.model.evaluate import EvaluateConfig, evaluate
+from lungslice.model.froc import plot_froc
 from lungslice.model.heads import HeadConfig
 from lungslice.model.metrics import bootstrap, format_figure, json_safe
 from lungslice.phantom import PhantomConfig, synthesize
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = bootstrap(
                 tables, n_boot=args.boot, seed=args.seed, figures=candidate_figures
             )
-            curves[name] = froc_curve(tables)
+            curves[name] = froc_curve_of(tables)
             loc[name] = localisation(tables.nodules, {s.series_uid: s for s in cohort})
         timings[f"evaluation {w}"] = time.perf_counter() - t
         print(f"{w}: chosen {cv.params}; {json.dumps(cs.summary())}", flush=True)

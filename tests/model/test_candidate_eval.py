@@ -11,35 +11,33 @@ import pytest
 from lungslice.model.candidate_eval import (
     CPM_RATES,
     candidate_figures,
-    chance_recall,
     detector_probabilities,
-    froc_points,
+    froc_curve_of,
 )
+from lungslice.model.froc import recall_at_k_chance
 from lungslice.model.metrics import EvalTables
 
 
-def test_chance_recall_matches_a_simulation() -> None:
-    rng = np.random.default_rng(0)
-    n, m, k = 40, 3, 5
-    hits = [bool(np.isin(rng.permutation(n)[:k], np.arange(m)).any()) for _ in range(20000)]
-    assert chance_recall(n, m, k) == pytest.approx(np.mean(hits), abs=0.01)
-    assert chance_recall(10, 0, 3) == 0.0
-    assert chance_recall(5, 3, 3) == 1.0  # fewer non-nodule slices than k
-    assert chance_recall(300, 5, 1) == pytest.approx(5 / 300)
-
-
-def test_froc_points_count_each_nodule_once_and_missed_nodules_as_misses() -> None:
-    # 2 scans, 4 nodules: two found with score 0.9 and 0.5, one found at 0.2, one missed
-    detect = np.array([0.9, 0.5, 0.2, -np.inf])
-    fps = [np.array([0.8, 0.3]), np.array([0.6, 0.1])]
-    sens = froc_points(detect, fps, rates=(0.5, 1.0, 2.0))
-    # threshold 0.9 -> 0 FP/scan, 1/4; 0.8 -> 0.5 FP/scan, still 1/4; 0.5 -> 1 FP/scan: 2/4
-    # 0.2 -> 1.5 FP/scan (0.8, 0.6, 0.3): 3/4; all -> 2 FP/scan: 3/4 (one never found)
-    assert sens.tolist() == [0.25, 0.5, 0.75]
-
-
-def test_froc_without_nodules_is_undefined() -> None:
-    assert np.isnan(froc_points(np.zeros(0), [np.array([0.5])])).all()
+def test_froc_of_findings_counts_each_nodule_once_and_misses() -> None:
+    # 2 scans, 4 nodules: found at 0.9, 0.5 and 0.2, one missed; FPs 0.8, 0.3 | 0.6, 0.1
+    nodules = pd.DataFrame(
+        {
+            "series_uid": ["a", "a", "b", "b"],
+            "detect_score": [0.9, 0.5, 0.2, -np.inf],
+        }
+    )
+    studies = pd.DataFrame(
+        {"series_uid": ["a", "b"], "fp_scores": [np.array([0.8, 0.3]), np.array([0.6, 0.1])]}
+    )
+    curve = froc_curve_of(EvalTables(pd.DataFrame(), nodules, studies))
+    # threshold 0.5 -> 1 FP/scan (0.8, 0.6), 2 of 4 found; 0.2 -> 1.5 FP/scan, 3 of 4
+    at = {
+        float(r.threshold): (float(r.fps_per_scan), float(r.sensitivity))
+        for r in curve.itertuples()
+    }
+    assert at[0.5] == (1.0, 0.5)
+    assert at[0.2] == (1.5, 0.75)
+    assert curve["sensitivity"].max() == 0.75  # the missed nodule is never found
 
 
 def _tables(good: bool) -> EvalTables:
@@ -63,14 +61,15 @@ def _tables(good: bool) -> EvalTables:
         nods.append(
             {
                 "patient_id": f"P{p}",
+                "series_uid": f"S{p}",
                 "label": 2 if p % 2 else 1,
                 "hit_rank": 0.0 if good else 20.0,
                 "located_rank": 0.0 if good else math.inf,
                 "detect_score": 0.9 if good else -math.inf,
                 "chance@1": 4 / 50,
-                "chance@3": chance_recall(50, 4, 3),
-                "chance@5": chance_recall(50, 4, 5),
-                "chance@10": chance_recall(50, 4, 10),
+                "chance@3": recall_at_k_chance(50, 4, 3),
+                "chance@5": recall_at_k_chance(50, 4, 5),
+                "chance@10": recall_at_k_chance(50, 4, 10),
             }
         )
         studies.append(
@@ -78,6 +77,7 @@ def _tables(good: bool) -> EvalTables:
                 "patient_id": f"P{p}",
                 "has_any": True,
                 "has_malignant": bool(p % 2),
+                "series_uid": f"S{p}",
                 "fp_scores": np.array([0.2, 0.1]),
                 "n_findings": 3,
                 "p_any_nodule": 0.9,
@@ -92,7 +92,7 @@ def test_candidate_figures_separate_a_good_model_from_a_bad_one() -> None:
     assert good["froc.cpm"] == 1.0 and bad["froc.cpm"] == 0.0
     assert good["slice.roc_auc.nodule"] == 1.0 and bad["slice.roc_auc.nodule"] < 0.8
     assert good["nodule.recall@1.any"] == 1.0 and bad["nodule.recall@10.any"] == 0.0
-    assert good["nodule.recall@5.chance"] == pytest.approx(chance_recall(50, 4, 5))
+    assert good["nodule.recall@5.chance"] == pytest.approx(recall_at_k_chance(50, 4, 5))
     assert good["study.roc_auc.malignant"] == 1.0
     assert len([k for k in good if k.startswith("froc.sensitivity@")]) == len(CPM_RATES)
 

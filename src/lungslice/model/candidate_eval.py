@@ -40,6 +40,13 @@ from lungslice.errors import ConfigError, FeatureError
 from lungslice.lidc.labels import LabelRule, apply_rule, read_labels, rule_from_provenance
 from lungslice.model.cv import patient_folds, patient_strata
 from lungslice.model.findings import FINDING_AGGREGATORS, FindingsConfig, study_findings
+from lungslice.model.froc import (
+    CPM_FP_RATES,
+    cpm_from_curve,
+    froc_curve,
+    plot_froc,
+    recall_at_k_chance,
+)
 from lungslice.model.metrics import DEFAULT_KS, EvalTables, nodule_hits, recall_at_k
 from lungslice.progress import ProgressCallback, report
 
@@ -56,7 +63,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: LUNA16's false-positive rates per scan.
-CPM_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+CPM_RATES = CPM_FP_RATES
 
 
 @dataclass(frozen=True, eq=False)
@@ -366,7 +373,7 @@ def findings_tables(
                     "detect_score": float(fscore[on[0]]) if on else -math.inf,
                 }
                 for k in ks:
-                    row[f"chance@{k}"] = chance_recall(n_eval, m, k)
+                    row[f"chance@{k}"] = float(recall_at_k_chance(n_eval, m, k))
                 nrows.append(row)
         fp = fscore[(fcode == 0) & np.array([n is None or n != n for n in fnod], dtype=bool)]
         has_any = len(nods) > 0
@@ -412,53 +419,33 @@ def _full_slices(labelled: pd.DataFrame) -> pd.DataFrame:
     return full
 
 
-def chance_recall(n_slices: int, n_nodule_slices: int, k: int) -> float:
-    """Chance that a random order of ``n_slices`` puts one of ``n_nodule_slices`` in the top k."""
-    n, m = int(n_slices), int(n_nodule_slices)
-    if n <= 0:
-        return float("nan")
-    if m <= 0:
-        return 0.0
-    k = min(k, n)
-    if n - m < k:
-        return 1.0
-    return 1.0 - math.comb(n - m, k) / math.comb(n, k)
+def froc_curve_of(tables: EvalTables) -> pd.DataFrame:
+    """The FROC curve of the findings in :func:`findings_tables` output.
 
-
-def froc_points(
-    detect_score: np.ndarray, fp_scores: Sequence[np.ndarray], rates: Sequence[float] = CPM_RATES
-) -> np.ndarray:
-    """Sensitivity at each false-positive rate per scan (LUNA16's rule).
-
-    Parameters
-    ----------
-    detect_score : numpy.ndarray
-        ``(m,)`` per counted nodule, the score of its first finding (``-inf`` if missed).
-    fp_scores : sequence of numpy.ndarray
-        Per scan, the scores of findings on no nodule.
-    rates : sequence of float
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(len(rates),)`` sensitivities (NaN without nodules or scans).
+    Each counted nodule's first finding is a true positive at that finding's
+    score (a nodule without one is a miss); every finding on no nodule is a
+    false positive; findings on excluded nodules were left out when the tables
+    were made. :func:`lungslice.model.froc.froc_curve` does the counting.
     """
-    d = np.asarray(detect_score, dtype=np.float64)
-    n_scans = len(fp_scores)
-    if d.size == 0 or n_scans == 0:
-        return np.full(len(rates), np.nan)
-    parts = [np.asarray(f, dtype=np.float64).ravel() for f in fp_scores]
-    fps = np.sort(np.concatenate([*parts, np.zeros(0)]))
-    thresholds = np.unique(np.concatenate([d[np.isfinite(d)], fps, [np.inf]]))[::-1]
-    # at threshold t: detections with score >= t
-    n_fp = fps.size - np.searchsorted(fps, thresholds, side="left")
-    sens = (d[None, :] >= thresholds[:, None]).mean(axis=1)
-    fp_rate = n_fp / n_scans
-    out = []
-    for r in rates:
-        ok = fp_rate <= r
-        out.append(float(sens[ok].max()) if ok.any() else 0.0)
-    return np.asarray(out)
+    n, st = tables.nodules, tables.studies
+    d = n["detect_score"].to_numpy(dtype=np.float64) if len(n) else np.zeros(0)
+    ids = [f"n{i}" for i in range(len(d))]
+    series = n["series_uid"].astype(str).tolist() if len(n) else []
+    found = np.isfinite(d)
+    rows = {
+        "series_uid": [s for s, f in zip(series, found, strict=True) if f],
+        "score": d[found].tolist(),
+        "nodule_id": [i for i, f in zip(ids, found, strict=True) if f],
+    }
+    for uid, fp in zip(st["series_uid"].astype(str), st["fp_scores"], strict=True):
+        fp = np.asarray(fp, dtype=np.float64).ravel()
+        rows["series_uid"] += [uid] * fp.size
+        rows["score"] += fp.tolist()
+        rows["nodule_id"] += [None] * fp.size
+    cands = pd.DataFrame(rows)
+    cands["label_code"] = 0
+    nodules = pd.DataFrame({"nodule_id": ids, "series_uid": series})
+    return froc_curve(cands, nodules, n_scans=max(len(st), 1))
 
 
 def candidate_figures(tables: EvalTables, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
@@ -483,10 +470,10 @@ def candidate_figures(tables: EvalTables, ks: Sequence[int] = DEFAULT_KS) -> dic
         out[f"nodule.located@{k}.any"] = recall_at_k(loc[label >= 1], k)
     if len(st):
         d = n["detect_score"].to_numpy(dtype=np.float64) if len(n) else np.zeros(0)
-        sens = froc_points(d, list(st["fp_scores"]))
-        for r, v in zip(CPM_RATES, sens, strict=True):
-            out[f"froc.sensitivity@{r:g}fp"] = float(v)
-        out["froc.cpm"] = float(np.mean(sens)) if np.isfinite(sens).all() else float("nan")
+        points = cpm_from_curve(froc_curve_of(tables))
+        for r in CPM_RATES:
+            out[f"froc.sensitivity@{r:g}fp"] = float(points[f"sens@{r:g}"])
+        out["froc.cpm"] = float(points["cpm"])
         out["froc.detected"] = float(np.mean(np.isfinite(d))) if d.size else float("nan")
         out["froc.findings_per_scan"] = float(st["n_findings"].mean())
         for method in FINDING_AGGREGATORS:
@@ -636,52 +623,6 @@ def figures_markdown(rows: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def plot_froc(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = ""
-) -> Path:
-    """FROC curves (sensitivity vs false positives per scan, log x) as PNG.
-
-    Parameters
-    ----------
-    curves : dict
-        ``name -> (fp_per_scan, sensitivity)``.
-    path : str or Path
-    title : str
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 4.0), dpi=110)
-    ax = fig.subplots()
-    for name, (fp, sens) in curves.items():
-        ax.step(fp, sens, where="post", label=name)
-    for r in CPM_RATES:
-        ax.axvline(r, color="#bbb", lw=0.6, ls=":")
-    ax.set_xscale("log")
-    ax.set_xlim(1 / 16, 16)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("false positives per scan")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.25)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
-
-
-def froc_curve(tables: EvalTables) -> tuple[np.ndarray, np.ndarray]:
-    """``(fp_per_scan, sensitivity)`` over every threshold of the findings."""
-    d = tables.nodules["detect_score"].to_numpy(dtype=np.float64)
-    parts = [np.asarray(f, dtype=np.float64).ravel() for f in tables.studies["fp_scores"]]
-    fps = np.sort(np.concatenate([*parts, np.zeros(0)]))
-    thresholds = np.unique(np.concatenate([d[np.isfinite(d)], fps]))[::-1]
-    n_fp = fps.size - np.searchsorted(fps, thresholds, side="left")
-    sens = (d[None, :] >= thresholds[:, None]).mean(axis=1) if d.size else np.zeros(len(thresholds))
-    return n_fp / max(len(parts), 1), sens
-
-
 def evaluate_candidates(
     cs: CandidateSet,
     out_dir: str | Path,
@@ -718,11 +659,11 @@ def evaluate_candidates(
         "detector score alone": detector_probabilities(cs.candidates),
     }
     rows: dict[str, dict[str, dict[str, float]]] = {}
-    curves = {}
+    curves: dict[str, pd.DataFrame] = {}
     for name, probs in variants.items():
         tables = findings_tables(cs, probs, findings)
         rows[name] = bootstrap(tables, n_boot=n_boot, seed=seed, figures=candidate_figures)
-        curves[name] = froc_curve(tables)
+        curves[name] = froc_curve_of(tables)
     plot_froc(curves, out / "froc.png", title=f"patient-grouped {n_splits}-fold CV")
     calibration = calibration_figures(cs, cv, out, findings=findings, n_boot=n_boot, seed=seed)
     record = provenance(

@@ -345,7 +345,7 @@ def recall_at_k_chance(
 
 
 def plot_froc(
-    curve: pd.DataFrame,
+    curve: pd.DataFrame | dict[str, pd.DataFrame],
     path: str | Path,
     *,
     title: str = "",
@@ -356,8 +356,8 @@ def plot_froc(
 
     Parameters
     ----------
-    curve : pandas.DataFrame
-        From :func:`froc_curve`.
+    curve : pandas.DataFrame or dict
+        From :func:`froc_curve`, or several by name (one line each, side by side).
     path : str or Path
         Output file.
     title, label : str
@@ -370,22 +370,29 @@ def plot_froc(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = cpm_from_curve(curve)
-    fps = curve["fps_per_scan"].to_numpy(dtype=np.float64)
-    sens = curve["sensitivity"].to_numpy(dtype=np.float64)
+    curves = curve if isinstance(curve, dict) else {label: curve}
     grid = np.geomspace(CPM_FP_RATES[0], CPM_FP_RATES[-1], 400)
     fig: Any
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    if not np.isnan(sens).any():
-        ax.plot(grid, np.interp(grid, fps, sens), lw=2, label=f"{label} CPM {points['cpm']:.3f}")
-    ys = [points[_rate_name(r)] for r in CPM_FP_RATES]
-    if band is not None:
-        lo = [band[_rate_name(r)]["ci_low"] for r in CPM_FP_RATES]
-        hi = [band[_rate_name(r)]["ci_high"] for r in CPM_FP_RATES]
-        err = np.abs(np.array([np.subtract(ys, lo), np.subtract(hi, ys)]))
-        ax.errorbar(CPM_FP_RATES, ys, yerr=err, fmt="o", color="tab:red", capsize=3)
-    else:
-        ax.plot(CPM_FP_RATES, ys, "o", color="tab:red")
+    for name, c in curves.items():
+        points = cpm_from_curve(c)
+        fps = c["fps_per_scan"].to_numpy(dtype=np.float64)
+        sens = c["sensitivity"].to_numpy(dtype=np.float64)
+        ys = [points[_rate_name(r)] for r in CPM_FP_RATES]
+        if not np.isnan(sens).any():
+            (line,) = ax.plot(
+                grid, np.interp(grid, fps, sens), lw=2, label=f"{name} CPM {points['cpm']:.3f}"
+            )
+            colour = line.get_color()
+        else:
+            colour = "tab:red"
+        if band is not None and len(curves) == 1:
+            lo = [band[_rate_name(r)]["ci_low"] for r in CPM_FP_RATES]
+            hi = [band[_rate_name(r)]["ci_high"] for r in CPM_FP_RATES]
+            err = np.abs(np.array([np.subtract(ys, lo), np.subtract(hi, ys)]))
+            ax.errorbar(CPM_FP_RATES, ys, yerr=err, fmt="o", color=colour, capsize=3)
+        else:
+            ax.plot(CPM_FP_RATES, ys, "o", color=colour)
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(CPM_FP_RATES), ["1/8", "1/4", "1/2", "1", "2", "4", "8"])
     ax.set_xlim(CPM_FP_RATES[0] / 1.2, CPM_FP_RATES[-1] * 1.2)

@@ -1,0 +1,130 @@
+"""A phantom-trained candidate model on real CT: LIDC nodules inserted into the real GE hosts.
+
+For each series in ``../shared/realct`` (three GE scanners and protocols) and
+each of ``--sets`` nodule sets (LIDC patients, inserted with different seeds by
+``lungslice synth --into``), predicts with ``--model`` and reports per host:
+
+- the domain guard's verdict and score (a phantom-trained bundle should say
+  "outside the training domain");
+- nodules found among the top-5 findings (the finding's centre within the
+  inserted nodule's radius + 3 mm), and among all findings;
+- findings on no inserted nodule with p(nodule) >= 0.5 per scan (false
+  candidates from the real vessels and airways);
+- the same for the host without insertions (every finding is false).
+
+Usage::
+
+    .venv/bin/python benchmarks/realct_inserted.py --model demo-output/model \
+        [--sets 3] [--patients LIDC-IDRI-0078,LIDC-IDRI-0001] [--out /tmp/realct-inserted]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lungslice.phantom.insert import InsertConfig, insert_nodules
+from lungslice.prediction import PredictConfig, Predictor
+
+REALCT = Path(__file__).resolve().parents[1] / ".." / "shared" / "realct"
+PATIENT_SETS = (
+    "LIDC-IDRI-0078",
+    "LIDC-IDRI-0001,LIDC-IDRI-0171",
+    "LIDC-IDRI-0068,LIDC-IDRI-0130",
+)
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    """The folder of ``.dcm`` files inside ``archive`` (unpacked once)."""
+    target = dest / archive.name.removesuffix(".tar.xz")
+    if not target.is_dir():
+        target.mkdir(parents=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+    return next(p.parent for p in sorted(target.rglob("*.dcm")))
+
+
+def score(result: dict[str, Any], nodules: pd.DataFrame) -> dict[str, Any]:
+    """Found@5, found@all and false findings (p >= 0.5) of one prediction."""
+    found5, found_all = 0, 0
+    cands = result["candidates"]
+    on_nodule = np.zeros(len(cands), dtype=bool)
+    sx, sy = result["study"]["pixel_spacing_mm"]
+    for n in nodules.itertuples():
+        hit = [
+            i
+            for i, c in enumerate(cands)
+            if np.hypot((c["row"] - n.centre_row) * sx, (c["column"] - n.centre_col) * sy)
+            <= n.radius_mm + 3.0
+            and abs(c["z_mm"] - n.centre_z_mm) <= n.radius_mm + 3.0
+        ]
+        on_nodule[hit] = True
+        found5 += bool(hit and min(hit) < 5)
+        found_all += bool(hit)
+    false = sum(
+        1 for c, on in zip(cands, on_nodule, strict=True) if not on and c["p_nodule"] >= 0.5
+    )
+    return {
+        "nodules": len(nodules),
+        "found@5": found5,
+        "found": found_all,
+        "false_p>=0.5": false,
+        "findings": len(cands),
+        "in_domain": result["domain"]["in_domain"],
+        "domain_score": result["domain"]["score"],
+        "domain_threshold": result["domain"]["threshold"],
+        "p_any_nodule": result["scores"]["p_any_nodule"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--sets", type=int, default=3, help="nodule sets per host")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/realct-inserted"))
+    args = parser.parse_args(argv)
+    if not REALCT.is_dir():
+        print(f"{REALCT} is absent: nothing to measure")
+        return 1
+    predictor = Predictor(args.model)
+    config = PredictConfig(write_report=False, write_key_images=False)
+    rows = []
+    for archive in sorted(REALCT.glob("*.tar.xz")):
+        host = unpack(archive, args.out / "hosts")
+        name = archive.name.removesuffix(".tar.xz")
+        (plain,) = predictor.predict_study(host, None, config)
+        rows.append({"host": name, "set": "none", **score(plain.result, pd.DataFrame())})
+        for k, patients in enumerate(PATIENT_SETS[: args.sets]):
+            out = args.out / name / f"set{k}"
+            if not (out / "insertion.json").is_file():
+                insert_nodules(host, patients.split(","), out, config=InsertConfig(), seed=k)
+            nodules = pd.read_parquet(out / "nodules.parquet")
+            (pred,) = predictor.predict_study(out / "dicom", None, config)
+            rows.append({"host": name, "set": patients, **score(pred.result, nodules)})
+            print(json.dumps(rows[-1]), flush=True)
+    table = pd.DataFrame(rows)
+    cmd = "python benchmarks/realct_inserted.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    print(f"\n{cmd}\n")
+    print(table.to_string(index=False))
+    ins = table[table["set"] != "none"]
+    print(
+        f"\ninserted nodules found in the top 5: {ins['found@5'].sum()} of {ins['nodules'].sum()}; "
+        f"anywhere: {ins['found'].sum()}; false findings p>=0.5 per scan: "
+        f"{table['false_p>=0.5'].mean():.1f}; outside the domain: "
+        f"{int((table['in_domain'] == False).sum())} of {len(table)} predictions"  # noqa: E712
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

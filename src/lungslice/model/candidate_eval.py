@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from lungslice.errors import ConfigError, FeatureError
 from lungslice.lidc.labels import LabelRule, apply_rule, read_labels, rule_from_provenance
@@ -47,7 +46,13 @@ from lungslice.model.froc import (
     plot_froc,
     recall_at_k_chance,
 )
-from lungslice.model.metrics import DEFAULT_KS, EvalTables, nodule_hits, recall_at_k
+from lungslice.model.metrics import (
+    DEFAULT_KS,
+    EvalTables,
+    binary_auc,
+    nodule_hits,
+    recall_at_k,
+)
 from lungslice.progress import ProgressCallback, report
 
 __all__ = [
@@ -455,9 +460,9 @@ def candidate_figures(tables: EvalTables, ks: Sequence[int] = DEFAULT_KS) -> dic
     if len(s):
         y = s["y"].to_numpy(dtype=np.int64)
         p0, p2 = s["p0"].to_numpy(dtype=np.float64), s["p2"].to_numpy(dtype=np.float64)
-        out["slice.roc_auc.nodule"] = _auc(y > 0, 1.0 - p0)
-        out["slice.roc_auc.malignant"] = _auc(y == 2, p2)
-        out["slice.roc_auc.benign"] = _auc(y == 1, s["p1"].to_numpy(dtype=np.float64))
+        out["slice.roc_auc.nodule"] = binary_auc(y > 0, 1.0 - p0)
+        out["slice.roc_auc.malignant"] = binary_auc(y == 2, p2)
+        out["slice.roc_auc.benign"] = binary_auc(y == 1, s["p1"].to_numpy(dtype=np.float64))
     label = n["label"].to_numpy(dtype=np.int64) if len(n) else np.zeros(0, dtype=np.int64)
     hit = n["hit_rank"].to_numpy(dtype=np.float64) if len(n) else np.zeros(0)
     loc = n["located_rank"].to_numpy(dtype=np.float64) if len(n) else np.zeros(0)
@@ -482,7 +487,7 @@ def candidate_figures(tables: EvalTables, ks: Sequence[int] = DEFAULT_KS) -> dic
                 (f"p_malignant.{method}", "has_malignant", "malignant"),
             ):
                 if col in st:
-                    out[f"study.roc_auc.{name}.{method}"] = _auc(
+                    out[f"study.roc_auc.{name}.{method}"] = binary_auc(
                         st[target].to_numpy(dtype=bool), st[col].to_numpy(dtype=np.float64)
                     )
         for col, target, name in (
@@ -490,17 +495,10 @@ def candidate_figures(tables: EvalTables, ks: Sequence[int] = DEFAULT_KS) -> dic
             ("p_malignant", "has_malignant", "malignant"),
         ):
             if col in st:
-                out[f"study.roc_auc.{name}"] = _auc(
+                out[f"study.roc_auc.{name}"] = binary_auc(
                     st[target].to_numpy(dtype=bool), st[col].to_numpy(dtype=np.float64)
                 )
     return out
-
-
-def _auc(target: np.ndarray, score: np.ndarray) -> float:
-    target = np.asarray(target, dtype=bool)
-    if target.all() or not target.any():
-        return float("nan")
-    return float(roc_auc_score(target, score))
 
 
 @dataclass(frozen=True, eq=False)

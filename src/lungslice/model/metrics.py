@@ -27,6 +27,7 @@ from lungslice.errors import ConfigError
 
 __all__ = [
     "EvalTables",
+    "binary_auc",
     "bootstrap",
     "compute_figures",
     "confusion_matrix",
@@ -143,7 +144,8 @@ def skippable_fraction(
     return float(np.mean(slice_score < threshold)), float(threshold)
 
 
-def _study_auc(target: np.ndarray, score: np.ndarray) -> float:
+def binary_auc(target: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC of a binary target; NaN when only one class is present."""
     target = np.asarray(target, dtype=bool)
     if target.all() or not target.any():
         return float("nan")
@@ -205,7 +207,7 @@ def compute_figures(
             ("p_any_nodule", "has_any", "any_nodule"),
         ):
             if col == prefix or col.startswith(prefix + "."):
-                out[f"study.roc_auc.{name}{col[len(prefix) :]}"] = _study_auc(
+                out[f"study.roc_auc.{name}{col[len(prefix) :]}"] = binary_auc(
                     st[target].to_numpy(), st[col].to_numpy(dtype=np.float64)
                 )
     return out

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pixels", type=int, default=512, help="rows = columns")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--weights", default="imagenet")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--precision", default="fp32", choices=["bf16", "fp32"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     parser.add_argument("--loader", default="auto", choices=["auto", "inline", "thread", "process"])

@@ -80,7 +80,11 @@ def extract(
     ),
     inputs: str = typer.Option("windows", "--inputs", help="'windows' (3 HU windows) or '2.5d'."),
     size: int | None = typer.Option(None, "--size", help="Input size (default: the backbone's)."),
-    precision: str = typer.Option("bf16", "--precision", help="'bf16' (autocast) or 'fp32'."),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        help="'fp32' or 'bf16' (autocast: faster only on CPUs with AVX-512 BF16/AMX and GPUs).",
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Slices per forward pass."),
     slice_spacing: float = typer.Option(1.0, "--slice-spacing", help="Resampled spacing (mm)."),
     storage: str = typer.Option("float16", "--storage", help="'float16' or 'float32' .npy files."),

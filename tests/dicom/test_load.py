@@ -242,7 +242,8 @@ def test_mixed_pixel_spacing(tmp_path: Path) -> None:
     )
     msg = (
         f"{paths[4]} (SOPInstanceUID {_sop(paths[4])}) has PixelSpacing [0.8, 0.8], "
-        f"expected [0.7, 0.7] like {paths[0]}; move the files of other pixel spacings out of the series folder"
+        f"expected [0.7, 0.7] like {paths[0]}; move the files of other pixel spacings out of "
+        "the series folder"
     )
     with pytest.raises(SeriesGeometryError, match=re.escape(msg)):
         load_series(tmp_path)

@@ -135,3 +135,25 @@ def test_cli_extract_reuses_the_cache_and_train_writes_a_bundle(
     )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "m" / "model.json").is_file()
+
+
+def test_evaluation_and_a_cross_validated_bundle(cpipe: CandidatePipeline, tmp_path: Path) -> None:
+    from lungslice.model.candidate_eval import evaluate_candidates
+
+    cs = build_candidate_set(cpipe.root / "work", cpipe.root / "labels")
+    grid = {"C": [0.01], "pca_components": [64]}
+    record = evaluate_candidates(cs, tmp_path / "eval", n_splits=2, n_boot=20, param_grid=grid)
+    figures = record["figures"]["classifier"]
+    assert set(record["figures"]) == {"classifier", "detector score alone"}
+    for name in ("froc.cpm", "slice.roc_auc.nodule", "nodule.recall@5.chance"):
+        assert name in figures
+    assert 0.0 <= figures["froc.cpm"]["value"] <= 1.0
+    assert "ece_before" in record["calibration"]["candidates"]
+    for name in ("metrics.json", "report.md", "froc.png", "reliability_candidates.png"):
+        assert (tmp_path / "eval" / name).is_file()
+    result = train_candidate_bundle(cs, tmp_path / "model", param_grid=grid, n_splits=2, n_boot=20)
+    bundle = load_candidate_bundle(tmp_path / "model")
+    assert "candidates" in bundle.calibration
+    assert result.findings.aggregator in ("max", "noisy_or")
+    (pred,) = predict(cpipe.study("LIDC-IDRI-0001"), tmp_path / "model")
+    assert pred["scores"]["calibration"] is not None

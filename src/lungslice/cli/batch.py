@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from lungslice.cli import options as opt
 from lungslice.cli._app import app, fail, out, progress_bar
 from lungslice.errors import LungsliceError
 
@@ -20,21 +21,10 @@ def predict_batch(
     top_k: int = typer.Option(5, "--top-k", help="Slices recommended per series."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip report.html."),
     no_key_images: bool = typer.Option(False, "--no-key-images", help="Skip key_images.dcm."),
-    engine: str = typer.Option(
-        "local", "--engine", help="'local' or 'ray' (a Ray Data actor pool; docs/scale-out.md)."
-    ),
-    address: str | None = typer.Option(
-        None,
-        "--address",
-        help="With --engine ray: the cluster's head (HOST:PORT) or 'auto'; default: a "
-        "private Ray on this machine.",
-    ),
-    actors: int | None = typer.Option(
-        None, "--actors", help="With --engine ray: actors (default: one per CPU, or per GPU share)."
-    ),
-    gpus_per_actor: float = typer.Option(
-        0.0, "--gpus-per-actor", help="With --engine ray: GPUs per actor (fractions share one)."
-    ),
+    engine: str = opt.ENGINE,
+    address: str | None = opt.ADDRESS,
+    actors: int | None = opt.ACTORS,
+    gpus_per_actor: float = opt.GPUS_PER_ACTOR,
 ) -> None:
     """Predict every CT series under ROOT; a rerun skips what is done, failures are recorded."""
     from lungslice.batch import predict_batch as run

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from lungslice.cli import options as opt
 from lungslice.cli._app import app, console, fail, out, progress_bar
 from lungslice.errors import LungsliceError
 
@@ -54,21 +55,10 @@ def extract(
     max_candidates: int | None = typer.Option(
         None, "--max-candidates", help="Candidates kept per series (default: the detector's)."
     ),
-    engine: str = typer.Option(
-        "local", "--engine", help="'local' or 'ray' (a Ray Data actor pool; docs/scale-out.md)."
-    ),
-    address: str | None = typer.Option(
-        None,
-        "--address",
-        help="With --engine ray: the cluster's head (HOST:PORT) or 'auto'; default: a "
-        "private Ray on this machine.",
-    ),
-    actors: int | None = typer.Option(
-        None, "--actors", help="With --engine ray: actors (default: one per CPU, or per GPU share)."
-    ),
-    gpus_per_actor: float = typer.Option(
-        0.0, "--gpus-per-actor", help="With --engine ray: GPUs per actor (fractions share one)."
-    ),
+    engine: str = opt.ENGINE,
+    address: str | None = opt.ADDRESS,
+    actors: int | None = opt.ACTORS,
+    gpus_per_actor: float = opt.GPUS_PER_ACTOR,
 ) -> None:
     """Detect candidates in every CT series under DATA and cache their features (resumable)."""
     from lungslice.candidates.detect import DetectorConfig

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from lungslice.cli import options as opt
 from lungslice.cli._app import app, console, fail, out, progress_bar
 from lungslice.errors import LungsliceError
 
@@ -105,21 +106,10 @@ def extract(
         help="Where decoding/resampling run: 'inline' (between batches, all cores), 'thread' or "
         "'process' (overlapped with the model); 'auto' = inline on CPU, thread on GPU.",
     ),
-    engine: str = typer.Option(
-        "local", "--engine", help="'local' or 'ray' (a Ray Data actor pool; docs/scale-out.md)."
-    ),
-    address: str | None = typer.Option(
-        None,
-        "--address",
-        help="With --engine ray: the cluster's head (HOST:PORT) or 'auto'; default: a "
-        "private Ray on this machine.",
-    ),
-    actors: int | None = typer.Option(
-        None, "--actors", help="With --engine ray: actors (default: one per CPU, or per GPU share)."
-    ),
-    gpus_per_actor: float = typer.Option(
-        0.0, "--gpus-per-actor", help="With --engine ray: GPUs per actor (fractions share one)."
-    ),
+    engine: str = opt.ENGINE,
+    address: str | None = opt.ADDRESS,
+    actors: int | None = opt.ACTORS,
+    gpus_per_actor: float = opt.GPUS_PER_ACTOR,
 ) -> None:
     """Extract per-slice features of every CT series under DATA_DIR (resumable)."""
     from lungslice.features.config import FeatureConfig

@@ -87,3 +87,21 @@ def make_load_config(
         hu_check=hu_check,  # type: ignore[arg-type]
         min_coverage_mm=min_coverage_mm,
     )
+
+
+# --engine and its Ray settings, shared by `extract`, `candidates extract` and `predict-batch`
+ENGINE: Any = typer.Option(
+    "local", "--engine", help="'local' or 'ray' (a Ray Data actor pool; docs/scale-out.md)."
+)
+ADDRESS: Any = typer.Option(
+    None,
+    "--address",
+    help="With --engine ray: the cluster's head (HOST:PORT) or 'auto'; default: a "
+    "private Ray on this machine.",
+)
+ACTORS: Any = typer.Option(
+    None, "--actors", help="With --engine ray: actors (default: one per CPU, or per GPU share)."
+)
+GPUS_PER_ACTOR: Any = typer.Option(
+    0.0, "--gpus-per-actor", help="With --engine ray: GPUs per actor (fractions share one)."
+)

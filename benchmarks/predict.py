@@ -57,10 +57,10 @@ def random_bundle(path: Path, seed: int = 0) -> Path:
     save_bundle(
         path,
         head,
-        _config_record(config, runner),
-        LabelRule(),
-        AggregateConfig(),
-        {"note": "random head for benchmarking"},
+        feature_config=_config_record(config, runner),
+        label_rule=LabelRule(),
+        aggregate_config=AggregateConfig(),
+        training_summary={"note": "random head for benchmarking"},
     )
     return path
 

@@ -61,7 +61,7 @@ def main() -> None:
     for threads in args.blas_threads:
         with threadpool_limits(limits=threads, user_api="blas"):
             t, c = time.perf_counter(), time.process_time()
-            head = train_head(X, y, groups, HeadConfig(C_grid=(args.C,)), seed=0)
+            head = train_head(X, y, groups, config=HeadConfig(C_grid=(args.C,)), seed=0)
             t_fit, c_fit = time.perf_counter() - t, time.process_time() - c
         # CPU seconds as well as wall: on a shared machine wall time includes waiting for cores
         print(
@@ -72,7 +72,7 @@ def main() -> None:
         )
     if args.grid:
         t = time.perf_counter()
-        head = train_head(X, y, groups, HeadConfig(), seed=0)
+        head = train_head(X, y, groups, config=HeadConfig(), seed=0)
         print(
             f"lungslice logistic head, C grid {HeadConfig().C_grid} x 3 inner folds + refit: "
             f"{time.perf_counter() - t:.1f} s (chose C={head.hyperparameters['C']})"
@@ -83,7 +83,7 @@ def main() -> None:
             kind="mlp", hidden_grid=(128,), weight_decay_grid=(1e-4,), epochs=args.mlp_epochs
         )
         t, c = time.perf_counter(), time.process_time()
-        train_head(X, y, groups, cfg, seed=0)
+        train_head(X, y, groups, config=cfg, seed=0)
         print(
             f"lungslice MLP head (hidden 128, batch 512), {args.mlp_epochs} epoch(s), {args.n} "
             f"rows: {time.perf_counter() - t:.1f} s wall, {time.process_time() - c:.1f} s CPU"
@@ -94,7 +94,7 @@ def main() -> None:
         return
     Xm, ym, gm = X[:m], y[:m], groups[:m]
     t = time.perf_counter()
-    ours = train_head(Xm, ym, gm, HeadConfig(C_grid=(args.C,)), seed=0)
+    ours = train_head(Xm, ym, gm, config=HeadConfig(C_grid=(args.C,)), seed=0)
     t_ours = time.perf_counter() - t
     mean, std = Xm.mean(axis=0), Xm.std(axis=0)
     std[std < 1e-6] = 1.0

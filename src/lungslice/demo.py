@@ -35,7 +35,7 @@ from lungslice.lidc.labels import LabelRule, label_scans, write_labels
 from lungslice.model.candidate_bundle import train_candidate_bundle
 from lungslice.model.candidate_eval import build_candidate_set, evaluate_candidates
 from lungslice.phantom.config import PhantomConfig
-from lungslice.phantom.select import patient_strata, select_patients
+from lungslice.phantom.select import select_patients, stratum_by_patient
 from lungslice.phantom.writer import synthesize
 from lungslice.prediction import PredictConfig, Predictor
 from lungslice.progress import ProgressCallback
@@ -152,7 +152,7 @@ def run_demo(
     scans = read_database()
     patients = select_patients(scans, config.n_patients, seed=config.seed)
     cohort = [s for s in scans if s.patient_id in set(patients)]
-    strata = patient_strata(cohort)
+    strata = stratum_by_patient(cohort)
     phantom = PhantomConfig(seed=config.seed, matrix=config.matrix, z_margin_mm=config.z_margin_mm)
     synthesize(out / "data", patients, phantom, progress, scans=cohort)
     timings["phantom"] = time.perf_counter() - t

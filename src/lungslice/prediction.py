@@ -40,7 +40,7 @@ from lungslice.features.config import FeatureConfig
 from lungslice.features.extract import extract_volume, make_runner
 from lungslice.features.inputs import make_inputs
 from lungslice.features.runtime import FeatureRunner
-from lungslice.model.aggregate import StudyResult, aggregate
+from lungslice.model.aggregate import StudyResult
 from lungslice.model.bundle import ModelBundle, compare_feature_configs, load_bundle
 from lungslice.model.findings import StudyFindings
 from lungslice.outputs import staged_output
@@ -203,7 +203,7 @@ class Predictor:
         # Features here are made with the bundle's settings; what can still differ is
         # the weights this machine resolves (checksum) and the backbone's width.
         local = {"key_payload": self.feature_config.key_payload()}
-        diffs = compare_feature_configs(self.bundle.feature_config, local)
+        diffs = compare_feature_configs(self.bundle.feature_record, local)
         if diffs:
             raise BundleMismatchError(
                 f"model bundle {self.bundle.path} cannot run here: " + "; ".join(diffs) + ". "
@@ -233,7 +233,7 @@ class Predictor:
         probs = self.bundle.head.predict_proba(features)
         timings["head"] = time.perf_counter() - t
         t = time.perf_counter()
-        study = aggregate(probs, np.asarray(resampled.z_positions), self.bundle.aggregate_config)
+        study = self.bundle.aggregate(probs, np.asarray(resampled.z_positions))
         timings["aggregate"] = time.perf_counter() - t
         return probs, study, timings
 
@@ -334,7 +334,7 @@ class Predictor:
                 "layers": list(self.feature_config.resolved_layers),
                 "inputs": config_dict(self.feature_config.inputs),
                 "head": m.get("head", {}).get("kind"),
-                "label_rule": self.bundle.label_rule,
+                "label_rule": self.bundle.label_rule.to_dict(),
                 "aggregate": config_dict(self.bundle.aggregate_config),
             },
             "timings_s": {k: round(v, 4) for k, v in timings.items()},

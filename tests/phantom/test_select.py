@@ -6,7 +6,7 @@ from lungslice.errors import ConfigError
 from lungslice.lidc.db import read_database
 from lungslice.lidc.records import LidcScan
 from lungslice.phantom import select_patients
-from lungslice.phantom.select import patient_strata
+from lungslice.phantom.select import stratum_by_patient
 
 # 0001: malignant; 0078: malignant + benign; 0100: nodule-free; plus a spread of others
 CANDIDATES = [f"LIDC-IDRI-{i:04d}" for i in (1, 2, 3, 5, 7, 9, 10, 11, 13, 78, 100, 104, 118)]
@@ -18,7 +18,7 @@ def candidates() -> list[LidcScan]:
 
 
 def test_strata_follow_mean_malignancy(candidates: list[LidcScan]) -> None:
-    strata = patient_strata(candidates)
+    strata = stratum_by_patient(candidates)
     assert strata["LIDC-IDRI-0001"] == "malignant"
     assert strata["LIDC-IDRI-0078"] == "malignant"  # its worst nodule decides
     assert strata["LIDC-IDRI-0100"] == "nodule-free"
@@ -33,7 +33,7 @@ def test_every_stratum_appears_and_the_draw_is_deterministic(
     assert len(chosen) == len(set(chosen)) == n
     assert chosen == sorted(chosen)
     assert select_patients(candidates, n, seed=4) == chosen
-    strata = patient_strata(candidates)
+    strata = stratum_by_patient(candidates)
     assert {strata[p] for p in chosen} == {"malignant", "benign", "nodule-free"}
 
 

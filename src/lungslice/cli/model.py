@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from rich.table import Table
@@ -21,10 +21,11 @@ _LABELS_HELP = "Labels folder written by `lungslice labels` (slices/nodules parq
 
 def _head_config(head: str, grid: str | None) -> Any:
     from lungslice.errors import ConfigError
-    from lungslice.model.heads import HeadConfig
+    from lungslice.model.heads import HeadConfig, HeadKind
 
+    kind = cast(HeadKind, head)  # HeadConfig checks the value
     if grid is None:
-        return HeadConfig(kind=head)
+        return HeadConfig(kind=kind)
     try:
         values = tuple(float(v) for v in grid.split(",") if v.strip())
     except ValueError:
@@ -32,8 +33,8 @@ def _head_config(head: str, grid: str | None) -> Any:
             f"--grid: expected comma-separated numbers such as 0.01,0.1,1, got {grid!r}."
         ) from None
     if head == "logistic":
-        return HeadConfig(kind=head, C_grid=values)
-    return HeadConfig(kind=head, weight_decay_grid=values)
+        return HeadConfig(kind=kind, C_grid=values)
+    return HeadConfig(kind=kind, weight_decay_grid=values)
 
 
 def _rule(labels_dir: Path, exclude_ambiguous: bool | None, min_readers: int | None) -> Any:
@@ -117,7 +118,7 @@ def train(
     pick the study aggregator), then fits the head on all patients.
     """
     from lungslice.model.evaluate import EvaluateConfig
-    from lungslice.model.train import train_model
+    from lungslice.model.train import AggregatorChoice, train_model
 
     try:
         rule = _rule(labels_dir, exclude_ambiguous, min_readers)
@@ -127,9 +128,9 @@ def train(
                 features,
                 labels_dir,
                 out_dir,
-                head_config,
+                head_config=head_config,
                 rule=rule,
-                aggregator=aggregator,
+                aggregator=cast(AggregatorChoice, aggregator),  # train_model checks it
                 config=EvaluateConfig(n_splits=folds, n_boot=n_boot),
                 key=key,
                 allow_unlabelled=allow_unlabelled,
@@ -183,7 +184,7 @@ def evaluate(
                 features,
                 labels_dir,
                 out_dir,
-                head_config,
+                head_config=head_config,
                 config=EvaluateConfig(n_splits=folds, n_boot=n_boot),
                 key=key,
                 allow_unlabelled=allow_unlabelled,

@@ -253,7 +253,7 @@ class RayScheduler:
                 self.options.gpus_per_actor,
                 self.connect_s,
             )
-            ds = ray.data.from_items(
+            ds: Any = ray.data.from_items(
                 [{"job": json.dumps(j.to_record())} for j in jobs],
                 override_num_blocks=len(jobs),
             )

@@ -43,6 +43,7 @@ __all__ = [
     "compare_feature_configs",
     "feature_identity",
     "load_bundle",
+    "read_manifest",
     "save_bundle",
 ]
 
@@ -285,16 +286,15 @@ def save_bundle(
     return path
 
 
-def load_bundle(directory: str | Path) -> ModelBundle:
-    """Read a bundle written by :func:`save_bundle`, verifying its weight checksums.
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """``model.json`` of a bundle folder (whole-slice or candidate), checked to be JSON.
 
     Raises
     ------
     BundleMismatchError
-        If ``model.json`` is missing or not a lungslice bundle, or a weight file
-        is missing or differs from the checksum the manifest records.
+        If there is no ``model.json``.
     CorruptFileError
-        If ``model.json`` is truncated or not valid JSON.
+        If it is truncated or not a JSON object.
     """
     root = Path(directory)
     path = root / "model.json"
@@ -316,6 +316,23 @@ def load_bundle(directory: str | Path) -> ModelBundle:
             f"{path}: holds a JSON {type(manifest).__name__}, expected an object. Fix: copy "
             f"the bundle directory {root} again, or retrain it with `lungslice train`."
         )
+    return dict(manifest)
+
+
+def load_bundle(directory: str | Path) -> ModelBundle:
+    """Read a bundle written by :func:`save_bundle`, verifying its weight checksums.
+
+    Raises
+    ------
+    BundleMismatchError
+        If ``model.json`` is missing or not a lungslice bundle, or a weight file
+        is missing or differs from the checksum the manifest records.
+    CorruptFileError
+        If ``model.json`` is truncated or not valid JSON.
+    """
+    root = Path(directory)
+    path = root / "model.json"
+    manifest = read_manifest(root)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleMismatchError(
             f"{path}: expected format {FORMAT!r} version {FORMAT_VERSION}, got "

@@ -80,19 +80,9 @@ class CandidateBundle:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    mpath = path / "model.json"
-    if not mpath.is_file():
-        raise BundleMismatchError(
-            f"{path}: no model.json; expected a model bundle folder written by `lungslice "
-            "train`. Fix: point --model at such a folder."
-        )
-    try:
-        return dict(json.loads(mpath.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleMismatchError(
-            f"{mpath} is corrupt ({exc}); expected the JSON `lungslice train` writes. "
-            "Fix: copy the bundle again from where it was trained, or retrain it."
-        ) from exc
+    from lungslice.model.bundle import read_manifest
+
+    return read_manifest(path)
 
 
 def is_candidate_bundle(path: str | Path) -> bool:

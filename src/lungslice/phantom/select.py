@@ -10,14 +10,14 @@ from lungslice.errors import ConfigError
 from lungslice.lidc.nodules import find_nodules
 from lungslice.lidc.records import LidcScan
 
-__all__ = ["MALIGNANT_THRESHOLD", "patient_strata", "select_patients"]
+__all__ = ["MALIGNANT_THRESHOLD", "select_patients", "stratum_by_patient"]
 
 #: A nodule counts as malignant when its mean malignancy rating is at least this.
 MALIGNANT_THRESHOLD = 3.0
 _STRATA = ("malignant", "benign", "nodule-free")
 
 
-def patient_strata(scans: Iterable[LidcScan]) -> dict[str, str]:
+def stratum_by_patient(scans: Iterable[LidcScan]) -> dict[str, str]:
     """Each patient's stratum: "malignant", "benign" (nodules, none malignant) or "nodule-free".
 
     A patient with several scans takes the most suspicious of them. A nodule is
@@ -81,7 +81,7 @@ def select_patients(scans: Iterable[LidcScan], n: int, seed: int = 0) -> list[st
     ConfigError
         If ``n`` is not positive or exceeds the number of patients.
     """
-    strata = patient_strata(scans)
+    strata = stratum_by_patient(scans)
     if n < 1 or n > len(strata):
         raise ConfigError(
             f"select_patients: n must be between 1 and the {len(strata)} patients available, "

@@ -14,8 +14,7 @@ from lungslice.candidates import (
     lung_field,
 )
 from lungslice.errors import ConfigError, NotChestError
-
-from .test_lungfield import SPACING, Chest, synthetic_chest
+from tests.helpers import SPACING, Chest, synthetic_chest
 
 
 @pytest.fixture(scope="module")

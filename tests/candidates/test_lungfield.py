@@ -2,71 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
 from lungslice.candidates import LungFieldConfig, lung_field, lung_slices
 from lungslice.errors import ConfigError, LungsliceError, NotChestError
-
-SPACING = (2.0, 2.0, 2.0)
-
-
-@dataclass
-class Chest:
-    hu: np.ndarray
-    lungs: np.ndarray  # true lung ellipsoids (before vessels and nodules)
-    body: np.ndarray
-    nodules: list[tuple[float, float, float, float]]  # z, row, col (voxels), radius (mm)
-    vessels: np.ndarray  # bool: vessel voxels
-
-
-def _ball(shape: tuple[int, int, int], centre: tuple[float, ...], radius_vox: float) -> np.ndarray:
-    z, r, c = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    return (z - centre[0]) ** 2 + (r - centre[1]) ** 2 + (c - centre[2]) ** 2 <= radius_vox**2
-
-
-def _tube(
-    shape: tuple[int, int, int], p0: np.ndarray, p1: np.ndarray, radius_vox: float
-) -> np.ndarray:
-    z, r, c = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")
-    pts = np.stack([z, r, c], axis=-1).astype(np.float64)
-    d = p1 - p0
-    t = np.clip(((pts - p0) @ d) / (d @ d), 0.0, 1.0)
-    closest = p0 + t[..., None] * d
-    return ((pts - closest) ** 2).sum(axis=-1) <= radius_vox**2
-
-
-def synthetic_chest(seed: int = 0, noise_hu: float = 15.0) -> Chest:
-    """Body ellipse (40 HU) in air, two lungs (-850 HU), vessels (+40 HU), two nodules."""
-    shape = (40, 96, 96)
-    z, r, c = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    body = ((r - 48) / 40.0) ** 2 + ((c - 48) / 44.0) ** 2 <= 1.0
-    body = np.broadcast_to(body, shape).copy()
-    lungs = np.zeros(shape, dtype=bool)
-    for cc in (28, 68):  # lung centres (columns); 24 mm of mediastinum between them
-        lungs |= ((z - 20) / 15.0) ** 2 + ((r - 46) / 26.0) ** 2 + ((c - cc) / 14.0) ** 2 <= 1.0
-    hu = np.full(shape, -1000.0, dtype=np.float32)
-    hu[body] = 40.0
-    hu[lungs] = -850.0
-    # vessels: tubes crossing the whole lung (they continue into the body)
-    vessels = np.zeros(shape, dtype=bool)
-    for p0, p1 in (
-        ((0, 40, 26), (39, 52, 30)),
-        ((0, 30, 66), (39, 60, 72)),
-        ((20, 10, 20), (20, 90, 36)),
-    ):
-        vessels |= _tube(shape, np.array(p0, float), np.array(p1, float), 1.0)
-    hu[vessels & lungs] = 40.0
-    # nodules: one in the middle of the right lung, one on the left lung's lateral wall
-    nodules = [(18.0, 60.0, 30.0, 4.0), (22.0, 46.0, 80.0, 5.0)]
-    for zc, rc, cc, rad in nodules:
-        hu[_ball(shape, (zc, rc, cc), rad / SPACING[0])] = 20.0
-    rng = np.random.default_rng(seed)
-    hu += rng.normal(0.0, noise_hu, size=shape).astype(np.float32)
-    return Chest(hu=hu, lungs=lungs, body=body, nodules=nodules, vessels=vessels)
+from tests.helpers import SPACING, Chest, ball, synthetic_chest, tube
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +31,11 @@ def test_mask_covers_lungs(chest: Chest, mask: np.ndarray) -> None:
 
 def test_mask_keeps_the_juxtapleural_nodule(chest: Chest, mask: np.ndarray) -> None:
     zc, rc, cc, rad = chest.nodules[1]
-    ball = _ball(chest.hu.shape, (zc, rc, cc), rad / SPACING[0])
-    assert (ball & ~chest.lungs).any(), "the nodule must reach into the wall"
-    assert mask[ball].all()
+    nodule = ball(chest.hu.shape, (zc, rc, cc), rad / SPACING[0])
+    assert (nodule & ~chest.lungs).any(), "the nodule must reach into the wall"
+    assert mask[nodule].all()
     zc, rc, cc, rad = chest.nodules[0]
-    assert mask[_ball(chest.hu.shape, (zc, rc, cc), rad / SPACING[0])].all()
+    assert mask[ball(chest.hu.shape, (zc, rc, cc), rad / SPACING[0])].all()
 
 
 def test_mask_excludes_outside_air_and_body(chest: Chest, mask: np.ndarray) -> None:
@@ -120,7 +62,7 @@ def test_lung_slices_above_and_below_are_empty(chest: Chest, mask: np.ndarray) -
 def test_trachea_alone_is_not_lung(chest: Chest) -> None:
     hu = chest.hu.copy()
     # a trachea (9 mm radius) running up from the lungs through the top slices
-    hu[_tube(hu.shape, np.array([20.0, 30.0, 48.0]), np.array([39.0, 30.0, 48.0]), 4.5)] = -1000
+    hu[tube(hu.shape, np.array([20.0, 30.0, 48.0]), np.array([39.0, 30.0, 48.0]), 4.5)] = -1000
     m = lung_field(hu, SPACING)
     assert not lung_slices(m)[-3:].any()
     assert lung_slices(m)[20]

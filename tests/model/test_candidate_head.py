@@ -156,7 +156,8 @@ def test_grouped_cv_does_not_leak_patient_identity() -> None:
     X = np.repeat(finger, per, axis=0) + rng.normal(0, 0.1, size=(n_pat * per, 32))
     y = np.repeat(np.arange(n_pat) % 2, per)  # half the patients' rows are "nodules"
     g = np.repeat([f"P{p}" for p in range(n_pat)], per)
-    _, record = fit_candidate_classifier(X, y, g, param_grid={"C": [1.0]}, n_splits=4, seed=0)
+    grid = {"C": [1.0, 0.5]}  # two settings: a search, so a cross-validated score
+    _, record = fit_candidate_classifier(X, y, g, param_grid=grid, n_splits=4, seed=0)
     assert record["best_score"] < 0.8
     # the same search over rows instead of patients "finds" the patient-level labels
     leaky = cross_val_score(

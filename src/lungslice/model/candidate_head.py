@@ -30,7 +30,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedGroupKFold
 from sklearn.neural_network import MLPClassifier
 from sklearn.utils.class_weight import compute_sample_weight
 
@@ -417,6 +417,26 @@ def fit_candidate_classifier(
             f"{y.size} rows; expected some candidates on nodules"
         )
     grid = param_grid if param_grid is not None else _default_grid(kind)
+    settings = list(ParameterGrid(grid))
+    if len(settings) == 1:
+        # one setting: nothing to choose, so no inner cross-validation (4x cheaper)
+        start = time.perf_counter()
+        only = CandidateClassifier(random_state=seed).set_params(**settings[0]).fit(X, y)
+        single: dict[str, Any] = {
+            "best_params": _json_safe(settings[0]),
+            "best_score": None,
+            "scoring": "one setting given: no search",
+            "cv_results": [],
+            "n_splits": 0,
+            "seed": seed,
+            "n_rows": int(y.size),
+            "n_patients": n_patients,
+            "rows_per_class": {str(c): int((y == c).sum()) for c in CLASSES},
+            "n_excluded_dropped": int((~keep).sum()),
+            "folds": [],
+            "seconds": time.perf_counter() - start,
+        }
+        return only, single
     cv = candidate_cv(n_splits, seed)
     folds = list(cv.split(X, y, groups))
     search = GridSearchCV(

@@ -77,8 +77,8 @@ class DemoConfig:
         Findings recommended per held-out study.
     """
 
-    n_patients: int = 24
-    n_held_out: int = 4
+    n_patients: int = 12
+    n_held_out: int = 3
     seed: int = 0
     matrix: int = 512
     z_margin_mm: float | None = None

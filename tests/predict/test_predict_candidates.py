@@ -156,4 +156,6 @@ def test_evaluation_and_a_cross_validated_bundle(cpipe: CandidatePipeline, tmp_p
     assert "candidates" in bundle.calibration
     assert result.findings.aggregator in ("max", "noisy_or")
     (pred,) = predict(cpipe.study("LIDC-IDRI-0001"), tmp_path / "model")
-    assert pred["scores"]["calibration"] is not None
+    # 3 training studies: the candidates are calibrated, the study scores too few for Platt
+    assert pred["scores"]["calibration"] is None
+    assert pred["scores"]["p_any_nodule_uncalibrated"] is None

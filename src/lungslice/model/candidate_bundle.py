@@ -284,7 +284,7 @@ def fit_calibration(cs: Any, probs: np.ndarray, findings: FindingsConfig) -> dic
     studies = findings_tables(cs, temp.transform(probs), findings).studies
     for col, target in (("p_any_nodule", "has_any"), ("p_malignant", "has_malignant")):
         ys = studies[target].to_numpy(dtype=np.int64)
-        if len(np.unique(ys)) == 2:
+        if len(np.unique(ys)) == 2 and len(ys) >= 4:  # Platt needs both classes, a few studies
             platt = Calibrator("platt").fit(studies[col].to_numpy(dtype=np.float64), ys)
             out[col] = platt.to_dict()
     return out

@@ -766,8 +766,13 @@ def calibration_figures(
         ys = studies[target].to_numpy(dtype=np.int64)
         ps = studies[col].to_numpy(dtype=np.float64)
         if len(np.unique(ys)) < 2:
+            out[f"studies.{name}"] = {"skipped": "one class only among the studies"}
             continue
-        ps_cal = cross_calibrate(ps, ys, sfold, "platt")
+        try:
+            ps_cal = cross_calibrate(ps, ys, sfold, "platt")
+        except ConfigError as err:  # too few studies in a fold to fit on the others
+            out[f"studies.{name}"] = {"skipped": str(err)}
+            continue
         out[f"studies.{name}"] = _ece_pair(
             ys, ps, ps_cal, studies["patient_id"].to_numpy(), n_boot, seed
         )

@@ -406,11 +406,6 @@ def fit_candidate_classifier(
     keep = y != -1
     X, y, groups = X[keep], y[keep], groups[keep]
     n_patients = int(np.unique(groups).size)
-    if n_patients < n_splits:
-        raise ConfigError(
-            f"fit_candidate_classifier: {n_patients} patients cannot fill {n_splits} "
-            "patient-grouped folds. Fix: lower n_splits or add patients."
-        )
     if not (y > 0).any():
         raise ConfigError(
             "fit_candidate_classifier: no nodule candidates (codes 1/2) among the "
@@ -437,6 +432,11 @@ def fit_candidate_classifier(
             "seconds": time.perf_counter() - start,
         }
         return only, single
+    if n_patients < n_splits:
+        raise ConfigError(
+            f"fit_candidate_classifier: {n_patients} patients cannot fill {n_splits} "
+            "patient-grouped folds. Fix: lower n_splits or add patients."
+        )
     cv = candidate_cv(n_splits, seed)
     folds = list(cv.split(X, y, groups))
     search = GridSearchCV(

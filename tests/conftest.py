@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -41,3 +42,26 @@ def _pylidc_imported(mp: pytest.MonkeyPatch) -> Iterator[Any]:
 def pylidc_importer() -> Callable[[pytest.MonkeyPatch], AbstractContextManager[Any]]:
     """``with pylidc_importer(monkeypatch) as pl:`` imports pylidc with the NumPy-2 shims."""
     return _pylidc_imported
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """One local Ray for the whole test session (`num_cpus=2`, no dashboard), shut down after."""
+    if os.environ.get("CI"):
+        import ray  # CI installs the extra (`make test`): a missing Ray is a failure there
+    else:
+        ray = pytest.importorskip("ray", reason="pip install 'lungslice[ray]'")
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=100 * 2**20,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,29 +88,6 @@ def test_batch_predicts_every_study_and_resumes(
     if list(bad["status"]) == ["failed"]:
         assert again.failed == list(bad["series_uid"])  # a failed series is tried again
     assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == mtimes
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[Any]:
-    """One local Ray for the session (reused when another module started it)."""
-    if os.environ.get("CI"):
-        import ray
-    else:
-        ray = pytest.importorskip("ray", reason="pip install 'lungslice[ray]'")
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=100 * 2**20,
-    )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +35,6 @@ else:
 # fp32 and tiny inputs: quick on 2 cores, and local and Ray agree to float rounding.
 CONFIG = FeatureConfig(inputs=InputConfig(size=64), batch_size=8, precision="fp32")
 COMPARED = ["series_uid", "patient_id", "status", "reason", "n_source_slices", "n_slices"]
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[Any]:
-    """One local Ray for the whole session (reused when another module started it)."""
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=100 * 2**20,
-    )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def _cohort(root: Path, n: int = 4) -> Path:

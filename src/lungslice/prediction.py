@@ -135,6 +135,20 @@ def _feature_config(bundle: ModelBundle) -> FeatureConfig:
     return bundle.feature_config
 
 
+def _study_record(resampled: ResampledVolume) -> dict[str, Any]:
+    """The ``result.json`` ``study`` record: identity and geometry of the series."""
+    src = resampled.source
+    return {
+        "patient_id": src.patient_id,
+        "study_uid": src.study_uid,
+        "series_uid": src.series_uid,
+        "n_original_slices": src.n_slices,
+        "n_resampled_slices": resampled.n_slices,
+        "slice_spacing_mm": float(resampled.spacing[0]),
+        "pixel_spacing_mm": [float(resampled.spacing[1]), float(resampled.spacing[2])],
+    }
+
+
 def _domain_record(domain: Any, descriptor: np.ndarray) -> dict[str, Any]:
     """The ``result.json`` ``domain`` record: score, threshold, verdict, message."""
     if domain is None:
@@ -258,7 +272,6 @@ class Predictor:
         config: PredictConfig,
         timings: dict[str, float],
     ) -> dict[str, Any]:
-        src = resampled.source
         z = np.asarray(resampled.z_positions, dtype=np.float64)
         slices = [
             {
@@ -310,15 +323,7 @@ class Predictor:
         m = self.bundle.manifest
         return {
             "schema": RESULT_SCHEMA,
-            "study": {
-                "patient_id": src.patient_id,
-                "study_uid": src.study_uid,
-                "series_uid": src.series_uid,
-                "n_original_slices": src.n_slices,
-                "n_resampled_slices": resampled.n_slices,
-                "slice_spacing_mm": float(resampled.spacing[0]),
-                "pixel_spacing_mm": [float(resampled.spacing[1]), float(resampled.spacing[2])],
-            },
+            "study": _study_record(resampled),
             "scores": {
                 "p_any_nodule": round(float(study.p_any_nodule), 5),
                 "p_malignant": round(float(study.p_malignant), 5),
@@ -470,7 +475,6 @@ class Predictor:
         timings: dict[str, float],
     ) -> dict[str, Any]:
         assert self.candidates is not None
-        src = resampled.source
         z = np.asarray(resampled.z_positions, dtype=np.float64)
         probs = findings.slice_probs
         slices = [
@@ -538,14 +542,8 @@ class Predictor:
         return {
             "schema": RESULT_SCHEMA,
             "study": {
-                "patient_id": src.patient_id,
-                "study_uid": src.study_uid,
-                "series_uid": src.series_uid,
-                "n_original_slices": src.n_slices,
-                "n_resampled_slices": resampled.n_slices,
+                **_study_record(resampled),
                 "n_lung_slices": int(sum(1 for r in findings.slice_reason if not r)),
-                "slice_spacing_mm": float(resampled.spacing[0]),
-                "pixel_spacing_mm": [float(resampled.spacing[1]), float(resampled.spacing[2])],
             },
             "scores": {
                 "p_any_nodule": round(float(findings.scores["p_any_nodule"]), 5),

@@ -1,23 +1,27 @@
-"""Predict on a new study: slice probabilities, candidates, recommendations, outputs.
+"""Predict on a new study: slice probabilities, findings, recommendations.
 
-``predict(study_dir, model_dir, out_dir=...)`` runs the stages the model bundle
-records (index -> HU -> 1 mm resampling -> inputs -> features -> head ->
-aggregation) on every CT series of a study and, when given an output folder,
-writes for each series:
+The stages, each a function or method:
 
-- ``result.json``: the record described in ``docs/result-schema.md``;
-- ``report.html``: one self-contained file for a reader;
-- ``key_images.dcm``: a DICOM Key Object Selection document a PACS shows.
+- :func:`find_ct_series` indexes a study folder and picks its CT series;
+- :class:`Predictor` holds one model bundle (whole-slice or candidate) and its
+  backbone and turns a resampled series into a typed
+  :class:`lungslice.study.StudyPrediction` (inference only: it writes nothing);
+- :func:`predict_series` loads and resamples one series and predicts on it;
+- :func:`lungslice.report.write_all` writes every output of a prediction
+  (``result.json``, ``report.html``, ``key_images.dcm``, ``findings_sr.dcm``,
+  ``summary_sc.dcm``).
 
-A study with one CT series writes them into ``out_dir``; with several, into
-``out_dir/<SeriesInstanceUID>/``. No PatientName or BirthDate is written
-anywhere unless asked for (``keep_patient_name``, key images only).
+:func:`predict_study` (and :meth:`Predictor.predict_study`) chains them for
+every CT series of a folder: a study with one CT series writes into
+``out_dir``, with several into ``out_dir/<SeriesInstanceUID>/``. No
+PatientName or BirthDate is written anywhere unless asked for
+(``keep_patient_name``, DICOM outputs only).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
-import json
 import logging
 import os
 import socket
@@ -32,7 +36,6 @@ import pandas as pd
 
 from lungslice.dicom.discover import DicomIndex, index_tree, reason_category
 from lungslice.dicom.geometry import LoadConfig
-from lungslice.dicom.kos import write_key_images
 from lungslice.dicom.resample import ResampledVolume, resample
 from lungslice.dicom.volume import load_series
 from lungslice.errors import BundleMismatchError, ConfigError, NoCTSeriesError
@@ -46,16 +49,36 @@ from lungslice.model.findings import StudyFindings
 from lungslice.outputs import staged_output
 from lungslice.progress import ProgressCallback, report
 from lungslice.provenance import config_dict, provenance
+from lungslice.report.result_json import RESULT_SCHEMA, result_record
+from lungslice.study import (
+    DomainVerdict,
+    Finding,
+    ModelInfo,
+    Recommendation,
+    Scores,
+    SeriesInfo,
+    SliceScores,
+    StudyPrediction,
+    model_id,
+)
 
 if TYPE_CHECKING:
     from lungslice.model.candidate_bundle import CandidateBundle
 
-__all__ = ["RESULT_SCHEMA", "PredictConfig", "Predictor", "SeriesPrediction", "predict"]
+__all__ = [
+    "RESULT_SCHEMA",
+    "CTSeries",
+    "PredictConfig",
+    "Predictor",
+    "SeriesPrediction",
+    "find_ct_series",
+    "predict",
+    "predict_series",
+    "predict_study",
+    "results_table",
+]
 
 log = logging.getLogger(__name__)
-
-#: Identifier of the ``result.json`` layout (``docs/result-schema.md``).
-RESULT_SCHEMA = "lungslice.result/1"
 
 
 @dataclass(frozen=True)
@@ -72,9 +95,10 @@ class PredictConfig:
         Leave PatientID out of ``report.html`` (``result.json`` keeps it for
         machines; never PatientName or BirthDate).
     keep_patient_name : bool
-        Copy PatientName/BirthDate/Sex into ``key_images.dcm`` (off by default).
-    write_report, write_key_images : bool
-        Which files to write besides ``result.json``.
+        Copy PatientName/BirthDate/Sex into the DICOM outputs (off by default).
+    write_report, write_key_images, write_findings_sr, write_summary : bool
+        Which files to write besides ``result.json``: ``report.html``,
+        ``key_images.dcm``, ``findings_sr.dcm``, ``summary_sc.dcm``.
     heatmaps : bool
         Compute class activation maps for the report's thumbnails (whole-slice
         bundles; candidate bundles show crops around each finding).
@@ -89,6 +113,8 @@ class PredictConfig:
     keep_patient_name: bool = False
     write_report: bool = True
     write_key_images: bool = True
+    write_findings_sr: bool = True
+    write_summary: bool = True
     heatmaps: bool = True
     load: LoadConfig = field(default_factory=LoadConfig)
 
@@ -99,76 +125,63 @@ class PredictConfig:
 
 @dataclass(frozen=True, eq=False)
 class SeriesPrediction:
-    """The prediction for one CT series.
+    """The prediction for one CT series and what was written for it.
 
     Attributes
     ----------
+    prediction : StudyPrediction
+        The typed prediction.
     result : dict
-        The ``result.json`` record.
-    probabilities : numpy.ndarray
-        ``(n, 3)`` slice probabilities (non-nodule, benign, malignant) on the
-        resampled slices.
-    study : StudyResult or StudyFindings
-        Aggregation output: whole-slice runs (``StudyResult``) or the candidate
-        path's ranked findings with their locations (``StudyFindings``).
-    resampled : ResampledVolume
-        The 1 mm volume the probabilities belong to.
+        The ``result.json`` record (with the writers' timings when written).
     outputs : dict
-        Written files by kind (``result``, ``report``, ``key_images``).
+        Written files by kind (``result``, ``report``, ``key_images``,
+        ``findings_sr``, ``summary_sc``).
     """
 
+    prediction: StudyPrediction
     result: dict[str, Any]
-    probabilities: np.ndarray
-    study: StudyResult | StudyFindings
-    resampled: ResampledVolume
     outputs: dict[str, Path] = field(default_factory=dict)
 
+    @property
+    def resampled(self) -> ResampledVolume:
+        """The 1 mm volume the slice probabilities belong to."""
+        assert self.prediction.volume is not None
+        return self.prediction.volume
 
-def _feature_config(bundle: ModelBundle) -> FeatureConfig:
-    # load_bundle rebuilt it with FeatureConfig.from_dict (model.json 'features' 'config')
-    if bundle.feature_config is None:
-        raise BundleMismatchError(
-            f"model bundle {bundle.path}: model.json 'features' holds no feature settings "
-            "('config'), so features cannot be made for it. Fix: train the bundle on a feature "
-            "cache written by `lungslice extract`."
-        )
-    return bundle.feature_config
-
-
-def _study_record(resampled: ResampledVolume) -> dict[str, Any]:
-    """The ``result.json`` ``study`` record: identity and geometry of the series."""
-    src = resampled.source
-    return {
-        "patient_id": src.patient_id,
-        "study_uid": src.study_uid,
-        "series_uid": src.series_uid,
-        "n_original_slices": src.n_slices,
-        "n_resampled_slices": resampled.n_slices,
-        "slice_spacing_mm": float(resampled.spacing[0]),
-        "pixel_spacing_mm": [float(resampled.spacing[1]), float(resampled.spacing[2])],
-    }
+    @property
+    def probabilities(self) -> np.ndarray:
+        """``(n, 3)`` slice probabilities (non-nodule, benign, malignant)."""
+        return self.prediction.slices.probs
 
 
-def _domain_record(domain: Any, descriptor: np.ndarray) -> dict[str, Any]:
-    """The ``result.json`` ``domain`` record: score, threshold, verdict, message."""
-    if domain is None:
+@dataclass(frozen=True, eq=False)
+class CTSeries:
+    """The CT series of a study folder that predict runs on.
+
+    Attributes
+    ----------
+    index : DicomIndex
+        The folder's index (every file accounted for).
+    series_uids : tuple of str
+        The CT series to predict on, in index order.
+    files_by_sop : dict
+        SOPInstanceUID -> file of every image the index uses.
+    index_s : float
+        Seconds the indexing took.
+    """
+
+    index: DicomIndex
+    series_uids: tuple[str, ...]
+    files_by_sop: dict[str, Path]
+    index_s: float = 0.0
+
+    def files_of(self, series_uid: str) -> dict[str, Path]:
+        """SOPInstanceUID -> file of one series' images."""
+        files = self.index.files
+        rows = files[(files["status"] == "used") & (files["series_uid"] == series_uid)]
         return {
-            "in_domain": None,
-            "score": None,
-            "threshold": None,
-            "method": None,
-            "message": "the model bundle has no domain guard; scores unchecked for this input",
+            str(u): Path(p) for u, p in zip(rows["sop_instance_uid"], rows["path"], strict=True)
         }
-    rec = dict(domain.assess(descriptor))
-    rec["score"] = None if rec.get("score") is None else round(float(rec["score"]), 4)
-    rec["threshold"] = round(float(rec["threshold"]), 4)
-    return rec
-
-
-def _proba3(est: Any, X: np.ndarray) -> np.ndarray:
-    from lungslice.model.candidate_eval import _proba3 as proba3
-
-    return proba3(est, X)
 
 
 def describe_contents(index: DicomIndex) -> str:
@@ -184,23 +197,148 @@ def describe_contents(index: DicomIndex) -> str:
     return f"{len(index.files)} files" + (f": {listing}" if listing else "")
 
 
+def find_ct_series(
+    study_dir: str | Path, load: LoadConfig = LoadConfig(), series_uid: str | None = None
+) -> CTSeries:
+    """Index ``study_dir`` and choose the CT series to predict on.
+
+    Parameters
+    ----------
+    study_dir : str or Path
+        Folder holding the study's DICOM files (any layout).
+    load : LoadConfig
+        Ingestion checks the index applies.
+    series_uid : str, optional
+        Only this SeriesInstanceUID.
+
+    Raises
+    ------
+    NoCTSeriesError
+        If the folder holds no loadable CT series (or not ``series_uid``); the
+        message lists what it holds and why series were rejected.
+    """
+    t0 = time.perf_counter()
+    index = index_tree(study_dir, workers=1, config=load)
+    index_s = time.perf_counter() - t0
+    ct = index.ct_series()
+    ct = ct[ct["modality"] == "CT"] if "modality" in ct else ct
+    if series_uid is not None:
+        ct = ct[ct["series_uid"] == series_uid]
+        if ct.empty:
+            raise NoCTSeriesError(
+                f"{study_dir}: no loadable CT series with SeriesInstanceUID "
+                f"{series_uid}; found {describe_contents(index)}. Fix: run "
+                "`lungslice index` on the folder to list its series."
+            )
+    if ct.empty:
+        rejected = index.series[index.series["status"] != "ok"]
+        why = "; ".join(f"{r.series_uid}: {r.reason}" for r in rejected.itertuples())
+        raise NoCTSeriesError(
+            f"{study_dir}: no CT series to predict on; found {describe_contents(index)}"
+            + (f" (rejected: {why})" if why else "")
+            + ". Fix: point predict at a folder holding a CT series."
+        )
+    files = index.files[index.files["status"] == "used"]
+    files_by_sop = {
+        str(u): Path(p) for u, p in zip(files["sop_instance_uid"], files["path"], strict=True)
+    }
+    return CTSeries(index, tuple(str(u) for u in ct["series_uid"]), files_by_sop, index_s)
+
+
+def _feature_config(bundle: ModelBundle) -> FeatureConfig:
+    # load_bundle rebuilt it with FeatureConfig.from_dict (model.json 'features' 'config')
+    if bundle.feature_config is None:
+        raise BundleMismatchError(
+            f"model bundle {bundle.path}: model.json 'features' holds no feature settings "
+            "('config'), so features cannot be made for it. Fix: train the bundle on a feature "
+            "cache written by `lungslice extract`."
+        )
+    return bundle.feature_config
+
+
+def _series_info(resampled: ResampledVolume, n_lung_slices: int | None = None) -> SeriesInfo:
+    src = resampled.source
+    return SeriesInfo(
+        patient_id=src.patient_id,
+        study_uid=src.study_uid,
+        series_uid=src.series_uid,
+        n_original_slices=src.n_slices,
+        n_resampled_slices=resampled.n_slices,
+        slice_spacing_mm=float(resampled.spacing[0]),
+        pixel_spacing_mm=(float(resampled.spacing[1]), float(resampled.spacing[2])),
+        n_lung_slices=n_lung_slices,
+    )
+
+
+def _slice_scores(
+    resampled: ResampledVolume,
+    probs: np.ndarray,
+    *,
+    reason: tuple[str | None, ...] | None = None,
+    smoothed: np.ndarray | None = None,
+) -> SliceScores:
+    n = resampled.n_slices
+    return SliceScores(
+        z_mm=np.asarray(resampled.z_positions, dtype=np.float64),
+        probs=np.asarray(probs, dtype=np.float64),
+        sop_instance_uids=tuple(resampled.nearest_sop_instance_uid(i) for i in range(n)),
+        instance_numbers=tuple(resampled.nearest_instance_number(i) for i in range(n)),
+        reason=reason,
+        smoothed=smoothed,
+    )
+
+
+def _domain_verdict(domain: Any, descriptor: np.ndarray) -> DomainVerdict:
+    """The domain guard's verdict (score and threshold rounded as result.json shows them)."""
+    if domain is None:
+        return DomainVerdict(
+            in_domain=None,
+            score=None,
+            threshold=None,
+            method=None,
+            message="the model bundle has no domain guard; scores unchecked for this input",
+        )
+    rec = dict(domain.assess(descriptor))
+    score = rec.get("score")
+    inside = rec.get("in_domain")
+    return DomainVerdict(
+        in_domain=None if inside is None else bool(inside),
+        score=None if score is None else round(float(score), 4),
+        threshold=round(float(rec["threshold"]), 4),
+        method=rec.get("method"),
+        message=rec.get("message"),
+    )
+
+
+def _proba3(est: Any, X: np.ndarray) -> np.ndarray:
+    from lungslice.model.candidate_eval import _proba3 as proba3
+
+    return proba3(est, X)
+
+
 class Predictor:
-    """A model bundle and its backbone, loaded once and used on many studies.
+    """A model bundle and its backbone, loaded once and used on many series.
 
     Parameters
     ----------
     model : str, Path or ModelBundle
-        A bundle directory written by ``lungslice train`` (or a loaded bundle).
+        A bundle directory written by ``lungslice train`` or ``lungslice
+        candidates train`` (or a loaded whole-slice bundle).
+
+    Attributes
+    ----------
+    model_id : str
+        The bundle's stable id (:func:`lungslice.study.model_id`).
     """
 
     def __init__(self, model: str | Path | ModelBundle) -> None:
         from lungslice.model.candidate_bundle import is_candidate_bundle, load_candidate_bundle
 
         self.candidates: CandidateBundle | None = None
-        self._domain: dict[str, Any] = {}
         self.runner: FeatureRunner
         if not isinstance(model, ModelBundle) and is_candidate_bundle(model):
             self.candidates = load_candidate_bundle(model)
+            self.model_id = model_id(self.candidates.path)
             self.feature_config = self.candidates.config.features
             self.runner = make_runner(self.feature_config)
             have = self.runner.backbone.weights_id
@@ -213,6 +351,7 @@ class Predictor:
                 )
             return
         self.bundle = model if isinstance(model, ModelBundle) else load_bundle(model)
+        self.model_id = model_id(self.bundle.path)
         self.feature_config = _feature_config(self.bundle)
         # Features here are made with the bundle's settings; what can still differ is
         # the weights this machine resolves (checksum) and the backbone's width.
@@ -234,11 +373,93 @@ class Predictor:
                 "bundle with the backbone settings it was trained on (model.json 'features')."
             )
 
-    # -- one series -------------------------------------------------------------------
+    # -- the model's identity ---------------------------------------------------------
+    def model_info(self) -> ModelInfo:
+        """Bundle path, id, kind, backbone, weights and settings of this predictor."""
+        layers = tuple(self.feature_config.resolved_layers)
+        weights_id = self.runner.backbone.weights_id
+        if self.candidates is not None:
+            b = self.candidates
+            return ModelInfo(
+                bundle=str(b.path),
+                model_id=self.model_id,
+                kind="candidates",
+                backbone=self.feature_config.backbone,
+                weights_id=weights_id,
+                layers=layers,
+                inputs=config_dict(b.config.patches),
+                head=b.manifest.get("classifier", {}).get("params"),
+                label_rule=b.label_rule,
+                aggregate=config_dict(b.findings),
+                detector=config_dict(b.config.detector),
+            )
+        return ModelInfo(
+            bundle=str(self.bundle.path),
+            model_id=self.model_id,
+            kind="whole-slice",
+            backbone=self.feature_config.backbone,
+            weights_id=weights_id,
+            layers=layers,
+            inputs=config_dict(self.feature_config.inputs),
+            head=self.bundle.manifest.get("head", {}).get("kind"),
+            label_rule=self.bundle.label_rule.to_dict(),
+            aggregate=config_dict(self.bundle.aggregate_config),
+        )
+
+    # -- inference --------------------------------------------------------------------
+    def predict(
+        self,
+        resampled: ResampledVolume,
+        config: PredictConfig = PredictConfig(),
+        *,
+        heatmaps: bool | None = None,
+        source_files: dict[str, Path] | None = None,
+        timings: dict[str, float] | None = None,
+        run: dict[str, Any] | None = None,
+    ) -> StudyPrediction:
+        """The prediction for one resampled series.
+
+        Parameters
+        ----------
+        resampled : ResampledVolume
+            The series on the bundle's slice spacing.
+        config : PredictConfig
+            ``top_k`` and the settings recorded in the provenance.
+        heatmaps : bool, optional
+            Compute class activation maps for the recommendations (whole-slice
+            bundles); default ``config.heatmaps and config.write_report``.
+        source_files : dict, optional
+            SOPInstanceUID -> file of the source images (for the DICOM writers).
+        timings : dict, optional
+            Seconds of the stages before inference (index, load, resample).
+        run : dict, optional
+            Process and time record of the run.
+
+        Raises
+        ------
+        NotChestError
+            When a candidate bundle finds no lung field on any slice.
+        """
+        timings = dict(timings or {})
+        if self.candidates is not None:
+            body = self._predict_candidates(resampled, config, timings)
+        else:
+            want = config.heatmaps and config.write_report if heatmaps is None else heatmaps
+            body = self._predict_whole_slice(resampled, config, timings, want)
+        return StudyPrediction(
+            **body,
+            model=self.model_info(),
+            provenance=provenance(config),
+            timings=timings,
+            run=dict(run or {}),
+            volume=resampled,
+            source_files=dict(source_files or {}),
+        )
+
     def predict_volume(
         self, resampled: ResampledVolume, config: PredictConfig = PredictConfig()
     ) -> tuple[np.ndarray, StudyResult, dict[str, float]]:
-        """Probabilities and aggregation of one resampled volume, with stage timings."""
+        """Whole-slice bundles: probabilities and aggregation of one volume, with timings."""
         timings: dict[str, float] = {}
         t = time.perf_counter()
         features = extract_volume(resampled, self.runner, self.feature_config)
@@ -264,175 +485,78 @@ class Predictor:
             maps.append(activation_maps(self.runner.backbone, self.bundle.head, x)[0])
         return np.stack(maps) if maps else np.zeros((0, 1, 1), dtype=np.float32)
 
-    def _result(
+    def _predict_whole_slice(
         self,
-        resampled: ResampledVolume,
-        probs: np.ndarray,
-        study: StudyResult,
+        rs: ResampledVolume,
         config: PredictConfig,
         timings: dict[str, float],
+        want_heatmaps: bool,
     ) -> dict[str, Any]:
-        z = np.asarray(resampled.z_positions, dtype=np.float64)
-        slices = [
-            {
-                "index": i,
-                "z_mm": round(float(z[i]), 3),
-                "p_non_nodule": round(float(probs[i, 0]), 5),
-                "p_benign": round(float(probs[i, 1]), 5),
-                "p_malignant": round(float(probs[i, 2]), 5),
-                "sop_instance_uid": resampled.nearest_sop_instance_uid(i),
-                "instance_number": resampled.nearest_instance_number(i),
-            }
-            for i in range(resampled.n_slices)
-        ]
-        candidate_of = np.full(resampled.n_slices, -1, dtype=np.int64)
-        candidates = []
+        probs, study, more = self.predict_volume(rs, config)
+        timings.update(more)
+        z = np.asarray(rs.z_positions, dtype=np.float64)
+        sm = study.smoothed
+        candidate_of = np.full(rs.n_slices, -1, dtype=np.int64)
+        findings = []
         for k, c in enumerate(study.candidates, start=1):
             candidate_of[c.start : c.end + 1] = k
-            candidates.append(
-                {
-                    "id": k,
-                    "z_min": round(min(c.z_start, c.z_end), 3),
-                    "z_max": round(max(c.z_start, c.z_end), 3),
-                    "n_slices": c.n_slices,
-                    "peak_index": c.peak,
-                    "peak_z": round(c.peak_z, 3),
-                    "p_nodule": round(c.p_nodule, 5),
-                    "mean_p_malignant": round(c.mean_p_malignant, 5),
-                    "max_p_malignant": round(c.max_p_malignant, 5),
-                    "mean_p_benign": round(c.mean_p_benign, 5),
-                    "max_p_benign": round(c.max_p_benign, 5),
-                    "peak_sop_instance_uid": resampled.nearest_sop_instance_uid(c.peak),
-                }
+            findings.append(
+                Finding(
+                    id=k,
+                    slice_index=int(c.peak),
+                    z_mm=float(c.peak_z),
+                    z_min=float(min(c.z_start, c.z_end)),
+                    z_max=float(max(c.z_start, c.z_end)),
+                    p_nodule=float(c.p_nodule),
+                    p_benign=float(sm[c.peak, 1]),
+                    p_malignant=float(sm[c.peak, 2]),
+                    max_p_malignant=float(c.max_p_malignant),
+                    mean_p_malignant=float(c.mean_p_malignant),
+                    max_p_benign=float(c.max_p_benign),
+                    mean_p_benign=float(c.mean_p_benign),
+                    sop_instance_uid=rs.nearest_sop_instance_uid(c.peak),
+                    instance_number=rs.nearest_instance_number(c.peak),
+                    n_slices=int(c.n_slices),
+                )
             )
         recs = []
         for rank, i in enumerate(study.recommendations(config.top_k), start=1):
             cand = int(candidate_of[i])
             recs.append(
-                {
-                    "rank": rank,
-                    "slice_index": int(i),
-                    "z_mm": round(float(z[i]), 3),
-                    "candidate": cand if cand > 0 else None,
-                    "p_malignant": round(float(study.smoothed[i, 2]), 5),
-                    "p_benign": round(float(study.smoothed[i, 1]), 5),
-                    "sop_instance_uid": resampled.nearest_sop_instance_uid(int(i)),
-                    "instance_number": resampled.nearest_instance_number(int(i)),
-                }
+                Recommendation(
+                    rank=rank,
+                    slice_index=int(i),
+                    z_mm=float(z[i]),
+                    finding=cand if cand > 0 else None,
+                    p_malignant=float(sm[i, 2]),
+                    p_benign=float(sm[i, 1]),
+                    sop_instance_uid=rs.nearest_sop_instance_uid(int(i)),
+                    instance_number=rs.nearest_instance_number(int(i)),
+                )
             )
-        m = self.bundle.manifest
+        maps = None
+        if want_heatmaps:
+            t = time.perf_counter()
+            maps = self.heatmaps(rs, np.array([r.slice_index for r in recs], dtype=np.int64))
+            timings["heatmaps"] = time.perf_counter() - t
         return {
-            "schema": RESULT_SCHEMA,
-            "study": _study_record(resampled),
-            "scores": {
-                "p_any_nodule": round(float(study.p_any_nodule), 5),
-                "p_malignant": round(float(study.p_malignant), 5),
-                "method": study.config.method,
-            },
-            "candidates": candidates,
-            "recommendations": recs,
-            "slices": slices,
-            "model": {
-                "bundle": str(self.bundle.path),
-                "backbone": self.feature_config.backbone,
-                "weights_id": self.runner.backbone.weights_id,
-                "layers": list(self.feature_config.resolved_layers),
-                "inputs": config_dict(self.feature_config.inputs),
-                "head": m.get("head", {}).get("kind"),
-                "label_rule": self.bundle.label_rule.to_dict(),
-                "aggregate": config_dict(self.bundle.aggregate_config),
-            },
-            "timings_s": {k: round(v, 4) for k, v in timings.items()},
-            "provenance": provenance(config),
+            "series": _series_info(rs),
+            "scores": Scores(
+                p_any_nodule=float(study.p_any_nodule),
+                p_malignant=float(study.p_malignant),
+                method=str(study.config.method),
+            ),
+            "domain": None,
+            "findings": tuple(findings),
+            "recommendations": tuple(recs),
+            "slices": _slice_scores(rs, probs, smoothed=np.asarray(sm, dtype=np.float64)),
+            "heatmaps": maps,
         }
 
-    def write_outputs(
-        self,
-        prediction: SeriesPrediction,
-        out_dir: Path,
-        files_by_sop: dict[str, Path],
-        config: PredictConfig,
-    ) -> dict[str, Path]:
-        """Write ``result.json``, ``report.html`` and ``key_images.dcm`` into ``out_dir``."""
-        from lungslice.report.figures import slice_png, z_profile_png
-        from lungslice.report.html import render_report
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        result, rs = prediction.result, prediction.resampled
-        timings = result["timings_s"]
-        outputs: dict[str, Path] = {}
-        recs = result["recommendations"]
-        idx = np.array([r["slice_index"] for r in recs], dtype=np.int64)
-        if config.write_report:
-            t = time.perf_counter()
-            if isinstance(prediction.study, StudyFindings):
-                thumbs, plot = self._candidate_thumbnails(prediction)
-            else:
-                heat = self.heatmaps(rs, idx) if config.heatmaps else [None] * len(idx)
-                timings["heatmaps"] = round(time.perf_counter() - t, 4)
-                t = time.perf_counter()
-                src = rs.source
-                thumbs = [
-                    (
-                        slice_png(src.hu[int(rs.nearest_source[i])]),
-                        slice_png(src.hu[int(rs.nearest_source[i])], h),
-                    )
-                    for i, h in zip(idx, heat, strict=True)
-                ]
-                plot = z_profile_png(
-                    np.asarray(rs.z_positions),
-                    prediction.study.smoothed[:, 2],
-                    prediction.study.smoothed[:, 1],
-                    result["candidates"],
-                    [r["z_mm"] for r in recs],
-                )
-            outputs["report"] = render_report(
-                result,
-                plot,
-                thumbs,
-                out_dir / "report.html",
-                hide_patient_id=config.hide_patient_id,
-            )
-            timings["report"] = round(time.perf_counter() - t, 4)
-        if config.write_key_images and recs:
-            t = time.perf_counter()
-            seen: dict[str, str] = {}
-            domain = result.get("domain") or {}
-            title = "lungslice: slices to read first"
-            if domain.get("in_domain") is False:
-                title += f" ({domain['message']})"
-            for r in recs:  # several 1 mm slices can share one original image
-                uid = r["sop_instance_uid"]
-                note = (
-                    f"rank {r['rank']}, z {r['z_mm']:.1f} mm, p(malignant) "
-                    f"{r['p_malignant']:.2f}, p(benign) {r['p_benign']:.2f}"
-                )
-                if "row" in r:
-                    note += (
-                        f", finding at row {r['row']:.0f} column {r['column']:.0f} "
-                        f"(x {r['x_mm']:.1f} mm, y {r['y_mm']:.1f} mm), "
-                        f"radius {r['radius_mm']:.1f} mm"
-                    )
-                seen[uid] = f"{seen[uid]}; {note}" if uid in seen else note
-            outputs["key_images"] = write_key_images(
-                out_dir / "key_images.dcm",
-                [files_by_sop[uid] for uid in seen],
-                list(seen.values()),
-                title=title,
-                keep_patient_name=config.keep_patient_name,
-                software_version=str(result["provenance"]["versions"].get("lungslice")),
-            )
-            timings["key_images"] = round(time.perf_counter() - t, 4)
-        path = out_dir / "result.json"
-        path.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
-        outputs["result"] = path
-        return outputs
-
-    # -- the candidate path -------------------------------------------------------------
     def predict_candidates(
         self, resampled: ResampledVolume
-    ) -> tuple[StudyFindings, pd.DataFrame, dict[str, float]]:
-        """Findings of one resampled volume with a candidate bundle, with stage timings.
+    ) -> tuple[StudyFindings, pd.DataFrame, DomainVerdict, dict[str, float]]:
+        """Candidate bundles: findings of one volume, its candidates, domain verdict, timings.
 
         Raises
         ------
@@ -464,156 +588,87 @@ class Predictor:
                 findings.scores[f"{name}.uncalibrated"] = raw
                 findings.scores[name] = float(cal[name].transform(np.array([raw]))[0])
         timings["findings"] = time.perf_counter() - t
-        self._domain = _domain_record(self.candidates.domain, sc.descriptor)
-        return findings, sc.candidates, timings
+        domain = _domain_verdict(self.candidates.domain, sc.descriptor)
+        return findings, sc.candidates, domain, timings
 
-    def _candidate_result(
-        self,
-        resampled: ResampledVolume,
-        findings: StudyFindings,
-        config: PredictConfig,
-        timings: dict[str, float],
+    def _predict_candidates(
+        self, rs: ResampledVolume, config: PredictConfig, timings: dict[str, float]
     ) -> dict[str, Any]:
         assert self.candidates is not None
-        z = np.asarray(resampled.z_positions, dtype=np.float64)
-        probs = findings.slice_probs
-        slices = [
-            {
-                "index": i,
-                "z_mm": round(float(z[i]), 3),
-                "p_non_nodule": round(float(probs[i, 0]), 5),
-                "p_benign": round(float(probs[i, 1]), 5),
-                "p_malignant": round(float(probs[i, 2]), 5),
-                "reason": str(findings.slice_reason[i]) or None,
-                "sop_instance_uid": resampled.nearest_sop_instance_uid(i),
-                "instance_number": resampled.nearest_instance_number(i),
-            }
-            for i in range(resampled.n_slices)
-        ]
-        cands = []
-        for f in findings.findings.to_dict(orient="records"):
+        found, _, domain, more = self.predict_candidates(rs)
+        timings.update(more)
+        findings = []
+        for f in found.findings.to_dict(orient="records"):
             k = int(f["slice_index"])
             r = float(f["radius_mm"])
-            cands.append(
-                {
-                    "id": int(f["rank"]),
-                    "slice_index": k,
-                    "z_mm": round(float(f["z_mm"]), 3),
-                    "z_min": round(float(f["z_mm"]) - r, 3),
-                    "z_max": round(float(f["z_mm"]) + r, 3),
-                    "peak_index": k,
-                    "peak_z": round(float(f["z_mm"]), 3),
-                    "row": round(float(f["row"]), 1),
-                    "column": round(float(f["col"]), 1),
-                    "x_mm": round(float(f["x_mm"]), 2),
-                    "y_mm": round(float(f["y_mm"]), 2),
-                    "radius_mm": round(r, 2),
-                    "p_nodule": round(float(f["p_nodule"]), 5),
-                    "p_malignant": round(float(f["p_malignant"]), 5),
-                    "p_benign": round(float(f["p_benign"]), 5),
-                    "max_p_malignant": round(float(f["p_malignant"]), 5),
-                    "mean_p_malignant": round(float(f["p_malignant"]), 5),
-                    "max_p_benign": round(float(f["p_benign"]), 5),
-                    "detector_score": round(float(f["detector_score"]), 5),
-                    "peak_sop_instance_uid": resampled.nearest_sop_instance_uid(k),
-                    "instance_number": resampled.nearest_instance_number(k),
-                }
-            )
-        recs = [
-            {
-                "rank": c["id"],
-                "slice_index": c["slice_index"],
-                "z_mm": c["z_mm"],
-                "candidate": c["id"],
-                "row": c["row"],
-                "column": c["column"],
-                "x_mm": c["x_mm"],
-                "y_mm": c["y_mm"],
-                "radius_mm": c["radius_mm"],
-                "p_nodule": c["p_nodule"],
-                "p_malignant": c["p_malignant"],
-                "p_benign": c["p_benign"],
-                "sop_instance_uid": c["peak_sop_instance_uid"],
-                "instance_number": c["instance_number"],
-            }
-            for c in cands[: config.top_k]
-        ]
-        b = self.candidates
-        return {
-            "schema": RESULT_SCHEMA,
-            "study": {
-                **_study_record(resampled),
-                "n_lung_slices": int(sum(1 for r in findings.slice_reason if not r)),
-            },
-            "scores": {
-                "p_any_nodule": round(float(findings.scores["p_any_nodule"]), 5),
-                "p_malignant": round(float(findings.scores["p_malignant"]), 5),
-                "method": b.findings.aggregator,
-                "calibration": "Platt on held-out training studies"
-                if "p_any_nodule.uncalibrated" in findings.scores
-                else None,
-                "p_any_nodule_uncalibrated": findings.scores.get("p_any_nodule.uncalibrated"),
-                # False when the guard fires: the numbers are reported, not trusted
-                "calibrated_for_input": self._domain.get("in_domain") is not False,
-            },
-            "domain": self._domain,
-            "candidates": cands,
-            "recommendations": recs,
-            "slices": slices,
-            "model": {
-                "bundle": str(b.path),
-                "kind": "candidates",
-                "backbone": self.feature_config.backbone,
-                "weights_id": self.runner.backbone.weights_id,
-                "layers": list(self.feature_config.resolved_layers),
-                "inputs": config_dict(b.config.patches),
-                "head": b.manifest.get("classifier", {}).get("params"),
-                "label_rule": b.label_rule,
-                "aggregate": config_dict(b.findings),
-                "detector": config_dict(b.config.detector),
-            },
-            "timings_s": {k: round(v, 4) for k, v in timings.items()},
-            "provenance": provenance(config),
-        }
-
-    def _candidate_thumbnails(
-        self, prediction: SeriesPrediction
-    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
-        from lungslice.report.figures import finding_png, z_profile_png
-
-        rs = prediction.resampled
-        recs = prediction.result["recommendations"]
-        thumbs = []
-        crop_mm = 48.0
-        for r in recs:
-            hu = rs.hu[int(r["slice_index"])]
-            rad_px = float(r["radius_mm"]) / float(rs.spacing[1])
-            thumbs.append(
-                (
-                    finding_png(hu, r["row"], r["column"], rad_px),
-                    finding_png(
-                        hu,
-                        r["row"],
-                        r["column"],
-                        rad_px,
-                        crop_px=max(16, round(crop_mm / float(rs.spacing[1]))),
-                    ),
+            z = float(f["z_mm"])
+            p_mal, p_ben = float(f["p_malignant"]), float(f["p_benign"])
+            findings.append(
+                Finding(
+                    id=int(f["rank"]),
+                    slice_index=k,
+                    z_mm=z,
+                    z_min=z - r,
+                    z_max=z + r,
+                    p_nodule=float(f["p_nodule"]),
+                    p_benign=p_ben,
+                    p_malignant=p_mal,
+                    max_p_malignant=p_mal,
+                    mean_p_malignant=p_mal,
+                    max_p_benign=p_ben,
+                    mean_p_benign=p_ben,
+                    sop_instance_uid=rs.nearest_sop_instance_uid(k),
+                    instance_number=rs.nearest_instance_number(k),
+                    row=float(f["row"]),
+                    column=float(f["col"]),
+                    x_mm=float(f["x_mm"]),
+                    y_mm=float(f["y_mm"]),
+                    radius_mm=r,
+                    detector_score=float(f["detector_score"]),
                 )
             )
-        probs = (
-            prediction.study.slice_probs if isinstance(prediction.study, StudyFindings) else None
+        recs = tuple(
+            Recommendation(
+                rank=f.id,
+                slice_index=f.slice_index,
+                z_mm=f.z_mm,
+                finding=f.id,
+                p_malignant=f.p_malignant,
+                p_benign=f.p_benign,
+                sop_instance_uid=f.sop_instance_uid,
+                instance_number=f.instance_number,
+                p_nodule=f.p_nodule,
+                row=f.row,
+                column=f.column,
+                x_mm=f.x_mm,
+                y_mm=f.y_mm,
+                radius_mm=f.radius_mm,
+            )
+            for f in findings[: config.top_k]
         )
-        assert probs is not None
-        plot = z_profile_png(
-            np.asarray(rs.z_positions),
-            probs[:, 2],
-            probs[:, 1],
-            prediction.result["candidates"][: max(len(recs), 10)],
-            [r["z_mm"] for r in recs],
-        )
-        return thumbs, plot
+        raw = found.scores
+        calibrated = "p_any_nodule.uncalibrated" in raw
+        reason = tuple(str(r) or None for r in found.slice_reason)
+        return {
+            "series": _series_info(rs, sum(1 for r in found.slice_reason if not r)),
+            "scores": Scores(
+                p_any_nodule=float(raw["p_any_nodule"]),
+                p_malignant=float(raw["p_malignant"]),
+                method=str(self.candidates.findings.aggregator),
+                calibration="Platt on held-out training studies" if calibrated else None,
+                p_any_nodule_uncalibrated=raw.get("p_any_nodule.uncalibrated"),
+                p_malignant_uncalibrated=raw.get("p_malignant.uncalibrated"),
+                # False when the guard fires: the numbers are reported, not trusted
+                calibrated_for_input=domain.in_domain is not False,
+            ),
+            "domain": domain,
+            "findings": tuple(findings),
+            "recommendations": recs,
+            "slices": _slice_scores(rs, found.slice_probs, reason=reason),
+            "heatmaps": None,
+        }
 
-    # -- a whole study ----------------------------------------------------------------
+    # -- a whole study (kept for callers of the method) ---------------------------------
     def predict_study(
         self,
         study_dir: str | Path,
@@ -621,81 +676,112 @@ class Predictor:
         config: PredictConfig = PredictConfig(),
         progress: ProgressCallback | None = None,
     ) -> list[SeriesPrediction]:
-        """Predict every CT series of ``study_dir`` (or ``config.series_uid``)."""
-        t0 = time.perf_counter()
-        index = index_tree(study_dir, workers=1, config=config.load)
-        t_index = time.perf_counter() - t0
-        ct = index.ct_series()
-        ct = ct[ct["modality"] == "CT"] if "modality" in ct else ct
-        if config.series_uid is not None:
-            ct = ct[ct["series_uid"] == config.series_uid]
-            if ct.empty:
-                raise NoCTSeriesError(
-                    f"{study_dir}: no loadable CT series with SeriesInstanceUID "
-                    f"{config.series_uid}; found {describe_contents(index)}. Fix: run "
-                    "`lungslice index` on the folder to list its series."
-                )
-        if ct.empty:
-            rejected = index.series[index.series["status"] != "ok"]
-            why = "; ".join(f"{r.series_uid}: {r.reason}" for r in rejected.itertuples())
-            raise NoCTSeriesError(
-                f"{study_dir}: no CT series to predict on; found {describe_contents(index)}"
-                + (f" (rejected: {why})" if why else "")
-                + ". Fix: point predict at a folder holding a CT series."
-            )
-        files = index.files[index.files["status"] == "used"]
-        files_by_sop = {
-            str(u): Path(p) for u, p in zip(files["sop_instance_uid"], files["path"], strict=True)
-        }
-        results = []
-        series = list(ct["series_uid"])
-        run = {
-            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-        }
-        for n, uid in enumerate(series):
-            report(progress, n, len(series), f"series {n + 1}/{len(series)}")
-            timings = {"index": t_index / len(series)}
-            t = time.perf_counter()
-            volume = load_series(index, series_uid=uid, config=index.config)
-            timings["load"] = time.perf_counter() - t
-            t = time.perf_counter()
-            rs = resample(volume, slice_spacing=self.feature_config.slice_spacing)
-            timings["resample"] = time.perf_counter() - t
-            study: StudyResult | StudyFindings
-            if self.candidates is not None:
-                study, _, more = self.predict_candidates(rs)
-                timings.update(more)
-                probs = study.slice_probs
-                result = self._candidate_result(rs, study, config, timings)
-            else:
-                probs, study, more = self.predict_volume(rs, config)
-                timings.update(more)
-                result = self._result(rs, probs, study, config, timings)
-            pred = SeriesPrediction(result=result, probabilities=probs, study=study, resampled=rs)
-            result["run"] = {
-                **run,
-                "study_uid": volume.study_uid,
-                "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            }
-            if out_dir is not None:
-                target = Path(out_dir) if len(series) == 1 else Path(out_dir) / uid
-                # written under a temporary name and swapped in whole; a run that fails
-                # leaves the previous output untouched, and a concurrent run is refused
-                with staged_output(target, run_id=volume.study_uid) as tmp:
-                    written = self.write_outputs(pred, tmp, files_by_sop, config)
-                pred.outputs.update({k: target / v.name for k, v in written.items()})
-            log.info(
-                "series %s: %d slices, p(malignant) %.3f, %d candidates",
-                uid,
-                rs.n_slices,
-                result["scores"]["p_malignant"],
-                len(result["candidates"]),
-            )
-            results.append(pred)
-        report(progress, len(series), len(series), "done")
-        return results
+        """Predict every CT series of ``study_dir``; see :func:`predict_study`."""
+        return predict_study(self, study_dir, out_dir, config, progress)
+
+
+def predict_series(
+    predictor: Predictor,
+    found: CTSeries,
+    series_uid: str,
+    config: PredictConfig = PredictConfig(),
+    *,
+    heatmaps: bool | None = None,
+    run: dict[str, Any] | None = None,
+) -> StudyPrediction:
+    """Load, resample and predict one CT series of a study folder.
+
+    Parameters
+    ----------
+    predictor : Predictor
+        The loaded model.
+    found : CTSeries
+        What :func:`find_ct_series` chose.
+    series_uid : str
+        One of ``found.series_uids``.
+    config : PredictConfig
+        Settings (``load``, ``top_k``, ...).
+    heatmaps : bool, optional
+        See :meth:`Predictor.predict`.
+    run : dict, optional
+        Process record of the run; ``study_uid`` and ``finished`` are added.
+    """
+    timings = {"index": found.index_s / max(len(found.series_uids), 1)}
+    t = time.perf_counter()
+    volume = load_series(found.index, series_uid=series_uid, config=found.index.config)
+    timings["load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    rs = resample(volume, slice_spacing=predictor.feature_config.slice_spacing)
+    timings["resample"] = time.perf_counter() - t
+    pred = predictor.predict(
+        rs,
+        config,
+        heatmaps=heatmaps,
+        source_files=found.files_of(series_uid),
+        timings=timings,
+        run=run,
+    )
+    if run is None:
+        return pred
+    finished = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    return dataclasses.replace(
+        pred, run={**run, "study_uid": volume.study_uid, "finished": finished}
+    )
+
+
+def predict_study(
+    predictor: Predictor,
+    study_dir: str | Path,
+    out_dir: str | Path | None = None,
+    config: PredictConfig = PredictConfig(),
+    progress: ProgressCallback | None = None,
+) -> list[SeriesPrediction]:
+    """Predict every CT series of ``study_dir`` (or ``config.series_uid``), writing outputs.
+
+    Each series' outputs are written by :func:`lungslice.report.write_outputs`
+    into a temporary folder swapped in whole: a run that fails leaves the
+    previous output untouched, and a concurrent run is refused.
+    """
+    from lungslice.report.writers import OutputOptions, write_outputs
+
+    found = find_ct_series(study_dir, config.load, config.series_uid)
+    options = OutputOptions.from_config(config)
+    results = []
+    series = list(found.series_uids)
+    run = {
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+    for n, uid in enumerate(series):
+        report(progress, n, len(series), f"series {n + 1}/{len(series)}")
+        pred = predict_series(
+            predictor,
+            found,
+            uid,
+            config,
+            heatmaps=out_dir is not None and config.write_report and config.heatmaps,
+            run=dict(run),
+        )
+        outputs: dict[str, Path] = {}
+        if out_dir is not None:
+            target = Path(out_dir) if len(series) == 1 else Path(out_dir) / uid
+            with staged_output(target, run_id=pred.series.study_uid) as tmp:
+                written = write_outputs(pred, tmp, options)
+            outputs = {k: target / v.name for k, v in written.paths.items()}
+            record = written.record
+        else:
+            record = result_record(pred)
+        log.info(
+            "series %s: %d slices, p(malignant) %.3f, %d findings",
+            uid,
+            len(pred.slices),
+            pred.scores.p_malignant,
+            len(pred.findings),
+        )
+        results.append(SeriesPrediction(prediction=pred, result=record, outputs=outputs))
+    report(progress, len(series), len(series), "done")
+    return results
 
 
 def predict(
@@ -715,7 +801,7 @@ def predict(
     model : str, Path or ModelBundle
         Model bundle directory.
     out_dir : str or Path, optional
-        Where to write ``result.json``, ``report.html`` and ``key_images.dcm``;
+        Where to write ``result.json``, ``report.html`` and the DICOM outputs;
         None writes nothing.
     config : PredictConfig
         Series selection, number of recommendations, privacy and output options.
@@ -728,7 +814,7 @@ def predict(
         The same records ``result.json`` holds (``docs/result-schema.md``).
     """
     predictor = Predictor(model)
-    return [p.result for p in predictor.predict_study(study_dir, out_dir, config, progress)]
+    return [p.result for p in predict_study(predictor, study_dir, out_dir, config, progress)]
 
 
 def results_table(results: list[dict[str, Any]]) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 
 from lungslice.errors import DicomReadError, LungsliceError
 
-__all__ = ["read_key_images", "write_key_images"]
+__all__ = ["evidence_copy", "read_key_images", "write_key_images"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,14 @@ _TYPE2_COPIED = (
 )
 
 
-def _evidence(ds: Dataset, keep_phi: bool) -> Dataset:
+def evidence_copy(ds: Dataset, keep_phi: bool = False) -> Dataset:
+    """A copy of a source image header to build a derived object from.
+
+    Type 2 patient/study attributes a real image may lack are added empty, and
+    PatientName, PatientBirthDate and PatientSex are blanked unless ``keep_phi``
+    (PatientID and the study identity are kept so a PACS files the derived
+    object with its study).
+    """
     ev = deepcopy(ds)
     for keyword in _TYPE2_COPIED:
         if keyword not in ev:
@@ -66,6 +73,8 @@ def write_key_images(
     series_number: int = 9901,
     keep_patient_name: bool = False,
     software_version: str = "",
+    series_description: str = "lungslice key images",
+    model_id: str = "",
 ) -> Path:
     """Write a Key Object Selection document referencing ``images``.
 
@@ -90,6 +99,11 @@ def write_key_images(
         so the PACS files the document with its study).
     software_version : str
         Recorded in the observer context's device name.
+    series_description : str
+        SeriesDescription of the new KO series.
+    model_id : str
+        Id of the model bundle that chose the images: part of what the new
+        UIDs are derived from, so another model's document gets other UIDs.
 
     Returns
     -------
@@ -117,7 +131,7 @@ def write_key_images(
             f"referenced images span {len(studies)} studies ({', '.join(sorted(studies))}); "
             "a key-object document belongs to exactly one study"
         )
-    evidence = [_evidence(ds, keep_patient_name) for ds in datasets]
+    evidence = [evidence_copy(ds, keep_patient_name) for ds in datasets]
     description = "\n".join(
         [title]
         + [
@@ -142,6 +156,8 @@ def write_key_images(
     # Same study, same references, same notes -> the same UIDs: re-running does not
     # file a second, different document under a new identity.
     entropy = [next(iter(studies)), *(str(ds.SOPInstanceUID) for ds in datasets), *notes]
+    if model_id:
+        entropy.append(model_id)
     document = hd.ko.KeyObjectSelectionDocument(
         evidence=evidence,
         content=content,
@@ -151,7 +167,7 @@ def write_key_images(
         instance_number=1,
         manufacturer="lungslice",
     )
-    document.SeriesDescription = "lungslice key images"
+    document.SeriesDescription = series_description
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     document.save_as(out, enforce_file_format=True)

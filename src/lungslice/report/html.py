@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render_report"]
+import numpy as np
+
+from lungslice.errors import LungsliceError
+from lungslice.study import StudyPrediction
+
+__all__ = ["figures", "render_report", "write_report"]
+
+#: Side of the crop around a finding in the report's second thumbnail.
+CROP_MM = 48.0
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;
@@ -212,3 +220,83 @@ def render_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts), encoding="utf-8")
     return out
+
+
+def figures(prediction: StudyPrediction) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The report's thumbnails (two per recommendation) and its z-profile plot.
+
+    Located findings (candidate bundles) are circled on the whole slice and on
+    a 48 mm crop; whole-slice recommendations show the original image nearest
+    to the slice, plain and with its class activation map when the prediction
+    carries one.
+
+    Raises
+    ------
+    LungsliceError
+        If the prediction carries no volume to draw from.
+    """
+    from lungslice.report.figures import finding_png, slice_png, z_profile_png
+
+    rs = prediction.volume
+    if rs is None:
+        raise LungsliceError(
+            f"prediction of series {prediction.series.series_uid} carries no volume, so its "
+            "report has no images to show. Fix: keep the volume (Predictor.predict sets it)."
+        )
+    recs = prediction.recommendations
+    thumbs: list[tuple[bytes, bytes]] = []
+    if prediction.model.kind == "candidates":
+        spacing = float(rs.spacing[1])
+        for r in recs:
+            assert r.row is not None and r.column is not None and r.radius_mm is not None
+            hu = rs.hu[r.slice_index]
+            rad_px = r.radius_mm / spacing
+            crop = max(16, round(CROP_MM / spacing))
+            thumbs.append(
+                (
+                    finding_png(hu, r.row, r.column, rad_px),
+                    finding_png(hu, r.row, r.column, rad_px, crop_px=crop),
+                )
+            )
+        shown = prediction.findings[: max(len(recs), 10)]
+    else:
+        heat = prediction.heatmaps
+        src = rs.source
+        for k, r in enumerate(recs):
+            image = src.hu[int(rs.nearest_source[r.slice_index])]
+            h = heat[k] if heat is not None and k < len(heat) else None
+            thumbs.append((slice_png(image), slice_png(image, h)))
+        shown = prediction.findings
+    profile = prediction.slices.profile
+    plot = z_profile_png(
+        np.asarray(prediction.slices.z_mm),
+        profile[:, 2],
+        profile[:, 1],
+        [{"z_min": f.z_min, "z_max": f.z_max} for f in shown],
+        [r.z_mm for r in recs],
+    )
+    return thumbs, plot
+
+
+def write_report(
+    prediction: StudyPrediction,
+    record: Mapping[str, Any],
+    out_path: str | Path,
+    *,
+    hide_patient_id: bool = False,
+) -> Path:
+    """Write ``report.html`` for a prediction.
+
+    Parameters
+    ----------
+    prediction : StudyPrediction
+        What the figures are drawn from.
+    record : mapping
+        Its ``result.json`` record (the tables and captions).
+    out_path : str or Path
+        Output file.
+    hide_patient_id : bool
+        Leave PatientID out of the report.
+    """
+    thumbs, plot = figures(prediction)
+    return render_report(dict(record), plot, thumbs, out_path, hide_patient_id=hide_patient_id)

@@ -15,12 +15,14 @@ from lungslice.cli import ingest as _ingest  # noqa: F401
 from lungslice.cli import labels as _labels  # noqa: F401
 from lungslice.cli import model as _model  # noqa: F401
 from lungslice.cli import predict as _predict  # noqa: F401
+from lungslice.cli import serve as _serve  # noqa: F401
 from lungslice.cli import synth as _synth  # noqa: F401
 from lungslice.cli._app import app, out
-from lungslice.provenance import library_versions
 
 
 @app.command("version")
 def version() -> None:
     """Print the versions of lungslice and the libraries it depends on, as JSON."""
+    from lungslice.provenance import library_versions  # importlib.metadata: not at start-up
+
     out.print_json(json.dumps(library_versions()))

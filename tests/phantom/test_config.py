@@ -16,7 +16,10 @@ def test_defaults_are_valid() -> None:
     [
         ({"matrix": 128}, r"PhantomConfig.matrix must be 512 or 256, got 128\. Fix: --matrix"),
         ({"z_margin_mm": -1.0}, r"z_margin_mm must be >= 0 mm or None, got -1.0"),
-        ({"kernel": "bone"}, r"kernel must be 'auto' or one of \['lung', 'soft', 'standard'\]"),
+        (
+            {"kernel": "sharp"},
+            r"kernel must be 'auto' or one of \['bone', 'lung', 'soft', 'standard'\]",
+        ),
         ({"noise_hu": -5.0}, r"noise_hu must be >= 0 HU, got -5.0"),
         ({"mask_mode": "union"}, r"mask_mode must be 'consensus' or 'reader', got 'union'"),
         ({"reader": -1}, r"PhantomConfig.reader must be >= 0, got -1"),

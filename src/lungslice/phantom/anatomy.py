@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "HABITUS",
     "HU",
     "ChestShape",
     "Grid",
@@ -26,8 +28,10 @@ __all__ = [
     "lung_mask",
     "rasterise_segments",
     "render_slice",
+    "sample_lung",
     "scan_key",
     "slice_planes",
+    "streak_sources",
     "vessel_tree",
 ]
 
@@ -78,12 +82,45 @@ class Grid:
         return c[None, :], c[:, None]
 
 
+def _rotate(x: Any, y: Any, angle: float) -> tuple[Any, Any]:
+    """Rotate points by ``angle`` radians about the origin (keeps float32 arrays float32)."""
+    c = np.asarray(np.cos(angle), dtype=np.asarray(x).dtype)
+    s = np.asarray(np.sin(angle), dtype=np.asarray(x).dtype)
+    return c * x - s * y, s * x + c * y
+
+
+#: Body habitus classes and how often a patient is drawn from each.
+HABITUS: dict[str, float] = {"thin": 0.2, "average": 0.4, "overweight": 0.22, "obese": 0.18}
+#: Subcutaneous fat (mm) per habitus.
+_FAT_MM = {
+    "thin": (2.0, 7.0),
+    "average": (6.0, 20.0),
+    "overweight": (16.0, 32.0),
+    "obese": (28.0, 55.0),
+}
+#: Depth / width of the trunk per habitus (obese trunks are rounder).
+_ASPECT = {
+    "thin": (0.56, 0.66),
+    "average": (0.62, 0.72),
+    "overweight": (0.66, 0.76),
+    "obese": (0.7, 0.84),
+}
+
+
 @dataclass(frozen=True)
 class ChestShape:
     """One patient's chest: sizes and positions (mm) drawn from the seed.
 
-    ``pockets`` are ``(x, y, z, radius)`` spheres of lung added around nodules
-    that the generic lung outline would otherwise leave in soft tissue.
+    Sizes are in the patient's own frame (the *body frame*: x to the patient's
+    left, y to the back, the body centred on ``x = 0``); ``rotation`` (radians,
+    about the body centre) and ``shift_x`` place it on the image grid, so a
+    patient lying slightly rotated or off-centre on the table is drawn as such.
+    ``pockets`` are ``(x, y, z, radius)`` spheres of lung (image frame) added
+    around nodules that the lung outline would otherwise leave in soft tissue.
+    Per-side tuples are ``(right, left)``; the patient's right is ``x < 0``.
+    ``emphysema`` holds ``(x, y, z, radius, drop_hu)`` low-density patches and
+    ``plaques`` ``(angle, z, half_angle, half_z, thickness, hu)`` pleural plaques
+    (body frame; angle 0 at the front).
     """
 
     half_width: float
@@ -111,10 +148,81 @@ class ChestShape:
     z_apex: float
     lung_hu: float = HU["lung"]
     pockets: tuple[tuple[float, float, float, float], ...] = field(default=())
+    habitus: str = "average"
+    rotation: float = 0.0
+    shift_x: float = 0.0
+    scoliosis: float = 0.0
+    lung_sx: tuple[float, float] = (1.0, 1.0)
+    lung_sy: tuple[float, float] = (1.0, 1.0)
+    dome_top: tuple[float, float] = (0.24, 0.19)
+    gradient_hu: float = 65.0
+    dependent_hu: float = 120.0
+    arms_down: bool = False
+    arm_gap: float = 0.0
+    arm_rx: float = 0.0
+    arm_ry: float = 0.0
+    fissures: bool = False
+    fissure_level: tuple[float, float] = (0.4, 0.4)
+    minor_fissure_u: float = 0.55
+    emphysema: tuple[tuple[float, float, float, float, float], ...] = field(default=())
+    plaques: tuple[tuple[float, float, float, float, float, float], ...] = field(default=())
 
     def u(self, z: np.ndarray | float) -> np.ndarray:
         """Position between the lung bases (0) and apices (1)."""
         return (np.asarray(z, dtype=np.float32) - self.z_base) / (self.z_apex - self.z_base)
+
+    def to_body(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """Image-frame points (mm) in the patient's body frame."""
+        if self.rotation == 0.0 and self.shift_x == 0.0:
+            return x, y
+        xb, yb = _rotate(
+            x - np.float32(self.shift_x), y - np.float32(self.centre_y), -self.rotation
+        )
+        return xb, yb + np.float32(self.centre_y)
+
+    def to_image(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """Body-frame points (mm) on the image grid (inverse of :meth:`to_body`)."""
+        if self.rotation == 0.0 and self.shift_x == 0.0:
+            return x, y
+        xi, yi = _rotate(x, y - self.centre_y, self.rotation)
+        return xi + self.shift_x, yi + self.centre_y
+
+    def spine_x(self, u: np.ndarray | float) -> np.ndarray:
+        """Lateral offset (mm) of the spine at each level (scoliosis)."""
+        uu = np.clip((np.asarray(u, dtype=np.float32) + 0.2) / 1.4, 0.0, 1.0)
+        return np.float32(self.scoliosis) * np.sin(np.float32(np.pi) * uu)
+
+    def arm_centres(self) -> list[tuple[float, float]]:
+        """Body-frame centres of the arms beside the chest (none with arms up)."""
+        if not self.arms_down:
+            return []
+        cx = self.half_width + self.arm_gap + self.arm_rx
+        cy = self.centre_y + 0.12 * self.half_depth
+        return [(-cx, cy), (cx, cy)]
+
+
+def _draw_plaques(
+    rng: np.random.Generator, z_base: float, z_apex: float
+) -> tuple[tuple[float, float, float, float, float, float], ...]:
+    if rng.random() > 0.18:
+        return ()
+    out = []
+    for _ in range(int(rng.integers(1, 5))):
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        angle = side * float(rng.uniform(1.2, 2.7))  # lateral to posterolateral
+        z = z_base + float(rng.uniform(0.05, 0.6)) * (z_apex - z_base)
+        calcified = rng.random() < 0.4
+        out.append(
+            (
+                angle,
+                z,
+                float(rng.uniform(0.12, 0.3)),
+                float(rng.uniform(10.0, 30.0)),
+                float(rng.uniform(1.5, 4.5)),
+                float(rng.uniform(250.0, 600.0)) if calcified else float(rng.uniform(20.0, 70.0)),
+            )
+        )
+    return tuple(out)
 
 
 def chest_shape(
@@ -125,6 +233,12 @@ def chest_shape(
 ) -> ChestShape:
     """Draw a patient's chest whose lungs span the scan and contain its nodules.
 
+    Every patient differs: habitus (thin to obese, arms up or down beside the
+    chest), lung size per side, heart size and position, diaphragm dome
+    heights, scoliosis, rotation and position on the table, parenchymal
+    density (dependent density, emphysema patches), fissures and pleural
+    plaques.
+
     Parameters
     ----------
     z_range : (float, float)
@@ -133,7 +247,7 @@ def chest_shape(
         The scan's generator.
     fov_half : float
         Half the reconstructed field of view (mm): technologists fit it to the
-        patient, so the body is drawn to fill most of it.
+        patient (arms included), so the body is drawn to fill most of it.
     nodule_points : numpy.ndarray, optional
         ``(n, 4)`` nodule centres ``(x, y, z)`` and radii (mm); the body is made
         large enough, the lungs long enough and, where needed, a pocket of lung
@@ -145,23 +259,42 @@ def chest_shape(
     """
     z_lo, z_hi = float(z_range[0]), float(z_range[1])
     length = max(z_hi - z_lo, 1.0)
-    a = float(rng.uniform(0.78, 0.93)) * fov_half
-    b = a * float(rng.uniform(0.62, 0.72))
-    centre_y = float(rng.uniform(-15.0, 5.0))
+    names = list(HABITUS)
+    habitus = names[int(rng.choice(len(names), p=np.array(list(HABITUS.values()))))]
+    arms_down = bool(rng.random() < 0.22)
+    arm_rx = float(rng.uniform(30.0, 42.0)) * (1.25 if habitus in ("overweight", "obese") else 1.0)
+    arm_ry = arm_rx * float(rng.uniform(1.05, 1.3))
+    arm_gap = float(rng.uniform(2.0, 14.0))
+    if arms_down:
+        a = (fov_half - 2.0 * arm_rx - arm_gap) * float(rng.uniform(0.9, 1.0))
+    else:
+        a = float(rng.uniform(0.78, 0.93)) * fov_half
+    b = a * float(rng.uniform(*_ASPECT[habitus]))
+    centre_y = float(rng.uniform(-25.0, 10.0))
+    rotation = float(np.deg2rad(rng.normal(0.0, 2.5)))
+    shift_x = float(rng.uniform(-15.0, 15.0))
     # LIDC scans run from above the apices to below the bases, a few cm either side
     z_base = z_lo + float(rng.uniform(0.06, 0.14)) * length
     z_apex = z_hi - float(rng.uniform(0.03, 0.08)) * length
     if nodule_points is not None and len(nodule_points):
         pts = np.asarray(nodule_points, dtype=np.float64)
-        a = max(a, float(np.abs(pts[:, 0]).max() + pts[:, 3].max()) + 32.0)
-        b = max(b, float(np.abs(pts[:, 1] - centre_y).max() + pts[:, 3].max()) + 32.0)
+        bx, by = _rotate(pts[:, 0] - shift_x, pts[:, 1] - centre_y, -rotation)
+        by = by + centre_y
+        a = max(a, float(np.abs(bx).max() + pts[:, 3].max()) + 32.0)
+        b = max(b, float(np.abs(by - centre_y).max() + pts[:, 3].max()) + 32.0)
         z_base = min(z_base, float((pts[:, 2] - pts[:, 3]).min()) - 25.0)
         z_apex = max(z_apex, float((pts[:, 2] + pts[:, 3]).max()) + 25.0)
     z_base = max(z_base, z_lo - 40.0)
     if z_apex - z_base < 60.0:
         z_apex = z_base + 60.0
-    fat = float(rng.uniform(6.0, 26.0))
-    muscle = float(rng.uniform(10.0, 18.0))
+    fat = float(rng.uniform(*_FAT_MM[habitus]))
+    muscle = float(rng.uniform(7.0, 12.0) if habitus == "thin" else rng.uniform(10.0, 18.0))
+    # the right dome sits higher than the left, by a varying amount
+    dome_r = float(rng.uniform(0.16, 0.33))
+    dome_l = max(dome_r - float(rng.uniform(-0.02, 0.1)), 0.1)
+    heart_big = rng.random() < 0.12  # cardiomegaly
+    emph = rng.random() < 0.3
+    n_emph = int(rng.integers(2, 10)) if emph else 0
     shape = ChestShape(
         half_width=a,
         half_depth=b,
@@ -174,23 +307,51 @@ def chest_shape(
         lung_cy=centre_y + 0.05 * b,
         lung_ax=0.56 * a,
         lung_ay=1.05 * b,
-        heart_cx=float(rng.uniform(12.0, 28.0)),
-        heart_cy=centre_y - 0.22 * b,
-        heart_ax=float(rng.uniform(52.0, 64.0)),
-        heart_ay=float(rng.uniform(42.0, 52.0)),
+        heart_cx=float(rng.uniform(6.0, 34.0)),
+        heart_cy=centre_y - float(rng.uniform(0.15, 0.3)) * b,
+        heart_ax=float(rng.uniform(66.0, 82.0) if heart_big else rng.uniform(46.0, 66.0)),
+        heart_ay=float(rng.uniform(50.0, 60.0) if heart_big else rng.uniform(38.0, 54.0)),
         spine_y=centre_y + b - fat - muscle - 48.0,
-        mediastinum_half=float(rng.uniform(16.0, 22.0)),
-        back_muscle=38.0,
-        table_y=centre_y + b + float(rng.uniform(4.0, 12.0)),
+        mediastinum_half=float(rng.uniform(14.0, 24.0)),
+        back_muscle=float(rng.uniform(28.0, 46.0)),
+        table_y=centre_y + b + float(rng.uniform(2.0, 20.0)),
         rib_pitch=float(rng.uniform(24.0, 30.0)),
         rib_phase=float(rng.uniform(0.0, 1.0)),
         z_base=z_base,
         z_apex=z_apex,
         # inspiration depth and age make some lungs more lucent than others
-        lung_hu=float(rng.uniform(-895.0, -840.0)),
+        lung_hu=float(rng.uniform(-900.0, -830.0)),
+        habitus=habitus,
+        rotation=rotation,
+        shift_x=shift_x,
+        scoliosis=float(rng.normal(0.0, 9.0)) if rng.random() < 0.3 else 0.0,
+        lung_sx=(float(rng.uniform(0.9, 1.08)), float(rng.uniform(0.88, 1.05))),
+        lung_sy=(float(rng.uniform(0.93, 1.06)), float(rng.uniform(0.93, 1.06))),
+        dome_top=(dome_r, dome_l),
+        gradient_hu=float(rng.uniform(30.0, 90.0)),
+        dependent_hu=float(rng.uniform(40.0, 230.0)),
+        arms_down=arms_down,
+        arm_gap=arm_gap,
+        arm_rx=arm_rx,
+        arm_ry=arm_ry,
+        fissures=bool(rng.random() < 0.85),
+        fissure_level=(float(rng.uniform(0.3, 0.5)), float(rng.uniform(0.3, 0.5))),
+        minor_fissure_u=float(rng.uniform(0.45, 0.62)),
+        plaques=_draw_plaques(rng, z_base, z_apex),
     )
+    if n_emph:
+        pts_e = sample_lung(shape, n_emph, rng, frame="body")
+        drops = rng.uniform(50.0, 110.0, len(pts_e))
+        radii = rng.uniform(6.0, 26.0, len(pts_e))
+        shape = replace(
+            shape,
+            emphysema=tuple(
+                (float(p[0]), float(p[1]), float(p[2]), float(r), float(d))
+                for p, r, d in zip(pts_e, radii, drops, strict=True)
+            ),
+        )
     if nodule_points is None or not len(nodule_points):
-        return shape
+        return _fit_arms(shape, fov_half)
     # the centre and four in-plane points half-way to each nodule's edge must be lung. The
     # whole chest is adapted first (thinner walls and mediastinum, larger lungs), so
     # nothing local marks where nodules are; only what is still outside gets a
@@ -209,10 +370,11 @@ def chest_shape(
             break
         # probes in the chest wall: widen the body just enough (<= 10 % a step)
         pb = probes[bad].reshape(-1, 3)
-        dy = pb[:, 1] - shape.centre_y
-        depth = _body_depth(shape, pb[:, 0], pb[:, 1])
-        need = _wall(shape, pb[:, 0], pb[:, 1]) + 2.0
-        rho = np.maximum(np.hypot(pb[:, 0], dy), 1.0)
+        pbx, pby = shape.to_body(pb[:, 0], pb[:, 1])
+        dy = pby - shape.centre_y
+        depth = _body_depth(shape, pbx, pby)
+        need = _wall(shape, pbx, pby) + 2.0
+        rho = np.maximum(np.hypot(pbx, dy), 1.0)
         short = depth < need
         grow = 1.0
         if short.any() and shape.half_width < 1.25 * fov_half:
@@ -220,27 +382,52 @@ def chest_shape(
             r_now = rho / np.maximum(rho + depth, 1e-3)
             grow = float(np.clip((r_now * (1.0 + need / rho))[short].max(), 1.0, 1.1))
         extra = (grow - 1.0) * shape.half_depth
+        # the walls thin only where a nodule lies in them, so a central nodule keeps the
+        # patient's habitus
+        wall_k = 1.0 if not short.any() else 0.75
         shape = replace(
             shape,
             half_width=shape.half_width * grow,
             half_depth=shape.half_depth * grow,
             spine_y=shape.spine_y + extra,
             table_y=shape.table_y + extra,
-            fat=shape.fat * 0.75,
-            muscle=max(shape.muscle * 0.85, 5.0),
-            back_muscle=shape.back_muscle * 0.7,
+            fat=shape.fat * wall_k,
+            muscle=max(shape.muscle * (0.85 if short.any() else 1.0), 5.0),
+            back_muscle=shape.back_muscle * (0.7 if short.any() else 1.0),
             mediastinum_half=max(shape.mediastinum_half * 0.85, 6.0),
             heart_ax=shape.heart_ax * 0.9,
             heart_ay=shape.heart_ay * 0.9,
             lung_ax=shape.lung_ax * 1.06,
             lung_ay=shape.lung_ay * 1.06,
+            lung_sx=(max(shape.lung_sx[0], 1.0), max(shape.lung_sx[1], 1.0)),
+            lung_sy=(max(shape.lung_sy[0], 1.0), max(shape.lung_sy[1], 1.0)),
         )
     # a nodule whose centre is lung but whose edge is not stays where it is: it abuts
     # the wall (or mediastinum, spine) as a juxtapleural nodule does
     centres = nods[:, :3].astype(np.float32)
     buried = ~lung_mask(shape, centres[:, 0], centres[:, 1], centres[:, 2])
     pockets = tuple((float(x), float(y), float(z), float(r) + 4.0) for x, y, z, r in nods[buried])
-    return replace(shape, pockets=pockets)
+    # pleural plaques and emphysema keep clear of the nodules (they are not nodules, and a
+    # plaque must not hide one)
+    keep_p = []
+    for pl in shape.plaques:
+        ang, zc = pl[0], pl[1]
+        cx, cy = np.sin(ang) * shape.half_width, shape.centre_y - np.cos(ang) * shape.half_depth
+        ix, iy = shape.to_image(np.float64(cx), np.float64(cy))
+        d = np.sqrt((nods[:, 0] - ix) ** 2 + (nods[:, 1] - iy) ** 2 + (nods[:, 2] - zc) ** 2)
+        if (d > nods[:, 3] + pl[3] + 40.0).all():
+            keep_p.append(pl)
+    return _fit_arms(replace(shape, pockets=pockets, plaques=tuple(keep_p)), fov_half)
+
+
+def _fit_arms(shape: ChestShape, fov_half: float) -> ChestShape:
+    """Arms beside a chest that grew to hold its nodules: slimmer, so most of them
+    stays in the field of view (as technologists set it)."""
+    if not shape.arms_down:
+        return shape
+    room = 1.02 * fov_half - shape.half_width - shape.arm_gap
+    rx = float(np.clip(room / 2.0, 20.0, shape.arm_rx))
+    return replace(shape, arm_rx=rx, arm_ry=shape.arm_ry * rx / shape.arm_rx)
 
 
 def _body_depth(shape: ChestShape, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -269,9 +456,15 @@ def _lung_scale(u: np.ndarray) -> np.ndarray:
 
 
 def _dome(shape: ChestShape, u: np.ndarray, side: np.ndarray) -> np.ndarray:
-    """Relative size of the diaphragm dome; the right (x < 0) dome sits higher."""
-    top = np.where(side < 0, 0.24, 0.19)
+    """Relative size of the diaphragm dome; the right (x < 0) dome usually sits higher."""
+    top = np.where(side < 0, np.float32(shape.dome_top[0]), np.float32(shape.dome_top[1]))
     return np.sqrt(np.clip((top - u) / top, 0.0, 1.0)) * 1.2
+
+
+def _per_side(x: np.ndarray, pair: tuple[float, float]) -> np.ndarray | np.float32:
+    if pair[0] == pair[1]:
+        return np.float32(pair[0])
+    return np.where(x < 0, np.float32(pair[0]), np.float32(pair[1]))
 
 
 def lung_mask(
@@ -280,38 +473,80 @@ def lung_mask(
     y: np.ndarray,
     z: np.ndarray | float,
     planes: dict[str, np.ndarray] | None = None,
+    frame: str = "image",
 ) -> np.ndarray:
     """Whether points (broadcast arrays, mm) lie in either lung.
 
     ``planes`` (from :func:`slice_planes`, for ``x``, ``y`` of the grid) saves
-    recomputing the z-independent body outline on every slice.
+    recomputing the z-independent body outline on every slice. ``frame`` says
+    whether ``x``, ``y`` are image coordinates (default) or the body frame.
     """
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32)
     u = shape.u(z)
     s = _lung_scale(u)
-    if planes is None:
-        depth = _body_depth(shape, x, y)
-        cavity = depth > _wall(shape, x, y)
-    else:
+    if planes is not None:
+        xb, yb = planes["xb"], planes["yb"]
         depth, cavity = planes["depth"], planes["cavity"]
-    ax = np.abs(x)
-    ell = ((ax - shape.lung_cx) / (shape.lung_ax * s + 1e-3)) ** 2 + (
-        (y - shape.lung_cy) / (shape.lung_ay * s + 1e-3)
+    else:
+        xb, yb = shape.to_body(x, y) if frame == "image" else (x, y)
+        depth = _body_depth(shape, xb, yb)
+        cavity = depth > _wall(shape, xb, yb)
+    ax = np.abs(xb)
+    sx, sy = _per_side(xb, shape.lung_sx), _per_side(xb, shape.lung_sy)
+    ell = ((ax - shape.lung_cx) / (shape.lung_ax * sx * s + 1e-3)) ** 2 + (
+        (yb - shape.lung_cy) / (shape.lung_ay * sy * s + 1e-3)
     ) ** 2 < 1.0
-    d = _dome(shape, u, x)
-    dome = _dome_mask(shape, ax, y, d)
-    medi = np.abs(x - 0.15 * (shape.heart_cx)) < _mediastinum_half(shape, y, u)
-    spine = (x / 27.0) ** 2 + ((y - shape.spine_y - 12.0) / 32.0) ** 2 < 1.0
+    d = _dome(shape, u, xb)
+    dome = _dome_mask(shape, ax, yb, d)
+    medi = np.abs(xb - 0.15 * (shape.heart_cx)) < _mediastinum_half(shape, yb, u)
+    spine = ((xb - shape.spine_x(u)) / 27.0) ** 2 + ((yb - shape.spine_y - 12.0) / 32.0) ** 2 < 1.0
     hs = _heart_scale(u)
-    heart = ((x - shape.heart_cx) / (shape.heart_ax * hs + 1e-3)) ** 2 + (
-        (y - shape.heart_cy) / (shape.heart_ay * hs + 1e-3)
+    heart = ((xb - shape.heart_cx) / (shape.heart_ax * hs + 1e-3)) ** 2 + (
+        (yb - shape.heart_cy) / (shape.heart_ay * hs + 1e-3)
     ) ** 2 < 1.0
     lung = cavity & ell & ~dome & ~medi & ~spine & ~heart
-    for px, py, pz, pr in shape.pockets:
-        pocket = (x - px) ** 2 + (y - py) ** 2 + (np.asarray(z, np.float32) - pz) ** 2 < pr**2
-        lung = lung | (pocket & (depth > shape.skin + shape.fat + 4.0))
+    if frame == "image":
+        for px, py, pz, pr in shape.pockets:
+            pocket = (x - px) ** 2 + (y - py) ** 2 + (np.asarray(z, np.float32) - pz) ** 2 < pr**2
+            lung = lung | (pocket & (depth > shape.skin + shape.fat + 4.0))
     return lung
+
+
+def sample_lung(
+    shape: ChestShape, n: int, rng: np.random.Generator, side: int = 0, frame: str = "image"
+) -> np.ndarray:
+    """Up to ``n`` points ``(x, y, z)`` (mm) drawn uniformly inside the lungs.
+
+    ``side`` -1 or 1 keeps one lung (the sign of body-frame x), 0 both;
+    ``frame`` is the frame of the returned points ("image" or "body").
+    Rejection sampling in the lungs' bounding box, at most 40 rounds.
+    """
+    if side:
+        x0 = side * shape.lung_cx
+        lo = np.array([x0 - 1.1 * shape.lung_ax, shape.lung_cy - 1.1 * shape.lung_ay, shape.z_base])
+        hi = np.array([x0 + 1.1 * shape.lung_ax, shape.lung_cy + 1.1 * shape.lung_ay, shape.z_apex])
+    else:
+        w = shape.lung_cx + 1.1 * shape.lung_ax
+        lo = np.array([-w, shape.lung_cy - 1.1 * shape.lung_ay, shape.z_base])
+        hi = np.array([w, shape.lung_cy + 1.1 * shape.lung_ay, shape.z_apex])
+    kept: list[np.ndarray] = []
+    total = 0
+    for _ in range(40):
+        p = rng.uniform(lo, hi, size=(4 * max(n, 1), 3)).astype(np.float32)
+        m = lung_mask(shape, p[:, 0], p[:, 1], p[:, 2], frame="body")
+        if side:
+            m &= np.sign(p[:, 0]) == side
+        kept.append(p[m])
+        total += int(m.sum())
+        if total >= n:
+            break
+    pts = np.concatenate(kept)[:n] if kept else np.zeros((0, 3), np.float32)
+    pts = pts.astype(np.float64)
+    if frame == "image":
+        ix, iy = shape.to_image(pts[:, 0], pts[:, 1])
+        pts = np.stack([ix, iy, pts[:, 2]], axis=1)
+    return pts
 
 
 def _dome_mask(shape: ChestShape, ax: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -345,24 +580,6 @@ class Segments:
 
     def __len__(self) -> int:
         return int(self.radius.shape[0])
-
-
-def _sample_lung(shape: ChestShape, side: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    # rejection sampling in the lung's bounding box
-    x0 = side * shape.lung_cx
-    lo = np.array([x0 - shape.lung_ax, shape.lung_cy - shape.lung_ay, shape.z_base])
-    hi = np.array([x0 + shape.lung_ax, shape.lung_cy + shape.lung_ay, shape.z_apex])
-    kept: list[np.ndarray] = []
-    total = 0
-    for _ in range(40):
-        p = rng.uniform(lo, hi, size=(4 * n, 3)).astype(np.float32)
-        m = lung_mask(shape, p[:, 0], p[:, 1], p[:, 2]) & (np.sign(p[:, 0]) == side)
-        kept.append(p[m])
-        total += int(m.sum())
-        if total >= n:
-            break
-    pts = np.concatenate(kept)[:n] if kept else np.zeros((0, 3), np.float32)
-    return pts.astype(np.float64)
 
 
 def _grow(
@@ -435,6 +652,8 @@ def vessel_tree(
 ) -> tuple[Segments, Segments]:
     """Pulmonary arteries and veins of both lungs, and the airways beside the arteries.
 
+    The segments are in image coordinates (the chest's rotation and shift applied).
+
     Returns
     -------
     vessels : Segments
@@ -447,18 +666,23 @@ def vessel_tree(
     height = shape.z_apex - shape.z_base
     vessels: list[tuple[np.ndarray, np.ndarray, float, int]] = []
     airways: list[tuple[np.ndarray, np.ndarray, float, int]] = []
-    carina = np.array([0.0, shape.spine_y - 40.0, shape.z_base + 0.66 * height])
-    top = np.array([0.0, shape.spine_y - 45.0, shape.z_apex + 60.0])
+
+    def image(x: float, y: float, z: float) -> np.ndarray:
+        ix, iy = shape.to_image(np.float64(x), np.float64(y))
+        return np.array([float(ix), float(iy), z])
+
+    carina = image(0.0, shape.spine_y - 40.0, shape.z_base + 0.66 * height)
+    top = image(0.0, shape.spine_y - 45.0, shape.z_apex + 60.0)
     airways.append((top, carina, 8.0, 0))
     for side in (-1, 1):
         hx = side * (shape.mediastinum_half + 8.0)
         for kind, zf, dy, r0 in (("artery", 0.56, -6.0, 7.0), ("vein", 0.42, -18.0, 6.0)):
-            pts = _sample_lung(shape, side, points_per_tree, rng)
-            root = np.array([hx, shape.lung_cy + dy, shape.z_base + zf * height])
+            pts = sample_lung(shape, points_per_tree, rng, side=side)
+            root = image(hx, shape.lung_cy + dy, shape.z_base + zf * height)
             tree = _grow(root, r0, pts, rng, leaf_points=5, min_radius=0.45)
             vessels.extend(tree)
             if kind == "artery":
-                hilum = np.array([hx + side * 6.0, shape.lung_cy - 10.0, root[2]])
+                hilum = image(hx + side * 6.0, shape.lung_cy - 10.0, float(root[2]))
                 airways.append((carina, hilum, 5.5, 1))
                 for start, end, r, gen in tree:
                     if 1 <= gen <= 4:
@@ -547,17 +771,61 @@ def _ring_angle(x: np.ndarray, y: np.ndarray, cy: float) -> np.ndarray:
 
 
 def slice_planes(shape: ChestShape, grid: Grid) -> dict[str, np.ndarray]:
-    """The z-independent in-plane maps of a chest (depth below skin, wall, cavity, angle)."""
-    x, y = grid.coords()
+    """The z-independent in-plane maps of a chest (body-frame coordinates, depth below
+    skin, wall, cavity, angle around the body, the arms beside the chest)."""
+    gx, gy = grid.coords()
+    x, y = shape.to_body(gx, gy)
     depth = _body_depth(shape, x, y)
     wall = _wall(shape, x, y)
+    angle = _ring_angle(x, y, shape.centre_y)
+    arm = np.zeros((grid.matrix, grid.matrix), dtype=np.float32)
+    bone = np.zeros_like(arm)
+    for cx, cy in shape.arm_centres():
+        # 1 at the arm's skin, 0 at its centre; the humerus sits a little outside the centre
+        r = np.sqrt(((x - cx) / shape.arm_rx) ** 2 + ((y - cy) / shape.arm_ry) ** 2)
+        arm = np.where(r < 1.0, 1.0 - r + 1e-3, arm)
+        hx = cx + np.sign(cx) * 0.12 * shape.arm_rx
+        bone = np.maximum(bone, 13.0 - np.sqrt((x - hx) ** 2 + (y - cy) ** 2))
     return {
+        "xb": np.asarray(x, dtype=np.float32),
+        "yb": np.asarray(y, dtype=np.float32),
         "depth": depth,
         "wall": wall,
         "cavity": depth > wall,
-        "theta": np.cos(_ring_angle(x, y, shape.centre_y) / 2.0),
-        "front": np.abs(_ring_angle(x, y, shape.centre_y)) > 0.45,
+        "angle": angle,
+        "theta": np.cos(angle / 2.0),
+        "front": np.abs(angle) > 0.45,
+        "arm": arm,
+        "humerus": bone,
     }
+
+
+def _fissure_hu(
+    shape: ChestShape, x: np.ndarray, y: np.ndarray, u: float, slab: float
+) -> np.ndarray | None:
+    """HU added by the oblique (major) fissures and the right minor fissure on one slice."""
+    if not shape.fissures or not 0.02 < u < 0.85:
+        return None
+    height = shape.z_apex - shape.z_base
+    out = np.zeros(np.broadcast_shapes(x.shape, y.shape), dtype=np.float32)
+    ax = np.abs(x)
+    for i, side in enumerate((-1.0, 1.0)):
+        sy = shape.lung_sy[i]
+        slope = 1.5 * shape.lung_ay * sy  # mm of y per unit u: the fissure runs obliquely
+        # posterior at the top, anterior at the bases; the lateral end lies further back
+        yf = shape.lung_cy + slope * (u - shape.fissure_level[i]) + 0.45 * (ax - shape.lung_cx)
+        # a fissure cut obliquely by a thick slice is a broader, fainter band
+        width = float(np.sqrt(0.35**2 + (slab * slope / height) ** 2 / 12.0))
+        amp = np.float32(500.0 * min(0.35 / width, 1.0))
+        band = amp * np.exp(-(((y - yf) / width) ** 2))
+        out += np.where((x * side > 0), band, 0.0).astype(np.float32)
+        if side < 0:
+            dz = (u - shape.minor_fissure_u) * height
+            w = np.exp(-((dz / max(slab, 1.5)) ** 2))
+            if w > 0.05:
+                minor = (x < 0) & (y < yf - 4.0) & (ax > 0.6 * shape.lung_cx)
+                out += np.where(minor, np.float32(70.0 * w), 0.0).astype(np.float32)
+    return out
 
 
 def render_slice(
@@ -566,6 +834,7 @@ def render_slice(
     z: float,
     texture: np.ndarray | None = None,
     planes: dict[str, np.ndarray] | None = None,
+    slab: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One axial slice of the chest without vessels, noise or blur.
 
@@ -579,6 +848,8 @@ def render_slice(
         ``(M, M)`` HU added to the lung parenchyma.
     planes : dict, optional
         :func:`slice_planes` of this shape and grid (computed if not given).
+    slab : float
+        Slice thickness (mm): oblique fissures broaden and fade on thick slices.
 
     Returns
     -------
@@ -587,12 +858,13 @@ def render_slice(
     lung : numpy.ndarray
         ``(M, M)`` bool lung mask.
     """
-    x, y = grid.coords()
+    gx, gy = grid.coords()
+    if planes is None:
+        planes = slice_planes(shape, grid)
+    x, y = planes["xb"], planes["yb"]
     u = float(shape.u(z))
     # above the apices the body narrows into neck and shoulders
     neck = float(np.clip((u - 1.0) / 0.5, 0.0, 1.0))
-    if planes is None:
-        planes = slice_planes(shape, grid)
     wall = planes["wall"]
     depth = planes["depth"] if neck == 0 else _body_depth(shape, x / (1.0 - 0.2 * neck), y)
     img = np.full((grid.matrix, grid.matrix), HU["air"], dtype=np.float32)
@@ -605,6 +877,19 @@ def render_slice(
     cavity = planes["cavity"] if neck == 0 else depth > wall
     img[cavity] = HU["mediastinal_fat"]
 
+    # arms beside the chest: skin, fat, muscle and the humerus
+    arm = planes["arm"]
+    if shape.arms_down:
+        in_arm = (arm > 0) & ~body
+        rel = shape.skin / shape.arm_rx, (shape.skin + 0.5 * shape.fat + 3.0) / shape.arm_rx
+        img[in_arm] = HU["muscle"]
+        img[in_arm & (arm < rel[1])] = HU["fat"]
+        img[in_arm & (arm < rel[0])] = HU["skin"]
+        hum = planes["humerus"]
+        img[in_arm & (hum > 0)] = HU["cortical_bone"]
+        img[in_arm & (hum > 3.5)] = HU["marrow"]
+        body = body | in_arm
+
     # ribs: bands running obliquely around the wall, lower at the front
     ring = (depth > wall - shape.rib_depth) & ~cavity & (depth > shape.skin + shape.fat + 3.0)
     phase = (z + 70.0 * planes["theta"]) / shape.rib_pitch + shape.rib_phase
@@ -614,15 +899,17 @@ def render_slice(
     img[rib] = HU["cortical_bone"]
     img[rib_core] = HU["marrow"]
 
-    # spine: vertebral body, canal, posterior arch
+    # spine: vertebral body, canal, posterior arch (shifted sideways by a scoliosis)
     sy = shape.spine_y
-    vb = (x / 18.0) ** 2 + ((y - sy) / 16.0) ** 2
+    sxo = float(shape.spine_x(u))
+    xs = x - np.float32(sxo)
+    vb = (xs / 18.0) ** 2 + ((y - sy) / 16.0) ** 2
     img[vb < 1.0] = HU["cortical_bone"]
     img[vb < 0.75] = HU["marrow"]
-    canal = (x / 8.5) ** 2 + ((y - sy - 27.0) / 8.0) ** 2
-    arch = (x / 15.0) ** 2 + ((y - sy - 29.0) / 13.0) ** 2
+    canal = (xs / 8.5) ** 2 + ((y - sy - 27.0) / 8.0) ** 2
+    arch = (xs / 15.0) ** 2 + ((y - sy - 29.0) / 13.0) ** 2
     img[(arch < 1.0) & (canal >= 1.0)] = HU["cortical_bone"]
-    spinous = (np.abs(x) < 3.5) & (y > sy + 38.0) & (y < sy + 58.0)
+    spinous = (np.abs(xs) < 3.5) & (y > sy + 38.0) & (y < sy + 58.0)
     img[spinous] = HU["cortical_bone"]
     img[canal < 1.0] = HU["csf"]
 
@@ -634,7 +921,7 @@ def render_slice(
         img[heart < 1.0] = HU["blood"]
     # descending aorta beside the spine; ascending aorta in front of it
     if -0.1 < u < 0.8:
-        da = (x - 24.0) ** 2 + (y - sy + 24.0) ** 2 < 12.0**2
+        da = (x - 24.0 - sxo) ** 2 + (y - sy + 24.0) ** 2 < 12.0**2
         img[da] = HU["blood"]
     if 0.45 < u < 0.78:
         aa = (x - 8.0) ** 2 + (y - shape.heart_cy + 8.0) ** 2 < 15.0**2
@@ -661,25 +948,76 @@ def render_slice(
     img[abdomen & (x > 0)] = HU["spleen"]
 
     if -0.06 < u < 1.0 or shape.pockets:
-        lung = lung_mask(shape, x, y, z, planes if neck == 0 else None)
+        if neck == 0:
+            lung = lung_mask(shape, gx, gy, z, planes)
+        else:
+            lung = lung_mask(shape, gx, gy, z)
     else:
         lung = np.zeros(img.shape, dtype=bool)
     back = np.clip((y - shape.lung_cy) / shape.lung_ay, -1.0, 1.0)
     # dependent (posterior) lung is denser, most of all in its last 2-3 cm by the wall
     near_wall = np.clip(1.0 - (depth - wall) / 25.0, 0.0, 1.0) ** 2
     behind = np.clip((y - shape.lung_cy) / (0.3 * shape.half_depth), 0.0, 1.0)
-    lung_hu = shape.lung_hu + 65.0 * back + 120.0 * near_wall * behind
+    dependent = np.float32(shape.dependent_hu) * near_wall * behind
+    if texture is not None:
+        # patchy, not a smooth ramp: the texture modulates the dependent density
+        dependent = dependent * (1.0 + 0.6 * np.tanh(texture / np.float32(45.0)))
+    lung_hu = shape.lung_hu + np.float32(shape.gradient_hu) * back + dependent
     if texture is not None:
         lung_hu = lung_hu + texture
+    for ex, ey, ez, er, drop in shape.emphysema:
+        dz = z - ez
+        if abs(dz) >= er:
+            continue
+        rr = float(np.sqrt(er * er - dz * dz))
+        dist = np.sqrt((x - ex) ** 2 + (y - ey) ** 2)
+        w = np.clip(1.0 - dist / rr, 0.0, 1.0) ** 0.5
+        holes = 1.0 if texture is None else 0.7 + 0.5 * (texture > 20.0)
+        lung_hu = lung_hu - np.float32(drop) * w * holes
+    fis = _fissure_hu(shape, x, y, u, slab)
+    if fis is not None:
+        lung_hu = lung_hu + fis
+    for ang, pz, ha, hz, thick, phu in shape.plaques:
+        w = 1.0 - ((planes["angle"] - ang) / ha) ** 2 - ((z - pz) / hz) ** 2
+        if not (w > 0).any():
+            continue
+        t = thick * np.sqrt(np.clip(w, 0.0, 1.0))
+        plaque = lung & (depth - wall < t) & (w > 0)
+        img[plaque] = phu
+        lung = lung & ~plaque
     img = np.where(lung, lung_hu, img).astype(np.float32)
 
-    # scanner table: a curved cradle of two shells with foam between
+    # scanner table (image frame: the patient lies rotated on a level table): a curved
+    # cradle of two shells with foam between
     ty = shape.table_y
-    curve = ty + 22.0 * (x / 210.0) ** 2
-    within = np.abs(x) < 215.0
-    top_shell = within & (np.abs(y - curve) < 1.2)
-    bottom_shell = within & (np.abs(y - curve - 30.0) < 1.5)
-    foam = within & (y > curve + 1.2) & (y < curve + 28.5) & ~body
+    curve = ty + 22.0 * (gx / 210.0) ** 2
+    within = np.abs(gx) < 215.0
+    top_shell = within & (np.abs(gy - curve) < 1.2)
+    bottom_shell = within & (np.abs(gy - curve - 30.0) < 1.5)
+    foam = within & (gy > curve + 1.2) & (gy < curve + 28.5) & ~body
     img[foam] = HU["foam"]
     img[(top_shell | bottom_shell) & ~body] = HU["table"]
     return img, lung
+
+
+def streak_sources(shape: ChestShape, z: float) -> list[tuple[float, float, float]]:
+    """Dense structures that cast photon-starvation streaks on a slice.
+
+    Returns ``(x, y, weight)`` in image coordinates: the humeri of arms beside
+    the chest (every level), and the shoulders near and above the apices
+    (weight growing towards them).
+    """
+    out: list[tuple[float, float, float]] = []
+    for cx, cy in shape.arm_centres():
+        hx = cx + np.sign(cx) * 0.12 * shape.arm_rx
+        ix, iy = shape.to_image(np.float64(hx), np.float64(cy))
+        out.append((float(ix), float(iy), 1.0))
+    u = float(shape.u(z))
+    w = float(np.clip((u - 0.75) / 0.3, 0.0, 1.0))
+    if w > 0:
+        for side in (-1.0, 1.0):
+            ix, iy = shape.to_image(
+                np.float64(side * 0.8 * shape.half_width), np.float64(shape.centre_y)
+            )
+            out.append((float(ix), float(iy), w))
+    return out

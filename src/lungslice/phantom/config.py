@@ -20,13 +20,19 @@ class Kernel:
     blur_mm : float
         Gaussian sigma (mm) of the in-plane point spread.
     noise_hu : float
-        Noise standard deviation (HU) in uniform soft tissue (the noise is
-        blurred with the image, so ``blur_mm`` sets its grain).
+        Noise standard deviation (HU) in uniform soft tissue at the reference
+        dose (the noise is blurred with the image, so ``blur_mm`` sets its
+        grain; edge enhancement raises it further).
+    sharpen : float
+        Edge enhancement of sharp (bone) kernels: the image plus ``sharpen``
+        times its difference from a 2.5x wider blur (overshoot at edges, as
+        high-resolution kernels show). 0 for smooth kernels.
     """
 
     name: str
     blur_mm: float
     noise_hu: float
+    sharpen: float = 0.0
 
 
 #: The kernels a phantom can be reconstructed with (sharper = noisier).
@@ -34,6 +40,7 @@ KERNELS: dict[str, Kernel] = {
     "soft": Kernel("SOFT", blur_mm=0.9, noise_hu=17.0),
     "standard": Kernel("STANDARD", blur_mm=0.6, noise_hu=18.0),
     "lung": Kernel("LUNG", blur_mm=0.35, noise_hu=58.0),
+    "bone": Kernel("BONE", blur_mm=0.3, noise_hu=52.0, sharpen=0.6),
 }
 
 
@@ -54,10 +61,12 @@ class PhantomConfig:
         distance (mm) of a nodule's contours are written; a scan without nodules
         keeps the slices within this distance of its middle.
     kernel : str
-        "soft", "standard", "lung", or "auto" (picked per scan from the seed,
+        "soft", "standard", "lung", "bone", or "auto" (picked per scan from the seed,
         so a cohort mixes kernels as LIDC-IDRI does).
     noise_hu : float or None
-        Override the kernel's soft-tissue noise (HU); None uses the kernel's.
+        Override the soft-tissue noise (HU); None uses the kernel's, scaled per
+        scan by a drawn dose level and the patient's habitus (larger patients
+        are noisier).
     mask_mode : str
         "consensus": nodules are the pixels inside >= 50 % of the cluster's
         readers' contours; "reader": one reader's contours (``reader``).

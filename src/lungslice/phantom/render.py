@@ -9,7 +9,7 @@ very pixels of the full scan.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -17,19 +17,32 @@ from scipy import ndimage as ndi
 from lungslice.lidc.nodules import Nodule, find_nodules
 from lungslice.lidc.records import LidcScan
 from lungslice.phantom.anatomy import (
+    ChestShape,
     Grid,
+    Segments,
     chest_shape,
     rasterise_segments,
     render_slice,
     scan_key,
     slice_planes,
+    streak_sources,
     vessel_tree,
 )
 from lungslice.phantom.config import KERNELS, Kernel, PhantomConfig
+from lungslice.phantom.confounders import draw_confounders
 from lungslice.phantom.nodules import LIDC_MATRIX, NodulePatch, nodule_patches, nodule_spheres
 from lungslice.progress import ProgressCallback, report
 
-__all__ = ["PADDING_HU", "RenderedScan", "render", "render_scan", "scan_kernel", "select_slices"]
+__all__ = [
+    "PADDING_HU",
+    "RenderedScan",
+    "Scanner",
+    "render",
+    "render_scan",
+    "scan_kernel",
+    "scan_scanner",
+    "select_slices",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +52,80 @@ _VESSEL_HU = 40.0
 _AIRWAY_WALL_HU = 20.0
 _AIR_NOISE_RATIO = 0.45  # air around the body is less noisy than the body's interior
 _TEXTURE_HU = 45.0
+
+
+#: Noise relative to an average patient, per habitus (larger patients are noisier).
+_HABITUS_NOISE = {"thin": 0.85, "average": 1.0, "overweight": 1.15, "obese": 1.4}
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """One scan's acquisition, drawn per scan from the seed.
+
+    Attributes
+    ----------
+    noise_scale : float
+        Multiplies the kernel's noise: the dose level times the habitus factor.
+    motion_mm : float
+        Gaussian sigma (mm) of breathing/cardiac blur along the anterior-posterior
+        axis, strongest by the heart (0: no motion).
+    streak_hu : float
+        Depth (HU) of the photon-starvation streaks between dense structures
+        (the humeri of arms beside the chest, the shoulders at the apices).
+    """
+
+    noise_scale: float = 1.0
+    motion_mm: float = 0.0
+    streak_hu: float = 0.0
+
+
+def scan_scanner(scan: LidcScan, config: PhantomConfig, shape: ChestShape) -> Scanner:
+    """Draw the scan's dose, motion and streak strength (seeded by seed and scan)."""
+    rng = np.random.default_rng([config.seed, scan_key(scan.series_uid), 7])
+    dose = float(rng.uniform(0.75, 1.35))
+    motion = float(rng.uniform(0.5, 1.5)) if rng.random() < 0.3 else 0.0
+    heavy = 1.4 if shape.habitus in ("overweight", "obese") else 1.0
+    streak = float(rng.uniform(50.0, 140.0)) * heavy
+    return Scanner(
+        noise_scale=dose * _HABITUS_NOISE.get(shape.habitus, 1.0),
+        motion_mm=motion,
+        streak_hu=streak,
+    )
+
+
+def _streaks(
+    grid: Grid,
+    sources: list[tuple[float, float, float]],
+    amp: float,
+    rng: np.random.Generator,
+) -> np.ndarray | None:
+    """Photon-starvation streaks of one slice: a dark band between each pair of dense
+    sources and a few thin alternating streaks fanning out of each one."""
+    if not sources or amp <= 0:
+        return None
+    gx, gy = grid.coords()
+    out = np.zeros((grid.matrix, grid.matrix), dtype=np.float32)
+    for i in range(len(sources)):
+        for j in range(i + 1, len(sources)):
+            (x1, y1, w1), (x2, y2, w2) = sources[i], sources[j]
+            length = float(np.hypot(x2 - x1, y2 - y1))
+            if length < 1.0:
+                continue
+            nx, ny = (x2 - x1) / length, (y2 - y1) / length
+            d = (gx - x1) * ny - (gy - y1) * nx
+            width = float(rng.uniform(4.0, 9.0))
+            out -= np.float32(amp * min(w1, w2)) * np.exp(-((d / width) ** 2))
+    for x1, y1, w1 in sources:
+        base = float(rng.uniform(0.0, np.pi))
+        for k in range(3):
+            ang = base + k * np.pi / 3.0 + float(rng.normal(0.0, 0.15))
+            nx, ny = np.cos(ang), np.sin(ang)
+            d = (gx - x1) * ny - (gy - y1) * nx
+            r = np.sqrt((gx - x1) ** 2 + (gy - y1) ** 2)
+            sign = 1.0 if k % 2 else -1.0
+            a = np.float32(sign * 0.5 * amp * w1 * float(rng.uniform(0.4, 1.0)))
+            out += a * np.exp(-((d / 1.2) ** 2) - r / 160.0)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +152,12 @@ class RenderedScan:
     lung_pockets : int
         Nodules whose centre the adapted chest still left outside the lung, so a
         pocket of lung was added around them (a local marker; see docs/phantom.md).
+    shape : ChestShape or None
+        The patient's drawn chest (habitus, arms, rotation, ...).
+    scanner : Scanner or None
+        The drawn acquisition (dose, motion, streaks).
+    confounders : dict
+        How many of each non-nodule look-alike were drawn.
     """
 
     hu: np.ndarray
@@ -76,6 +169,9 @@ class RenderedScan:
     z_ranges: list[tuple[float, float]]
     cropped: bool
     lung_pockets: int = 0
+    shape: ChestShape | None = None
+    scanner: Scanner | None = None
+    confounders: dict[str, int] = field(default_factory=dict)
 
 
 def scan_kernel(scan: LidcScan, config: PhantomConfig) -> Kernel:
@@ -188,10 +284,19 @@ def render(
         fov_half=LIDC_MATRIX / 2.0 * scan.pixel_spacing,
     )
     vessels, airways = vessel_tree(shape, np.random.default_rng([config.seed, key, 2]))
+    conf = draw_confounders(shape, vessels, np.random.default_rng([config.seed, key, 6]), spheres)
+    scanner = scan_scanner(scan, config, shape)
+    vessels = _join(vessels, conf.vessels)
+    airways = _join(airways, conf.bronchi)
     slab = float(scan.slice_thickness)
     v_occ = rasterise_segments(vessels, grid, zs, slab=slab)
     a_wall = rasterise_segments(airways, grid, zs, grow=1.3, slab=slab)
     a_lumen = rasterise_segments(airways, grid, zs, slab=slab)
+    extra: list[tuple[np.ndarray, float]] = []
+    if len(conf.scars):
+        extra.append((rasterise_segments(conf.scars, grid, zs, slab=slab), conf.scar_hu))
+    if len(conf.granulomas):
+        extra.append((rasterise_segments(conf.granulomas, grid, zs, slab=slab), conf.granuloma_hu))
     fields, freq, phase = _texture_fields(grid, np.random.default_rng([config.seed, key, 3]))
 
     by_slice: dict[int, list[NodulePatch]] = {}
@@ -212,7 +317,9 @@ def render(
     fov = (x**2 + y**2) > (m / 2.0 * grid.spacing) ** 2
     planes = slice_planes(shape, grid)
     blur_px = kernel.blur_mm / grid.spacing
-    noise_hu = kernel.noise_hu if config.noise_hu is None else config.noise_hu
+    noise_hu = kernel.noise_hu * scanner.noise_scale if config.noise_hu is None else config.noise_hu
+    motion_px = scanner.motion_mm / grid.spacing
+    motion_w = _motion_weight(shape, planes) if motion_px > 0 else None
     # white noise blurred with the image: the kernel's blur sets its grain
     gain = np.float32(_noise_gain(blur_px) * noise_hu)
     air_gain = np.float32(_AIR_NOISE_RATIO) * gain
@@ -223,7 +330,7 @@ def render(
         texture = fields[0] * w[0]
         for j in range(1, len(w)):
             texture += fields[j] * w[j]
-        img, lung = render_slice(shape, grid, z, texture, planes)
+        img, lung = render_slice(shape, grid, z, texture, planes, slab=slab)
         # airway walls and vessels in the lung, lumens in lung and mediastinum; the
         # occupancy is sparse, so only its pixels are touched
         flat = img.reshape(-1)
@@ -231,6 +338,7 @@ def render(
         for occ, value, region in (
             (a_wall[i], _AIRWAY_WALL_HU, lung),
             (v_occ[i], _VESSEL_HU, lung),
+            *((e[i], hu_e, lung) for e, hu_e in extra),
             (a_lumen[i], -1000.0, soft),
         ):
             idx = np.flatnonzero(occ)
@@ -244,11 +352,26 @@ def render(
             a = p.alpha[: r1 - p.row0, : c1 - p.col0]
             target = np.maximum(region, p.hu[: r1 - p.row0, : c1 - p.col0])
             region += (target - region) * a
+        if motion_w is not None:
+            # breathing and the beating heart blur along the anterior-posterior axis
+            moved = ndi.gaussian_filter1d(img, motion_px, axis=0, mode="nearest")
+            img += (moved - img) * motion_w
         rng = np.random.default_rng([config.seed, key, 4, k])
         noise = rng.standard_normal((m, m), dtype=np.float32)
         img += noise * np.where(img > -500.0, gain, air_gain)
+        streaks = _streaks(
+            grid,
+            streak_sources(shape, z),
+            scanner.streak_hu,
+            np.random.default_rng([config.seed, key, 8, k]),
+        )
+        if streaks is not None:
+            img += streaks * (img > -980.0)
         if blur_px > 0.05:
             img = ndi.gaussian_filter(img, blur_px, mode="nearest")
+        if kernel.sharpen > 0:
+            wide = ndi.gaussian_filter(img, 2.5 * max(blur_px, 0.3), mode="nearest")
+            img += np.float32(kernel.sharpen) * (img - wide)
         np.clip(img, -1024.0, 3071.0, out=img)
         if config.fov_padding:
             img[fov] = PADDING_HU
@@ -264,7 +387,34 @@ def render(
         z_ranges=z_ranges,
         cropped=bool(sel.size < z_all.size),
         lung_pockets=len(shape.pockets),
+        shape=shape,
+        scanner=scanner,
+        confounders={
+            "granulomas": len(conf.granulomas),
+            "scars": len(conf.scars),
+            "end_on_vessels": len(conf.vessels) // 3,
+            "end_on_bronchi": len(conf.bronchi),
+            "pleural_plaques": len(shape.plaques),
+            "emphysema_patches": len(shape.emphysema),
+        },
     )
+
+
+def _join(a: Segments, b: Segments) -> Segments:
+    if not len(b):
+        return a
+    return Segments(
+        start=np.concatenate([a.start, b.start]),
+        end=np.concatenate([a.end, b.end]),
+        radius=np.concatenate([a.radius, b.radius]),
+        generation=np.concatenate([a.generation, b.generation]),
+    )
+
+
+def _motion_weight(shape: ChestShape, planes: dict[str, np.ndarray]) -> np.ndarray:
+    """How much motion blur each pixel gets: most by the heart, some everywhere."""
+    d = np.sqrt((planes["xb"] - shape.heart_cx) ** 2 + (planes["yb"] - shape.heart_cy) ** 2)
+    return np.clip(1.3 - d / 90.0, 0.3, 1.0).astype(np.float32)
 
 
 def render_scan(

@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -70,6 +71,10 @@ class PhantomSeries:
         The scan's nodules (clusters of readers' annotations).
     lung_pockets : int
         How many of them needed a pocket of lung (see ``RenderedScan``).
+    variety : dict
+        The drawn patient and acquisition: habitus, arms down, fat (mm),
+        rotation (degrees), dose noise scale, motion (mm) and the counts of
+        each confounder (none of them labelled).
     """
 
     patient_id: str
@@ -84,6 +89,7 @@ class PhantomSeries:
     kernel: str
     n_nodules: int = 0
     lung_pockets: int = 0
+    variety: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 def _ds(value: float) -> str:
@@ -210,7 +216,28 @@ def write_series(
         kernel=rendered.kernel.name,
         n_nodules=len(rendered.nodules),
         lung_pockets=rendered.lung_pockets,
+        variety=_variety(rendered),
     )
+
+
+def _variety(rendered: RenderedScan) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if rendered.shape is not None:
+        sh = rendered.shape
+        out.update(
+            habitus=sh.habitus,
+            arms_down=sh.arms_down,
+            fat_mm=round(sh.fat, 1),
+            rotation_deg=round(float(np.rad2deg(sh.rotation)), 1),
+            scoliosis_mm=round(sh.scoliosis, 1),
+        )
+    if rendered.scanner is not None:
+        out.update(
+            noise_scale=round(rendered.scanner.noise_scale, 3),
+            motion_mm=round(rendered.scanner.motion_mm, 2),
+        )
+    out["confounders"] = dict(rendered.confounders)
+    return out
 
 
 def _series_record(s: PhantomSeries, out_dir: Path) -> dict:
@@ -228,6 +255,7 @@ def _series_record(s: PhantomSeries, out_dir: Path) -> dict:
         "kernel": s.kernel,
         "nodules": s.n_nodules,
         "nodules_in_lung_pockets": s.lung_pockets,
+        "variety": s.variety,
     }
 
 

@@ -23,7 +23,6 @@ Everything else lives in the stage modules (``lungslice.dicom``, ``lungslice.lid
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
@@ -38,11 +37,6 @@ __all__ = [
     "resample",
     "train_model",
 ]
-
-try:
-    __version__: str = metadata.version("lungslice")
-except metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
 
 #: Public name -> module that defines it.
 _VERBS: dict[str, str] = {
@@ -67,9 +61,24 @@ if TYPE_CHECKING:
     from lungslice.model.train import train_model
     from lungslice.prediction import Predictor, predict
 
+    __version__: str
+
+
+def _version() -> str:
+    # importlib.metadata costs ~50-100 ms to import: only when asked (start-up of the CLI).
+    from importlib import metadata
+
+    try:
+        return metadata.version("lungslice")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
 
 def __getattr__(name: str) -> Any:
     # Lazy: importing lungslice must not import torch.
+    if name == "__version__":
+        globals()[name] = version = _version()
+        return version
     module = _VERBS.get(name)
     if module is None:
         raise AttributeError(f"module 'lungslice' has no attribute {name!r}")

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from lungslice.cli import options as opt
 from lungslice.cli._app import app, console, fail, out, progress_bar
-from lungslice.errors import LungsliceError
+from lungslice.errors import LungsliceError, phrase_for_cli
 
 
 @app.command("backbones")
@@ -110,8 +110,20 @@ def extract(
     address: str | None = opt.ADDRESS,
     actors: int | None = opt.ACTORS,
     gpus_per_actor: float = opt.GPUS_PER_ACTOR,
+    allow_gaps: bool = opt.ALLOW_GAPS,
+    allow_irregular: bool = opt.ALLOW_IRREGULAR,
+    tilt: str = opt.TILT,
+    duplicates: str = opt.DUPLICATES,
+    series_uid: str | None = opt.SERIES_UID,
+    min_slices: int = opt.MIN_SLICES,
+    allow_missing_rescale: bool = opt.ALLOW_MISSING_RESCALE,
+    hu_check: str = opt.HU_CHECK,
 ) -> None:
-    """Extract per-slice features of every CT series under DATA_DIR (resumable)."""
+    """Extract per-slice features of every CT series under DATA_DIR (resumable).
+
+    The loader options are those of `index`, `show` and `predict`: a series
+    they accept there is extracted here (--series-uid: only that series).
+    """
     from lungslice.features.config import FeatureConfig
     from lungslice.features.extract import extract_dataset
     from lungslice.features.inputs import InputConfig
@@ -120,6 +132,15 @@ def extract(
     from lungslice.features.weights import resolve_weights
 
     try:
+        load = opt.make_load_config(
+            allow_gaps=allow_gaps,
+            allow_irregular=allow_irregular,
+            tilt=tilt,
+            duplicates=duplicates,
+            min_slices=min_slices,
+            allow_missing_rescale=allow_missing_rescale,
+            hu_check=hu_check,
+        )
         config = FeatureConfig(
             backbone=backbone,
             weights=weights,
@@ -147,7 +168,10 @@ def extract(
                 loader=loader,
                 engine=engine,
                 ray=ray,
+                load=load,
+                series_uid=series_uid,
             )
     except LungsliceError as err:
         raise fail(err) from err
-    out.print(result.summary())
+    # failed series' reasons were written for Python (LoadConfig(...)); show them as flags
+    out.print(phrase_for_cli(result.summary()), soft_wrap=True, markup=False, highlight=False)

@@ -35,7 +35,9 @@ def describe_volume(
     volume : CTVolume
         The volume.
     max_voxels : int
-        HU statistics use a random sample of at most this many voxels.
+        HU statistics use a random sample of this many voxels (drawn with
+        replacement: a permutation of a 100-slice 512 x 512 volume alone
+        takes about a second) when the volume has more.
     seed : int
         Seed of that sample.
 
@@ -46,7 +48,8 @@ def describe_volume(
     """
     hu = volume.hu.reshape(-1)
     if hu.size > max_voxels:
-        hu = hu[np.random.default_rng(seed).choice(hu.size, max_voxels, replace=False)]
+        hu = hu[np.random.default_rng(seed).integers(0, hu.size, size=max_voxels)]
+    p01, p50, p99 = (float(v) for v in np.percentile(hu, [1, 50, 99]))
     z = volume.z_positions
     steps = np.diff(z)
     info = volume.info
@@ -75,9 +78,9 @@ def describe_volume(
         "hu": {
             "min": float(hu.min()),
             "max": float(hu.max()),
-            "p01": float(np.percentile(hu, 1)),
-            "p50": float(np.percentile(hu, 50)),
-            "p99": float(np.percentile(hu, 99)),
+            "p01": p01,
+            "p50": p50,
+            "p99": p99,
             "fraction_lung_range": float(np.mean((hu >= LUNG_RANGE[0]) & (hu < LUNG_RANGE[1]))),
             "median_lung_range": _median_in(hu, *LUNG_RANGE),
             "median_soft_tissue_range": _median_in(hu, *SOFT_TISSUE_RANGE),

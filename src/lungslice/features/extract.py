@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,9 @@ __all__ = [
     "resolve_scheduler",
     "slice_table",
 ]
+
+if TYPE_CHECKING:
+    from lungslice.dicom.geometry import LoadConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +127,16 @@ class ExtractResult:
 
 
 def load_resampled(
-    job: SeriesJob, config: FeatureConfig, size: int | None = None
+    job: SeriesJob,
+    config: FeatureConfig,
+    size: int | None = None,
+    *,
+    load: LoadConfig | None = None,
 ) -> ResampledVolume:
     """Load a series' files as HU and resample to ``config.slice_spacing``.
+
+    ``load`` holds the loader's checks and opt-outs (default ``LoadConfig()``),
+    as for :func:`~lungslice.dicom.volume.load_series`.
 
     With ``size``, the slices also come out ``size`` x ``size`` (what the
     network takes), resized in whichever order touches fewer slices: in-plane
@@ -138,7 +148,10 @@ def load_resampled(
     from lungslice.dicom.resample import resample
     from lungslice.dicom.volume import load_series
 
-    volume = load_series(list(job.files), series_uid=job.series_uid)
+    if load is None:
+        volume = load_series(list(job.files), series_uid=job.series_uid)
+    else:
+        volume = load_series(list(job.files), series_uid=job.series_uid, config=load)
     if size is None:
         return resample(volume, slice_spacing=config.slice_spacing)
     rv = _resample_at_size(volume, config, size)
@@ -295,9 +308,11 @@ def _config_record(config: FeatureConfig, runner: FeatureRunner) -> dict[str, An
     )
 
 
-def _series_metadata(config: FeatureConfig, runner: FeatureRunner) -> dict[str, Any]:
+def _series_metadata(
+    config: FeatureConfig, runner: FeatureRunner, load: LoadConfig | None = None
+) -> dict[str, Any]:
     bb = runner.backbone
-    return {
+    metadata = {
         "key": config.key,
         "backbone": bb.name,
         "weights_id": bb.weights_id,
@@ -309,6 +324,9 @@ def _series_metadata(config: FeatureConfig, runner: FeatureRunner) -> dict[str, 
         "slice_spacing": config.slice_spacing,
         "storage_dtype": config.storage_dtype,
     }
+    if load is not None:
+        metadata["load"] = config_dict(load)  # the loader's opt-outs that made this series
+    return metadata
 
 
 def _row(job: SeriesJob, **values: Any) -> dict[str, Any]:
@@ -452,12 +470,21 @@ class WholeSliceWork:
         Work folder; the cache is ``WORK/features/<config.key>/``.
     runner : FeatureRunner, optional
         An already prepared backbone (this process only).
+    load : LoadConfig, optional
+        The loader's checks and opt-outs (default ``LoadConfig()``); recorded
+        in each series' metadata when given.
     """
 
     def __init__(
-        self, config: FeatureConfig, work_dir: str | Path, runner: FeatureRunner | None = None
+        self,
+        config: FeatureConfig,
+        work_dir: str | Path,
+        runner: FeatureRunner | None = None,
+        *,
+        load: LoadConfig | None = None,
     ) -> None:
         self.config = config
+        self.load_config = load
         self.cache = FeatureCache(work_dir, config.key)
         self.runner = runner
         self.size: int | None = None
@@ -480,7 +507,7 @@ class WholeSliceWork:
         """The series as HU on 1 mm slices at the input size."""
         if self.size is None:
             self.setup()
-        return load_resampled(job, self.config, self.size)
+        return load_resampled(job, self.config, self.size, load=self.load_config)
 
     def compute(self, job: SeriesJob, loaded: ResampledVolume, load_s: float) -> dict[str, Any]:
         """Features of every slice, written atomically; the manifest row."""
@@ -494,7 +521,7 @@ class WholeSliceWork:
             job.series_uid,
             features.astype(self.config.storage_dtype),
             slice_table(loaded),
-            _series_metadata(self.config, self.runner),
+            _series_metadata(self.config, self.runner, self.load_config),
         )
         return _row(
             job,
@@ -523,6 +550,8 @@ def extract_dataset(
     loader: str = "auto",
     engine: str | Scheduler = "local",
     ray: Any = None,
+    load: LoadConfig | None = None,
+    series_uid: str | None = None,
 ) -> ExtractResult:
     """Extract features of every CT series under ``data_dir`` into ``work_dir``.
 
@@ -558,6 +587,13 @@ def extract_dataset(
         'lungslice[ray]'``; see docs/scale-out.md).
     ray : RayOptions, optional
         Address, actors, GPUs per actor and retries of the Ray engine.
+    load : LoadConfig, optional
+        The checks a series must pass and the loader's opt-outs (gaps,
+        irregular steps, tilt correction, fewest slices, ...), used by the
+        index and by every worker alike; default ``LoadConfig()``. They decide
+        which series load, not the cache key: a series' metadata records them.
+    series_uid : str, optional
+        Only this SeriesInstanceUID (the manifest then lists only it).
 
     Returns
     -------
@@ -566,12 +602,15 @@ def extract_dataset(
     Raises
     ------
     FeatureError
-        When a series fails and ``keep_going`` is false, or the cache folder
-        holds a different configuration.
+        When a series fails and ``keep_going`` is false, the cache folder
+        holds a different configuration, or ``series_uid`` is absent or
+        rejected.
     """
     config = config or FeatureConfig()
     scheduler = resolve_scheduler(engine, loader, config.device, ray)
     t_start = time.perf_counter()
+    # The index first: a wrong --series-uid or an empty tree fails before the backbone loads.
+    jobs = find_series(data_dir, load=load, series_uid=series_uid)
     if isinstance(backbone, FeatureRunner):
         runner = backbone
     else:
@@ -589,7 +628,6 @@ def extract_dataset(
     if stored is None:
         cache.write_config(record)
 
-    jobs = find_series(data_dir)
     previous: dict[str, dict[str, Any]] = {
         str(r["series_uid"]): {str(k): v for k, v in r.items()}
         for r in cache.read_manifest().to_dict("records")
@@ -608,15 +646,19 @@ def extract_dataset(
         else:
             pending.append(job)
 
+    # A run over one series keeps the other series' rows of earlier runs.
+    others = [] if series_uid is None else [r for u, r in previous.items() if u != series_uid]
+
     def write_manifest() -> pd.DataFrame:
-        return _write_manifest(cache, [rows[j.series_uid] for j in jobs if j.series_uid in rows])
+        ours = [rows[j.series_uid] for j in jobs if j.series_uid in rows]
+        return _write_manifest(cache, others + ours)
 
     write_manifest()
     tracker = RunTracker(len(jobs), progress)
     tracker.start(len(rows), len(pending))
     result.setup_s = time.perf_counter() - t_start
     by_uid = {j.series_uid: j for j in pending}
-    work = WholeSliceWork(config, work_dir, runner if scheduler.name != "ray" else None)
+    work = WholeSliceWork(config, work_dir, runner if scheduler.name != "ray" else None, load=load)
     rows_in = scheduler.map(work, pending)
     try:
         for row in rows_in:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lungslice.errors import ConfigError, FeatureError, LungsliceError
 from lungslice.progress import ProgressCallback, report
@@ -54,6 +54,9 @@ __all__ = [
     "local_scheduler",
     "run_series",
 ]
+
+if TYPE_CHECKING:
+    from lungslice.dicom.geometry import LoadConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +93,33 @@ class SeriesJob:
         )
 
 
-def find_series(data_dir: str | Path) -> list[SeriesJob]:
+def find_series(
+    data_dir: str | Path, *, load: LoadConfig | None = None, series_uid: str | None = None
+) -> list[SeriesJob]:
     """Index ``data_dir`` and list every series, sorted by patient and series UID.
 
     Series the index rejects (not CT, too few slices, ...) come with
     ``rejected`` set to the index's reason, so the manifest accounts for them.
 
+    Parameters
+    ----------
+    data_dir : str or Path
+        DICOM folder tree.
+    load : LoadConfig, optional
+        The checks a series must pass to be loadable (default ``LoadConfig()``),
+        the same the loader applies later.
+    series_uid : str, optional
+        Only this SeriesInstanceUID.
+
     Raises
     ------
     FeatureError
-        When the tree holds no loadable CT series at all.
+        When the tree holds no loadable CT series at all, or ``series_uid`` is
+        not in it or is rejected (with the index's reason).
     """
     from lungslice.dicom.discover import index_tree
 
-    index = index_tree(data_dir)
+    index = index_tree(data_dir, config=load)
     jobs = []
     for r in index.series.itertuples():
         uid = str(r.series_uid)
@@ -117,6 +133,19 @@ def find_series(data_dir: str | Path) -> list[SeriesJob]:
                 rejected=None if ok else str(r.reason),
             )
         )
+    if series_uid is not None:
+        chosen = [j for j in jobs if j.series_uid == series_uid]
+        if not chosen:
+            raise FeatureError(
+                f"{data_dir}: no series with SeriesInstanceUID {series_uid} among the "
+                f"{len(jobs)} series of {len(index.files)} files; run `lungslice index` to list "
+                "them"
+            )
+        if chosen[0].rejected is not None:
+            raise FeatureError(
+                f"{data_dir}: series {series_uid} is rejected by the index: {chosen[0].rejected}"
+            )
+        return chosen
     if not any(j.rejected is None for j in jobs):
         raise FeatureError(
             f"{data_dir}: no loadable CT series ({len(index.files)} files, {len(jobs)} series "

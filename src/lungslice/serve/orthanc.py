@@ -14,6 +14,7 @@ patient names) is ever logged.
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import logging
@@ -243,7 +244,7 @@ class OrthancClient:
                 if err.code < 500:
                     raise OrthancError(self._http_message(method, path, err), err.code) from None
                 last = f"HTTP {err.code}"
-            except (urllib.error.URLError, OSError, TimeoutError) as err:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
                 reason = getattr(err, "reason", err)
                 last = f"{type(reason).__name__}: {reason}"
             delay = next(delays, None)
@@ -307,12 +308,19 @@ class OrthancClient:
         data = self.request("GET", f"/series/{_id(series_id)}/archive")
         folder.mkdir(parents=True, exist_ok=True)
         written = []
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members = [m for m in archive.infolist() if not m.is_dir()]
-            for n, member in enumerate(members):
-                path = folder / f"{n:05d}.dcm"
-                path.write_bytes(archive.read(member))
-                written.append(path)
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                members = [m for m in archive.infolist() if not m.is_dir()]
+                for n, member in enumerate(members):
+                    path = folder / f"{n:05d}.dcm"
+                    path.write_bytes(archive.read(member))
+                    written.append(path)
+        except (zipfile.BadZipFile, EOFError) as err:
+            # a connection cut mid-answer (Orthanc stopping): worth another try later
+            raise OrthancUnavailableError(
+                f"Orthanc at {self.url}: the archive of series {series_id} arrived incomplete "
+                f"({err}). Fix: none needed if Orthanc was restarting; the study is retried."
+            ) from None
         return written
 
     def delete(self, path: str) -> None:

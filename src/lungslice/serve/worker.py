@@ -244,6 +244,9 @@ class Service:
                 self._stop.wait(pause)
                 pause = min(pause * 2.0, self.config.max_pause_s)
                 continue
+            except Exception as err:  # a bug or an unforeseen input: record it, go on
+                log.debug("study %s", orthanc_id, exc_info=err)
+                outcome = StudyOutcome("failed", f"internal error: {type(err).__name__}: {err}")
             pause = 1.0
             self.state.finish(
                 orthanc_id,

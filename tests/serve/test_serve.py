@@ -1,0 +1,298 @@
+"""lungslice serve next to a real Orthanc: STOW-RS in, results back in the same study.
+
+Every test starts its own Orthanc on 127.0.0.1 (free port, auth on, temporary
+storage). Timings are printed (pytest -s), never asserted.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from lungslice.serve.state import ServeState
+from tests.serve.conftest import (
+    Bundle,
+    finished,
+    make_service,
+    result_series,
+    run_until,
+    study_copy,
+    upload,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _instance_file(client, series: dict) -> pydicom.Dataset:
+    (iid,) = series["Instances"]
+    return pydicom.dcmread(io.BytesIO(client.request("GET", f"/instances/{iid}/file")))
+
+
+def _study_sops(client, study_id: str) -> set[str]:
+    return {
+        str(i["MainDicomTags"]["SOPInstanceUID"])
+        for i in client.get_json(f"/studies/{study_id}/instances")
+    }
+
+
+def _referenced_sops(ds: pydicom.Dataset) -> set[str]:
+    refs = set()
+    for elem in ds.iterall():
+        if elem.keyword == "ReferencedSOPInstanceUID":
+            refs.add(str(elem.value))
+    return refs
+
+
+def test_one_study_by_stow_gets_its_results_in_the_same_study(
+    orthanc, bundle: Bundle, shared_predictor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = orthanc.client()
+    study = study_copy(bundle.study, 1)
+    t0 = time.monotonic()
+    upload(client, study)
+    service = make_service(orthanc, bundle, tmp_path / "state", shared_predictor)
+    with caplog.at_level(logging.DEBUG, logger="lungslice"):
+        run_until(service, finished(1), 60)
+    print(f"\nSTOW-RS -> results stored: {time.monotonic() - t0:.1f} s (15 slices, 256^2)")
+    (record,) = service.state.studies()
+    assert record.status == "processed", record.reason
+    assert record.study_uid == study[0].StudyInstanceUID
+    (study_id,) = client.studies()
+    ours = result_series(client, study_id)
+    kinds = {s["MainDicomTags"]["SeriesDescription"] for s in ours}
+    assert f"lungslice key images {service.model_id[:12]}" in kinds
+    sops = _study_sops(client, study_id)
+    ct_sops = {str(ds.SOPInstanceUID) for ds in study}
+    for series in ours:
+        ds = _instance_file(client, series)
+        assert ds.StudyInstanceUID == study[0].StudyInstanceUID
+        refs = _referenced_sops(ds)
+        assert refs, f"{ds.Modality} references no image"
+        assert refs <= sops, f"{ds.Modality}: references outside the study: {refs - sops}"
+        assert str(ds.get("PatientName", "")) == ""  # no PHI copied into the results
+    ko = next(s for s in ours if "key images" in s["MainDicomTags"]["SeriesDescription"])
+    ko_ds = _instance_file(client, ko)
+    assert ko_ds.Modality == "KO"
+    assert _referenced_sops(ko_ds) <= ct_sops
+    if shutil.which("dciodvfy"):
+        path = tmp_path / "ko.dcm"
+        ko_ds.save_as(path)
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [ln for ln in (check.stdout + check.stderr).splitlines() if ln.startswith("Error")]
+        assert not errors, errors
+    # logs name the study by UID, never the patient
+    text = caplog.text
+    assert study[0].StudyInstanceUID in text
+    assert "Doe" not in text and "Jane" not in text and "19500101" not in text
+    assert "SERVE-001" not in text
+
+    # lungslice's own results make the study stable again: no second run
+    deadline = time.monotonic() + 20
+    seen = 0
+    while time.monotonic() < deadline and seen < 2:
+        changes = client.changes(0, 1000)["Changes"]
+        seen = sum(c["ChangeType"] == "StableStudy" for c in changes)
+        time.sleep(0.2)
+    assert seen >= 2, "the stored results did not make the study stable again"
+    again = make_service(orthanc, bundle, tmp_path / "state", shared_predictor)
+    run_until(again, lambda st: True, 10)
+    (after,) = again.state.studies()
+    assert (after.status, after.attempts) == ("processed", 1)
+    assert len(result_series(client, study_id)) == len(ours)
+    # a service with a fresh state skips it: the study already holds this model's results
+    fresh = make_service(orthanc, bundle, tmp_path / "fresh", shared_predictor)
+    run_until(fresh, finished(1), 20)
+    (skipped,) = fresh.state.studies()
+    assert skipped.status == "skipped"
+    assert f"already holds lungslice results of model {service.model_id[:12]}" in str(
+        skipped.reason
+    )
+    assert len(result_series(client, study_id)) == len(ours)
+
+
+def test_twenty_studies_at_once_are_each_processed_exactly_once(
+    orthanc, bundle: Bundle, tmp_path: Path
+) -> None:
+    client = orthanc.client()
+    studies = [study_copy(bundle.study, n) for n in range(100, 120)]
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda s: upload(client, s), studies))
+    service = make_service(orthanc, bundle, tmp_path / "state", None, workers=2)
+    took = run_until(service, finished(20), 240)
+    print(
+        f"\n20 studies: {time.monotonic() - t0:.1f} s from the first upload "
+        f"({took:.1f} s service run, 2 workers)"
+    )
+    records = service.state.studies()
+    assert len(records) == 20
+    assert {r.status for r in records} == {"processed"}, [r.reason for r in records]
+    assert all(r.attempts == 1 for r in records)
+    assert {r.study_uid for r in records} == {s[0].StudyInstanceUID for s in studies}
+    for study_id in client.studies():
+        ours = result_series(client, study_id)
+        descriptions = [s["MainDicomTags"]["SeriesDescription"] for s in ours]
+        assert len(descriptions) == len(set(descriptions)), descriptions  # one set
+        assert all(len(s["Instances"]) == 1 for s in ours)
+        assert any("key images" in d for d in descriptions)
+
+
+def test_worker_killed_mid_study_then_restarted_stores_one_set(
+    orthanc, bundle: Bundle, shared_predictor, tmp_path: Path
+) -> None:
+    client = orthanc.client()
+    study = study_copy(bundle.study, 2)
+    upload(client, study)
+    state = tmp_path / "state"
+    cmd = [
+        str(Path(sys.executable).parent / "lungslice"),
+        "serve",
+        "--orthanc",
+        orthanc.url,
+        "--credentials",
+        str(orthanc.credentials_path),
+        "--model",
+        str(bundle.model),
+        "--state",
+        str(state),
+    ]
+    worker = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ}
+    )
+    try:
+        deadline = time.monotonic() + 120
+        running = False
+        while time.monotonic() < deadline and worker.poll() is None:
+            if (state / "serve.sqlite").exists():
+                st = ServeState(state)
+                running = st.counts()["running"] == 1
+                st.close()
+                if running:
+                    break
+            time.sleep(0.02)
+        assert running, "the worker never started the study"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+    service = make_service(orthanc, bundle, state, shared_predictor)
+    run_until(service, finished(1), 60)
+    (record,) = service.state.studies()
+    assert record.status == "processed", record.reason
+    assert record.attempts == 2
+    (study_id,) = client.studies()
+    ours = result_series(client, study_id)
+    descriptions = [s["MainDicomTags"]["SeriesDescription"] for s in ours]
+    assert len(descriptions) == len(set(descriptions)) >= 1
+    assert all(len(s["Instances"]) == 1 for s in ours)
+
+
+def test_orthanc_stopped_mid_run_and_started_again_the_worker_recovers(
+    orthanc, bundle: Bundle, shared_predictor, tmp_path: Path
+) -> None:
+    client = orthanc.client()
+    studies = [study_copy(bundle.study, n) for n in (3, 4, 5)]
+    for s in studies:
+        upload(client, s)
+    service = make_service(orthanc, bundle, tmp_path / "state", shared_predictor)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_until(service, finished(3), 120)
+        except BaseException as err:  # the assertion below reports it
+            errors.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and service.state.counts()["running"] == 0:
+        time.sleep(0.02)
+    assert service.state.counts()["running"] == 1
+    orthanc.stop()
+    time.sleep(3.0)  # the worker meets a dead Orthanc: retries, backs off, requeues
+    assert thread.is_alive(), errors
+    orthanc.start()
+    thread.join(150)
+    assert not thread.is_alive() and not errors, errors
+    records = service.state.studies()
+    assert [r.status for r in records] == ["processed"] * 3, [r.reason for r in records]
+    for study_id in client.studies():
+        ours = result_series(client, study_id)
+        descriptions = [s["MainDicomTags"]["SeriesDescription"] for s in ours]
+        assert len(descriptions) == len(set(descriptions)) >= 1
+        assert all(len(s["Instances"]) == 1 for s in ours)
+
+
+def test_a_cr_study_is_skipped_and_a_corrupt_one_failed_and_the_next_processed(
+    orthanc, bundle: Bundle, shared_predictor, tmp_path: Path
+) -> None:
+    client = orthanc.client()
+    cr = study_copy(bundle.study[:1], 6, modality="CR")
+    corrupt = study_copy(bundle.study, 7)
+    damaged = corrupt[7]
+    damaged.PixelData = damaged.PixelData[: len(damaged.PixelData) // 2]  # truncated image
+    good = study_copy(bundle.study, 8)
+    for s in (cr, corrupt, good):
+        upload(client, s)
+    service = make_service(orthanc, bundle, tmp_path / "state", shared_predictor)
+    run_until(service, finished(3), 90)
+    by_uid = {r.study_uid: r for r in service.state.studies()}
+    r_cr = by_uid[cr[0].StudyInstanceUID]
+    assert r_cr.status == "skipped"
+    assert r_cr.reason == "no CT series (the study holds CR)"
+    r_bad = by_uid[corrupt[0].StudyInstanceUID]
+    assert r_bad.status == "failed"
+    assert r_bad.reason and "<study>" in r_bad.reason  # says where, without the temp path
+    print(f"\ncorrupt study's reason: {r_bad.reason}")
+    r_good = by_uid[good[0].StudyInstanceUID]
+    assert r_good.status == "processed", r_good.reason
+    for study_id in client.studies():
+        uid = client.study(study_id)["MainDicomTags"]["StudyInstanceUID"]
+        assert bool(result_series(client, study_id)) == (uid == good[0].StudyInstanceUID)
+
+
+def test_status_lists_studies_and_credentials_on_the_command_line_are_refused(
+    orthanc, bundle: Bundle, shared_predictor, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from lungslice.cli import app
+
+    client = orthanc.client()
+    upload(client, study_copy(bundle.study[:1], 9, modality="CR"))
+    service = make_service(orthanc, bundle, tmp_path / "state", shared_predictor)
+    run_until(service, finished(1), 30)
+    runner = CliRunner()
+    res = runner.invoke(app, ["serve", "--status", "--state", str(tmp_path / "state")])
+    assert res.exit_code == 0, res.output
+    assert "0 processed" in res.output and "1 skipped" in res.output
+    assert "no CT series (the study holds CR)" in res.output
+    base = ["serve", "--orthanc", orthanc.url, "--model", str(bundle.model)]
+    res = runner.invoke(app, [*base, "--password", "hunter2"])
+    assert res.exit_code == 2
+    assert "--password: credentials on the command line are refused" in res.output
+    url = orthanc.url.replace("http://", "http://lungslice:x@")
+    res = runner.invoke(app, ["serve", "--orthanc", url, "--model", str(bundle.model)])
+    assert res.exit_code == 2
+    assert "credentials in the URL are refused" in res.output
+    bad = tmp_path / "wrong"
+    bad.write_text("lungslice:not-the-password\n")
+    bad.chmod(0o600)
+    res = runner.invoke(app, [*base, "--credentials", str(bad), "--once"])
+    assert res.exit_code == 2
+    assert "HTTP 401" in res.output and "--credentials" in res.output

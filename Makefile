@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test lint typecheck unit clean orthanc
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,19 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
-test: lint typecheck unit
+# tests/serve run a real Orthanc (Debian's orthanc + orthanc-dicomweb): installed when missing.
+ORTHANC_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+orthanc:
+	@if command -v Orthanc >/dev/null && [ -f $(ORTHANC_PLUGIN) ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get install -y --no-install-recommends orthanc orthanc-dicomweb \
+	  || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends orthanc orthanc-dicomweb; } \
+	  || echo "warning: Orthanc could not be installed; tests/serve will be skipped"; \
+	else echo "warning: no apt-get here; install Orthanc and its DICOMweb plugin, or tests/serve are skipped"; fi
+
+test: lint typecheck orthanc unit
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info

@@ -106,10 +106,32 @@ def _check_name(name: str) -> None:
         )
 
 
-def _create(name: str) -> Any:
+def _create(name: str, *, meta: bool = False) -> Any:
     import timm
 
+    if meta:
+        # Parameters without storage: no random initialisation for weights about to be
+        # replaced (resnet50: ~0.5 s of the start-up; load_state_dict(assign=True) fills them).
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False)
     return timm.create_model(name, pretrained=False)
+
+
+def _with_weights(name: str, state: dict[str, torch.Tensor], source: str) -> Any:
+    """The timm model holding ``state``, built without initialising what it replaces."""
+    model = _create(name, meta=True)
+    adapted = adapt_state_dict(state, model, source)
+    # assign=True keeps the file's tensors as they are: give them the model's dtypes
+    dtypes = {k: t.dtype for k, t in model.state_dict().items()}
+    model.load_state_dict({k: v.to(dtypes[k]) for k, v in adapted.items()}, assign=True)
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if not left:
+        return model
+    # Tensors the file does not hold (non-persistent buffers): build normally instead.
+    log.debug("%s: %d tensors not in the weights (%s); full construction", name, len(left), left[0])
+    model = _create(name)
+    model.load_state_dict(adapt_state_dict(state, model, source))
+    return model
 
 
 def _layer_table(model: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -272,12 +294,13 @@ def load_backbone(
     """
     _check_name(name)
     source = resolve_weights(name, weights, allow_download=allow_download)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = _create(name)
     if source.path is not None:
         state = load_weights_file(source.path)
-        model.load_state_dict(adapt_state_dict(state, model, f"{name} weights {source.path}"))
+        model = _with_weights(name, state, f"{name} weights {source.path}")
         log.info("%s: loaded weights from %s (%s)", name, source.path, source.kind)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _create(name)
     chosen = _resolve_layers(name, model, layers)
     return Backbone(name, model, chosen, source)

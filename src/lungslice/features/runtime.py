@@ -8,23 +8,32 @@ docs/performance.md). For efficientnet_lite0 on CT inputs full autocast drifts t
 ``torch.compile`` costs tens of seconds up front and recompiles for every new
 batch shape, so the last batch is padded to the batch size. On a CUDA device
 the same code runs there.
+
+Batch normalisation in eval mode is an affine map per channel, so it is
+folded into the convolution before it (:func:`fold_batchnorm`): the same
+features (relative difference ~1e-6, checked on a probe image every time),
+one memory pass less per layer. On efficientnet_lite0's 64 px candidate
+patches that was 14 -> 19 images/s side by side on a loaded 2-core machine
+(docs/performance.md).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from lungslice.errors import ConfigError
+from lungslice.errors import ConfigError, FeatureError
 from lungslice.features.backbones import Backbone
 
-__all__ = ["FeatureRunner", "resolve_device", "tune_allocator"]
+__all__ = ["FeatureRunner", "fold_batchnorm", "resolve_device", "tune_allocator"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +105,103 @@ def _stem_in_fp32(backbone: Backbone) -> None:
     stem._lungslice_fp32 = True
 
 
+def _folded_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[nn.Parameter, nn.Parameter]:
+    """Weight and bias of ``bn(conv(x))`` as one convolution (eval-mode statistics)."""
+    assert bn.running_var is not None and bn.running_mean is not None
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.double()
+        shift = -bn.running_mean.double() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.double()
+        weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)
+        bias = shift if conv.bias is None else conv.bias.double() * scale + shift
+    dtype = conv.weight.dtype
+    return nn.Parameter(weight.to(dtype), False), nn.Parameter(bias.to(dtype), False)
+
+
+def _after_norm(bn: nn.BatchNorm2d) -> nn.Module:
+    """What is left of ``bn`` once folded: timm's ``BatchNormAct2d`` keeps its drop and act."""
+    rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+    rest = [m for m in rest if not isinstance(m, nn.Identity)]
+    if not rest:
+        return nn.Identity()
+    return rest[0] if len(rest) == 1 else nn.Sequential(*rest)
+
+
+def fold_batchnorm(model: nn.Module, *, rtol: float = 1e-4) -> int:
+    """Fold every eval-mode batch norm into the convolution right before it, in place.
+
+    A pair is a ``Conv2d`` and a ``BatchNorm2d`` registered one after the other
+    in the same parent module (how timm's ResNets and EfficientNets define
+    them). The result is checked on a probe image against the unfolded model;
+    if they differ by more than ``rtol`` (a module whose forward does not run
+    the two in a row), every fold is undone and an error raised.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model in eval mode (a :class:`~lungslice.features.backbones.Backbone`).
+    rtol : float
+        Largest relative difference of the probe's outputs accepted.
+
+    Returns
+    -------
+    int
+        How many batch norms were folded.
+
+    Raises
+    ------
+    FeatureError
+        If the folded model's output differs (the folds are undone first).
+    """
+    if model.training:
+        raise FeatureError("fold_batchnorm: the model is in training mode; call .eval() first")
+    pairs = []
+    for parent in model.modules():
+        names = list(parent._modules)
+        for first, second in itertools.pairwise(names):
+            conv, bn = parent._modules[first], parent._modules[second]
+            if (
+                type(conv) is nn.Conv2d
+                and isinstance(bn, nn.BatchNorm2d)
+                and bn.track_running_stats
+                and bn.running_mean is not None
+                and conv.out_channels == bn.num_features
+            ):
+                pairs.append((parent, second, conv, bn))
+    if not pairs:
+        return 0
+    param = next(model.parameters())
+    probe = torch.rand(
+        (1, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=param.dtype
+    ).to(param.device)
+    with torch.inference_mode():
+        before = model(probe).float()
+    undo = []
+    for parent, name, conv, bn in pairs:
+        undo.append((parent, name, conv, bn, conv.weight, conv.bias))
+        conv.weight, bias = _folded_pair(conv, bn)
+        conv.bias = bias
+        parent._modules[name] = _after_norm(bn)
+    with torch.inference_mode():
+        after = model(probe).float()
+    error = float((after - before).abs().max() / before.abs().max().clamp_min(1e-12))
+    if not error <= rtol:
+        for parent, name, conv, bn, weight, old_bias in undo:
+            conv.weight = weight
+            conv.bias = old_bias
+            parent._modules[name] = bn
+        raise FeatureError(
+            f"fold_batchnorm: folding {len(pairs)} batch norms changed the output of "
+            f"{type(model).__name__} by {error:.2g} (relative; expected <= {rtol:g}); left "
+            "unfolded. Fix: report it, or pass fold_norms=False to FeatureRunner"
+        )
+    log.debug("folded %d batch norms (probe relative difference %.2g)", len(pairs), error)
+    return len(pairs)
+
+
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bfloat16 natively (AVX-512 BF16 or AMX); Linux only."""
     try:
@@ -138,6 +244,9 @@ class FeatureRunner:
         are padded so that one shape compiles once.
     batch_size : int
         The batch size batches are padded to when compiled.
+    fold_norms : bool
+        Fold batch norms into their convolutions (:func:`fold_batchnorm`;
+        same features, faster); ``torch.compile`` folds them itself.
     """
 
     def __init__(
@@ -148,6 +257,7 @@ class FeatureRunner:
         device: str = "auto",
         compile: bool = False,
         batch_size: int = 32,
+        fold_norms: bool = True,
     ) -> None:
         if precision not in ("bf16", "fp32"):
             raise ConfigError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
@@ -157,6 +267,9 @@ class FeatureRunner:
         self.compiled = compile
         self.batch_size = batch_size
         backbone.eval().to(self.device).to(memory_format=torch.channels_last)
+        self.folded = 0
+        if fold_norms and not compile:
+            self.folded = fold_batchnorm(backbone)
         if precision == "bf16":
             _stem_in_fp32(backbone)
             if self.device.type == "cpu" and not cpu_has_native_bf16():

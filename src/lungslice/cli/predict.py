@@ -1,4 +1,4 @@
-"""``lungslice predict``: recommendations, report and key images for a new study."""
+"""``lungslice predict``: recommendations, report and DICOM outputs for a new study."""
 
 from __future__ import annotations
 
@@ -78,8 +78,9 @@ def predict_command(
         None,
         "--out",
         "-o",
-        help="Write result.json, report.html and key_images.dcm here (one subfolder per "
-        "series when the study has several CT series).",
+        help="Write result.json, report.html and the DICOM outputs (key_images.dcm, "
+        "findings_sr.dcm, summary_sc.dcm) here (one subfolder per series when the study has "
+        "several CT series).",
     ),
     series: str | None = typer.Option(
         None,
@@ -94,7 +95,17 @@ def predict_command(
     keep_patient_name: bool = typer.Option(
         False,
         "--kos-patient-name",
-        help="Copy PatientName/BirthDate/Sex into key_images.dcm (left empty by default).",
+        "--dicom-patient-name",
+        help="Copy PatientName/BirthDate/Sex into the DICOM outputs (left empty by default).",
+    ),
+    no_key_images: bool = typer.Option(
+        False, "--no-key-images", help="Do not write key_images.dcm (Key Object Selection)."
+    ),
+    no_sr: bool = typer.Option(
+        False, "--no-sr", help="Do not write findings_sr.dcm (Comprehensive SR, TID 1500)."
+    ),
+    no_summary: bool = typer.Option(
+        False, "--no-summary", help="Do not write summary_sc.dcm (Secondary Capture)."
     ),
     no_heatmaps: bool = typer.Option(
         False, "--no-heatmaps", help="Skip the class activation maps in the report."
@@ -155,6 +166,9 @@ def predict_command(
         top_k=top_k,
         hide_patient_id=hide_patient_id,
         keep_patient_name=keep_patient_name,
+        write_key_images=not no_key_images,
+        write_findings_sr=not no_sr,
+        write_summary=not no_summary,
         heatmaps=not no_heatmaps,
         load=load,
     )

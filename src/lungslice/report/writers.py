@@ -101,6 +101,8 @@ def write_outputs(
     """
     from lungslice.report.html import write_report
     from lungslice.report.kos import write_kos
+    from lungslice.report.sr import write_findings_sr
+    from lungslice.report.summary import write_summary_sc
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +110,7 @@ def write_outputs(
     skipped: dict[str, str] = {}
     timings: dict[str, float] = {}
     uid = prediction.series.series_uid
+    keep_name = options.keep_patient_name
     if options.report:
         t = time.perf_counter()
         record = result_record(prediction, timings)
@@ -129,6 +132,18 @@ def write_outputs(
             timings["key_images"] = time.perf_counter() - t
         else:
             skipped["key_images"] = "no recommended slice to reference"
+    if options.findings_sr:
+        t = time.perf_counter()
+        paths["findings_sr"] = write_findings_sr(
+            prediction, out / OUTPUT_FILES["findings_sr"], keep_patient_name=keep_name
+        )
+        timings["findings_sr"] = time.perf_counter() - t
+    if options.summary_sc:
+        t = time.perf_counter()
+        paths["summary_sc"] = write_summary_sc(
+            prediction, out / OUTPUT_FILES["summary_sc"], keep_patient_name=keep_name
+        )
+        timings["summary_sc"] = time.perf_counter() - t
     for kind, why in skipped.items():
         log.info("series %s: %s not written: %s", uid, OUTPUT_FILES[kind], why)
     record = result_record(prediction, timings)

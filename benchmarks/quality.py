@@ -6,8 +6,12 @@ from the readers' annotations, and evaluates on the same patient-grouped folds:
 
 - ``whole-slice``: the seed's path (pooled features of whole slices, logistic head);
 - ``detector score alone``: the 3D blob detector's score as p(nodule);
-- ``candidates, ImageNet``: tri-planar patch features of the pretrained backbone;
-- ``candidates, random``: the same network with random weights (no transfer).
+- ``measurements alone``: the classifier on the detector's measurements of each
+  candidate (score, radius, LoG, Hessian eigenvalue ratios, HU around the
+  centre, distance to the lung edge) without CNN features;
+- ``CNN alone, imagenet``: the classifier on the pretrained features only;
+- ``candidates, imagenet``: both (the default model);
+- ``candidates, random``: both, with a random-weight network (no transfer).
 
 Figures (95 % bootstrap CI over patients): FROC/CPM as LUNA16 defines them,
 slice ROC-AUC, nodule recall@k next to a random reading order, study AUC, and
@@ -89,6 +93,19 @@ def localisation(
     return np.asarray(out, dtype=bool)
 
 
+def classifier_grid(kind: str, c_grid: list[float], pca: int | None) -> list[dict[str, Any]]:
+    """GridSearchCV grid: logistic over ``c_grid``, boosted trees, or both (``auto``)."""
+    logistic = {"kind": ["logistic"], "C": c_grid, "pca_components": [pca]}
+    trees = {
+        "kind": ["hgb"],
+        "pca_components": [None if pca is None else min(pca, 32)],
+        "learning_rate": [0.05],
+        "max_leaf_nodes": [7, 15],
+        "max_iter": [200],
+    }
+    return {"logistic": [logistic], "hgb": [trees], "auto": [logistic, trees]}[kind]
+
+
 def write_report(
     out: Path,
     rows: dict[str, dict[str, dict[str, float]]],
@@ -147,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--c", default="0.003,0.01,0.03", help="candidate classifier C grid")
     parser.add_argument("--pca", type=int, default=128, help="PCA components of the classifier")
+    parser.add_argument(
+        "--kind",
+        choices=("logistic", "hgb", "auto"),
+        default="logistic",
+        help="classifier family; auto: GridSearchCV chooses between both",
+    )
+    parser.add_argument("--no-ablation", action="store_true", help="skip CNN/measurements alone")
     parser.add_argument("--out", type=Path, default=Path("quality-output"))
     parser.add_argument("--no-random", action="store_true", help="skip the random-weight run")
     parser.add_argument("--no-whole-slice", action="store_true", help="skip the seed's path")
@@ -168,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["phantom+labels"] = time.perf_counter() - t
     print(f"phantom: {len(patients)} patients in {timings['phantom+labels']:.0f} s", flush=True)
 
-    grid = {"C": [float(c) for c in args.c.split(",")], "pca_components": [args.pca]}
+    grid = classifier_grid(args.kind, [float(c) for c in args.c.split(",")], args.pca)
     rows: dict[str, dict[str, dict[str, float]]] = {}
     curves = {}
     loc: dict[str, np.ndarray] = {}
@@ -183,8 +207,18 @@ def main(argv: list[str] | None = None) -> int:
         cs = build_candidate_set(out / "work", out / "labels", rule, key=config.key)
         cv = cross_validate_candidates(cs, n_splits=args.folds, seed=args.seed, param_grid=grid)
         variants = {f"candidates, {w}": cv.probs}
+        chosen = {f"candidates, {w}": cv.params}
         if w == "imagenet":
             variants["detector score alone"] = detector_probabilities(cs.candidates)
+            if not args.no_ablation and cs.n_measurements:
+                for view, name in (("measurements", "measurements alone"), ("cnn", "CNN alone")):
+                    sub = cs.feature_view(view)
+                    g = grid if view == "cnn" else classifier_grid(args.kind, [0.1, 1.0], None)
+                    res = cross_validate_candidates(
+                        sub, n_splits=args.folds, seed=args.seed, param_grid=g
+                    )
+                    variants[f"{name}, {w}" if view == "cnn" else name] = res.probs
+                    chosen[f"{name}, {w}" if view == "cnn" else name] = res.params
         for name, probs in variants.items():
             tables = findings_tables(cs, probs)
             rows[name] = bootstrap(
@@ -193,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             curves[name] = froc_curve_of(tables)
             loc[name] = localisation(tables.nodules, {s.series_uid: s for s in cohort})
         timings[f"evaluation {w}"] = time.perf_counter() - t
-        print(f"{w}: chosen {cv.params}; {json.dumps(cs.summary())}", flush=True)
+        print(f"{w}: chosen {json.dumps(chosen)}; {json.dumps(cs.summary())}", flush=True)
         write_report(out, rows, loc, curves, timings, len(patients), args, argv)
 
     if not args.no_whole_slice:

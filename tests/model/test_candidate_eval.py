@@ -8,8 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lungslice.candidates.measures import MEASUREMENT_FEATURES
+from lungslice.errors import ConfigError
+from lungslice.lidc.labels import LabelRule
 from lungslice.model.candidate_eval import (
     CPM_RATES,
+    CandidateSet,
     candidate_figures,
     detector_probabilities,
     froc_curve_of,
@@ -101,3 +105,43 @@ def test_detector_probabilities_keep_the_detector_order() -> None:
     p = detector_probabilities(pd.DataFrame({"score": [3.0, 1.0, 2.0]}))
     assert np.argsort(-(p[:, 1] + p[:, 2])).tolist() == [0, 2, 1]
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
+
+
+def _candidate_set(measurements: bool) -> CandidateSet:
+    rng = np.random.default_rng(0)
+    n, d = 40, 20
+    cands = pd.DataFrame(
+        {
+            "patient_id": [f"P{i % 4}" for i in range(n)],
+            "series_uid": [f"S{i % 4}" for i in range(n)],
+            "label_code": (np.arange(n) % 10 == 0).astype(np.int64),
+        }
+    )
+    width = d + (len(MEASUREMENT_FEATURES) if measurements else 0)
+    return CandidateSet(
+        X=rng.normal(size=(n, width)).astype(np.float32),
+        candidates=cands,
+        slices=pd.DataFrame({"patient_id": [], "series_uid": []}),
+        nodules=pd.DataFrame({"patient_id": [], "series_uid": []}),
+        rule=LabelRule(),
+        config={"config": {"measurements": measurements}},
+    )
+
+
+def test_feature_views_split_cnn_and_measurement_columns() -> None:
+    cs = _candidate_set(True)
+    k = len(MEASUREMENT_FEATURES)
+    assert cs.n_measurements == k
+    assert cs.feature_view("all") is cs
+    cnn = cs.feature_view("cnn")
+    assert cnn.X.shape == (40, 20) and cnn.n_measurements == 0
+    np.testing.assert_array_equal(cnn.X, cs.X[:, :20])
+    meas = cs.feature_view("measurements")
+    assert meas.X.shape == (40, k) and meas.n_measurements == k
+    np.testing.assert_array_equal(meas.X, cs.X[:, 20:])
+    with pytest.raises(ConfigError, match="expected 'all', 'cnn' or 'measurements'"):
+        cs.feature_view("pixels")
+    old = _candidate_set(False)
+    assert old.n_measurements == 0
+    with pytest.raises(ConfigError, match="has no measurement columns"):
+        old.feature_view("cnn")

@@ -85,6 +85,8 @@ def test_excluded_labels_rejected_by_fit() -> None:
         {"kind": "logistic", "C": 0.1},
         {"kind": "logistic", "C": 1.0, "pca_components": 5},
         {"kind": "mlp", "hidden_layer_sizes": (8,), "alpha": 1e-3, "max_iter": 300},
+        {"kind": "logistic", "C": 1.0, "pca_components": 3, "n_passthrough": 2},
+        {"kind": "hgb", "pca_components": 4, "n_passthrough": 2, "max_iter": 20},
     ],
 )
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -100,6 +102,65 @@ def test_round_trip_without_pickle(params: dict, tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.predict_proba(X), model.predict_proba(X))
     np.testing.assert_array_equal(back.classes_, model.classes_)
     assert back.get_params() == model.get_params()
+
+
+def test_passthrough_columns_bypass_the_pca() -> None:
+    X, y, _ = _data()
+    keep = y >= 0
+    X, y = X[keep], y[keep]
+    ours = CandidateClassifier(C=0.3, pca_components=3, n_passthrough=2).fit(X, y)
+    assert ours.pca_components_.shape == (3, X.shape[1] - 2)
+    Z = StandardScaler().fit_transform(X)
+    pcs = (Z[:, :-2] - ours.pca_mean_) @ ours.pca_components_.T
+    ref = LogisticRegression(C=0.3, class_weight="balanced", max_iter=1000, tol=1e-6).fit(
+        np.hstack([pcs, Z[:, -2:]]), y
+    )
+    np.testing.assert_allclose(ours.coefs_[0], ref.coef_.T, atol=1e-5)
+    with pytest.raises(ConfigError, match="n_passthrough 11 exceeds the 10 feature columns"):
+        CandidateClassifier(n_passthrough=11).fit(X, y)
+    with pytest.raises(ConfigError, match="n_passthrough: expected >= 0"):
+        CandidateClassifier(n_passthrough=-1).fit(X, y)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_boosted_trees_predict_like_sklearn(binary: bool) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    X, y, _ = _data()
+    keep = y >= 0
+    X, y = X[keep], y[keep]
+    if binary:
+        y = (y > 0).astype(np.int64)
+    ours = CandidateClassifier(kind="hgb", max_iter=15, max_leaf_nodes=7).fit(X, y)
+    ref = HistGradientBoostingClassifier(
+        learning_rate=0.1,
+        max_leaf_nodes=7,
+        l2_regularization=1e-4,
+        max_iter=15,
+        class_weight="balanced",
+        early_stopping=True,
+        validation_fraction=0.1,
+        n_iter_no_change=20,
+        random_state=0,
+    ).fit(StandardScaler().fit_transform(X), y)
+    # the trees are walked with NumPy from the stored node arrays
+    Z = (X - ours.scaler_mean_) / ours.scaler_scale_
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(Z), atol=1e-9)
+    assert roc_auc_score(y > 0, ours.nodule_score(X)) > 0.9
+    arrays = ours.to_arrays()
+    arrays.pop("trees")
+    with pytest.raises(ConfigError, match="kind 'hgb' but no 'trees'"):
+        CandidateClassifier.from_arrays(ours.params(), arrays)
+
+
+def test_models_saved_before_passthrough_still_load() -> None:
+    X, y, _ = _data(n_patients=6)
+    keep = y >= 0
+    model = CandidateClassifier(C=0.5).fit(X[keep], y[keep])
+    old = {k: v for k, v in model.params().items() if k in ("kind", "C", "pca_components")}
+    arrays = {k: v for k, v in model.to_arrays().items() if k not in ("trees", "tree_shape")}
+    back = CandidateClassifier.from_arrays(old, arrays)
+    np.testing.assert_array_equal(back.predict_proba(X), model.predict_proba(X))
 
 
 def test_two_classes_and_full_proba() -> None:

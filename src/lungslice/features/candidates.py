@@ -31,6 +31,11 @@ import pandas as pd
 
 from lungslice.candidates.detect import DetectorConfig, detect_candidates
 from lungslice.candidates.lungfield import LungFieldConfig, lung_field
+from lungslice.candidates.measures import (
+    MEASUREMENT_FEATURES,
+    candidate_measurements,
+    measurement_features,
+)
 from lungslice.candidates.patches import PatchConfig, candidate_features
 from lungslice.dicom.resample import ResampledVolume
 from lungslice.errors import FeatureError
@@ -54,7 +59,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Columns of ``<series_uid>.candidates.parquet`` (one row per candidate, feature row order).
+#: Columns of ``<series_uid>.candidates.parquet`` (one row per candidate, feature row order);
+#: with ``CandidateConfig.measurements`` the columns of
+#: :data:`lungslice.candidates.measures.MEASUREMENT_COLUMNS` follow.
 CANDIDATE_COLUMNS = (
     "series_uid",
     "patient_id",
@@ -69,6 +76,12 @@ CANDIDATE_COLUMNS = (
     "y_mm",
     "radius_mm",
     "score",
+    "scale_mm",
+    "log_response",
+    "hu_mean",
+    "eig1",
+    "eig2",
+    "eig3",
     "row_spacing_mm",
     "col_spacing_mm",
     "sop_instance_uid",
@@ -94,24 +107,39 @@ class CandidateConfig:
         The 3D multi-scale blob detector.
     patches : PatchConfig
         Views, fields of view (mm), size and windows of the patches.
+    measurements : bool
+        Append the detector's and HU measurements of each candidate
+        (:data:`~lungslice.candidates.measures.MEASUREMENT_FEATURES`, 13 values)
+        after the CNN features, and their columns to the candidate table. A
+        configuration read from a record without this setting (made before it
+        existed) has False.
     """
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
     lung: LungFieldConfig = field(default_factory=LungFieldConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
+    measurements: bool = True
+
+    @property
+    def n_measurements(self) -> int:
+        """How many trailing feature columns are measurements (0 when off)."""
+        return len(MEASUREMENT_FEATURES) if self.measurements else 0
 
     def key_payload(self) -> dict[str, Any]:
         """Everything that changes the cached numbers (weights by checksum)."""
         feats = self.features.key_payload()
         feats.pop("inputs", None)
-        return {
+        payload: dict[str, Any] = {
             "kind": "candidates",
             "features": feats,
             "lung": config_dict(self.lung),
             "detector": config_dict(self.detector),
             "patches": config_dict(self.patches),
         }
+        if self.measurements:  # caches made before the setting keep their key
+            payload["measurements"] = list(MEASUREMENT_FEATURES)
+        return payload
 
     @property
     def key(self) -> str:
@@ -145,6 +173,7 @@ class CandidateConfig:
             lung=_from_fields(LungFieldConfig, record.get("lung", {})),
             detector=_from_fields(DetectorConfig, record.get("detector", {})),
             patches=_from_fields(PatchConfig, record.get("patches", {})),
+            measurements=bool(record.get("measurements", False)),
         )
 
 
@@ -234,6 +263,12 @@ def candidates_for_volume(
     else:
         feats = np.zeros((0, _feature_width(runner, config)), dtype=np.float32)
     t3 = time.perf_counter()
+    measured = pd.DataFrame()
+    if config.measurements:
+        measured = candidate_measurements(hu, spacing, lung, found)
+        both = pd.concat([found.reset_index(drop=True), measured], axis=1)
+        feats = np.hstack([np.asarray(feats, dtype=np.float32), measurement_features(both)])
+    t3m = time.perf_counter()
     descriptor = study_descriptor(hu, spacing, lung)
     t4 = time.perf_counter()
 
@@ -242,11 +277,19 @@ def candidates_for_volume(
     slices["lung_area_mm2"] = area.astype(np.float64)
     slices["lung"] = area >= MIN_LUNG_AREA_MM2
     table = _candidate_table(found, resampled)
+    if config.measurements:
+        table = pd.concat([table, measured], axis=1)
     return SeriesCandidates(
         candidates=table,
         features=np.asarray(feats, dtype=np.float32),
         slices=slices,
-        timings={"lung": t1 - t0, "detect": t2 - t1, "features": t3 - t2, "descriptor": t4 - t3},
+        timings={
+            "lung": t1 - t0,
+            "detect": t2 - t1,
+            "features": t3 - t2,
+            "measure": t3m - t3,
+            "descriptor": t4 - t3m,
+        },
         descriptor=np.asarray(descriptor, dtype=np.float64),
     )
 
@@ -301,6 +344,10 @@ def _candidate_table(found: pd.DataFrame, resampled: ResampledVolume) -> pd.Data
             "y_mm": xyz[:, 1] if n else np.zeros(0),
             "radius_mm": found["radius_mm"].to_numpy(dtype=np.float64),
             "score": found["score"].to_numpy(dtype=np.float64),
+            **{
+                c: found[c].to_numpy(dtype=np.float64)
+                for c in ("scale_mm", "log_response", "hu_mean", "eig1", "eig2", "eig3")
+            },
             "row_spacing_mm": np.full(n, float(resampled.spacing[1])),
             "col_spacing_mm": np.full(n, float(resampled.spacing[2])),
             "sop_instance_uid": [src.sop_instance_uids[i] for i in nearest],

@@ -250,7 +250,7 @@ def fit_domain(cs: Any, *, seed: int = 0) -> tuple[Any, str]:
     note : str
         What was fitted, or why not.
     """
-    from lungslice.model.domain import DESCRIPTOR_NAMES, DomainModel
+    from lungslice.model.domain import DESCRIPTOR_NAMES, GUARD_FEATURES, DomainModel
 
     studies = cs.studies
     if len(studies) < MIN_DOMAIN_STUDIES:
@@ -259,11 +259,18 @@ def fit_domain(cs: Any, *, seed: int = 0) -> tuple[Any, str]:
             f"{MIN_DOMAIN_STUDIES} needed to fix its threshold on held-out folds"
         )
     X = np.stack([np.asarray(d, dtype=np.float64) for d in studies["descriptor"]])
-    model = DomainModel(seed=seed).fit(
+    if X.shape[1] != len(DESCRIPTOR_NAMES):
+        raise BundleMismatchError(
+            f"the candidate cache holds study descriptors of {X.shape[1]} entries, this "
+            f"lungslice computes {len(DESCRIPTOR_NAMES)}: the cache was written by an older "
+            "version. Fix: extract the candidates again into a new --work folder."
+        )
+    model = DomainModel("knn", features=GUARD_FEATURES, seed=seed).fit(
         X, groups=studies["patient_id"].astype(str).to_numpy(), feature_names=DESCRIPTOR_NAMES
     )
     return model, (
-        f"{model.method} on {len(studies)} studies; threshold {model.threshold_:.3g} passes "
+        f"{model.method} on {len(GUARD_FEATURES)} acquisition statistics of "
+        f"{len(studies)} studies; threshold {model.threshold_:.3g} passes "
         f"{model.cv_pass_rate_:.0%} of held-out training studies"
     )
 
@@ -362,7 +369,12 @@ def train_candidate_bundle(
     y = cs.y
     keep = y >= 0
     est, record = fit_candidate_classifier(
-        X=cs.X[keep], y=y[keep], groups=cs.groups[keep], param_grid=param_grid, seed=seed
+        X=cs.X[keep],
+        y=y[keep],
+        groups=cs.groups[keep],
+        param_grid=param_grid,
+        seed=seed,
+        n_passthrough=cs.n_measurements,
     )
     domain, domain_note = fit_domain(cs, seed=seed)
     config = CandidateConfig.from_dict(cs.config.get("config", {}))

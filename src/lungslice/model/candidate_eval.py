@@ -105,6 +105,50 @@ class CandidateSet:
     studies: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
+    def n_measurements(self) -> int:
+        """Trailing columns of ``X`` that are the detector's measurements (0 for older caches)."""
+        from lungslice.candidates.measures import MEASUREMENT_FEATURES
+
+        on = bool(self.config.get("config", {}).get("measurements", False))
+        return len(MEASUREMENT_FEATURES) if on else 0
+
+    def feature_view(self, view: str) -> CandidateSet:
+        """The same candidates with a subset of the feature columns (for the ablation).
+
+        Parameters
+        ----------
+        view : {"all", "cnn", "measurements"}
+            ``cnn``: the pretrained features only (the measurements dropped);
+            ``measurements``: the detector's measurements only.
+
+        Raises
+        ------
+        ConfigError
+            For another view, or ``cnn``/``measurements`` on a cache without measurements.
+        """
+        import dataclasses
+
+        if view == "all":
+            return self
+        if view not in ("cnn", "measurements"):
+            raise ConfigError(
+                f"CandidateSet.feature_view: expected 'all', 'cnn' or 'measurements', got {view!r}"
+            )
+        k = self.n_measurements
+        if k == 0:
+            raise ConfigError(
+                f"CandidateSet.feature_view({view!r}): the candidate cache has no measurement "
+                "columns. Fix: extract with CandidateConfig(measurements=True)."
+            )
+        inner = dict(self.config.get("config", {}))
+        if view == "cnn":
+            inner["measurements"] = False
+            X = self.X[:, : self.X.shape[1] - k]
+        else:
+            X = self.X[:, self.X.shape[1] - k :]
+        return dataclasses.replace(self, X=X, config={**self.config, "config": inner})
+
+    @property
     def groups(self) -> np.ndarray:
         """Patient of each candidate row."""
         return self.candidates["patient_id"].astype(str).to_numpy()
@@ -525,7 +569,7 @@ def cross_validate_candidates(
     *,
     n_splits: int = 4,
     seed: int = 0,
-    param_grid: Mapping[str, Sequence[Any]] | None = None,
+    param_grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]] | None = None,
     fit: Callable[..., Any] | None = None,
     progress: ProgressCallback | None = None,
 ) -> CandidateCV:
@@ -544,7 +588,8 @@ def cross_validate_candidates(
     param_grid : dict, optional
         Hyperparameter grid of :class:`~lungslice.model.candidate_head.CandidateClassifier`.
     fit : callable, optional
-        ``fit(X, y, groups, param_grid=..., seed=...) -> (estimator, record)``;
+        ``fit(X, y, groups, param_grid=..., seed=..., n_passthrough=...) -> (estimator,
+        record)`` (``n_passthrough``: :attr:`CandidateSet.n_measurements`);
         defaults to :func:`~lungslice.model.candidate_head.fit_candidate_classifier`.
     progress : ProgressCallback, optional
 
@@ -572,7 +617,12 @@ def cross_validate_candidates(
                 "expected nodules among them. Fix: add patients with nodules or lower n_splits."
             )
         est, record = fit(
-            X=cs.X[train], y=y[train], groups=groups[train], param_grid=param_grid, seed=seed
+            X=cs.X[train],
+            y=y[train],
+            groups=groups[train],
+            param_grid=param_grid,
+            seed=seed,
+            n_passthrough=cs.n_measurements,
         )
         probs[test] = _proba3(est, cs.X[test])
         chosen.append(dict(record.get("best_params", {})) if isinstance(record, dict) else {})
@@ -628,7 +678,7 @@ def evaluate_candidates(
     n_splits: int = 4,
     n_boot: int = 200,
     seed: int = 0,
-    param_grid: Mapping[str, Sequence[Any]] | None = None,
+    param_grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]] | None = None,
     findings: FindingsConfig = FindingsConfig(),
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
@@ -669,7 +719,7 @@ def evaluate_candidates(
         summary=cs.summary(),
         folds=[list(f) for f in cv.folds],
         params=cv.params,
-        param_grid={k: list(v) for k, v in (param_grid or {}).items()},
+        param_grid=_grid_record(param_grid),
         figures=rows,
         calibration=calibration,
         candidates=cs.config.get("config", {}),
@@ -708,6 +758,15 @@ def evaluate_candidates(
     md += ["", *(f"![{k}]({v})" for k, v in calibration.get("plots", {}).items()), ""]
     (out / "report.md").write_text("\n".join(md))
     return record
+
+
+def _grid_record(grid: Any) -> Any:
+    """A JSON-safe copy of a GridSearchCV grid (a dict or a list of dicts)."""
+    if grid is None:
+        return {}
+    if isinstance(grid, Mapping):
+        return {str(k): list(v) for k, v in grid.items()}
+    return [_grid_record(g) for g in grid]
 
 
 def fold_of_rows(groups: np.ndarray, folds: Sequence[Sequence[str]]) -> np.ndarray:

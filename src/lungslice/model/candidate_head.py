@@ -1,4 +1,4 @@
-"""Candidate classifier: standardised features -> (PCA) -> balanced multinomial logistic / MLP.
+"""Candidate classifier: standardised features -> (PCA) -> balanced logistic / MLP / boosted trees.
 
 The candidate approach (van Ginneken et al., ISBI 2015) puts a linear
 classifier on frozen CNN features of each candidate's patches. Candidates
@@ -15,7 +15,13 @@ patient-grouped folds. Probabilities are computed from the fitted arrays
 with NumPy, so a model stored with :meth:`CandidateClassifier.to_arrays` /
 :meth:`CandidateClassifier.params` (an ``.npz`` and JSON, no pickle) and
 read back with :meth:`CandidateClassifier.from_arrays` predicts the same
-numbers.
+numbers (the boosted trees too: their nodes are stored as arrays and walked
+with NumPy).
+
+The last ``n_passthrough`` feature columns (the detector's measurements of
+each candidate, :mod:`lungslice.candidates.measures`) are standardised but
+kept out of the PCA, so the few numbers that describe a candidate directly
+are not drowned by the thousands of CNN features.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.decomposition import PCA
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedGroupKFold
@@ -48,15 +55,27 @@ log = logging.getLogger(__name__)
 
 #: Candidate classes: 0 non-nodule, 1 benign, 2 malignant.
 CLASSES: tuple[int, ...] = (0, 1, 2)
-_KINDS = ("logistic", "mlp")
+_KINDS = ("logistic", "mlp", "hgb")
 _PARAM_NAMES = (
     "kind",
     "C",
     "pca_components",
+    "n_passthrough",
     "hidden_layer_sizes",
     "alpha",
+    "learning_rate",
+    "max_leaf_nodes",
     "max_iter",
     "random_state",
+)
+_TREE_FIELDS = (
+    "value",
+    "feature_idx",
+    "num_threshold",
+    "missing_go_to_left",
+    "left",
+    "right",
+    "is_leaf",
 )
 
 
@@ -77,20 +96,31 @@ class CandidateClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    kind : {"logistic", "mlp"}
-        Multinomial logistic regression (L2, ``C``) or a one-hidden-layer
-        ReLU MLP (scikit-learn's ``MLPClassifier``, L2 ``alpha``, Adam).
+    kind : {"logistic", "mlp", "hgb"}
+        Multinomial logistic regression (L2, ``C``), a one-hidden-layer ReLU
+        MLP (scikit-learn's ``MLPClassifier``, L2 ``alpha``, Adam), or
+        gradient-boosted trees (``HistGradientBoostingClassifier``, balanced
+        class weights, ``learning_rate``, ``max_leaf_nodes``, L2 ``alpha``).
     C : float
         Inverse L2 strength of the logistic model.
     pca_components : int or None
         Keep this many principal components of the standardised features
-        (fitted on the training rows); None keeps all features.
+        (fitted on the training rows, the passthrough columns left out); None
+        keeps all features.
+    n_passthrough : int
+        The last this many columns bypass the PCA (standardised only) and are
+        appended to the components.
     hidden_layer_sizes : tuple of int
         MLP hidden layers.
     alpha : float
-        MLP L2 penalty.
+        MLP L2 penalty; for ``hgb`` its ``l2_regularization``.
+    learning_rate : float
+        ``hgb`` shrinkage.
+    max_leaf_nodes : int
+        ``hgb`` leaves per tree.
     max_iter : int
-        Solver iterations (lbfgs for logistic, epochs for the MLP).
+        Solver iterations (lbfgs for logistic, epochs for the MLP, boosting
+        rounds for ``hgb``; ``hgb`` stops early on a 10 % validation split).
     random_state : int
         Seeds PCA's randomised solver and the MLP's initialisation.
 
@@ -108,16 +138,22 @@ class CandidateClassifier(ClassifierMixin, BaseEstimator):
         kind: str = "logistic",
         C: float = 1.0,
         pca_components: int | None = None,
+        n_passthrough: int = 0,
         hidden_layer_sizes: tuple[int, ...] = (64,),
         alpha: float = 1e-4,
+        learning_rate: float = 0.1,
+        max_leaf_nodes: int = 15,
         max_iter: int = 1000,
         random_state: int = 0,
     ) -> None:
         self.kind = kind
         self.C = C
         self.pca_components = pca_components
+        self.n_passthrough = n_passthrough
         self.hidden_layer_sizes = hidden_layer_sizes
         self.alpha = alpha
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
         self.max_iter = max_iter
         self.random_state = random_state
 
@@ -132,6 +168,10 @@ class CandidateClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(
                 f"CandidateClassifier.pca_components: expected >= 1 or None, "
                 f"got {self.pca_components}"
+            )
+        if int(self.n_passthrough) < 0:
+            raise ConfigError(
+                f"CandidateClassifier.n_passthrough: expected >= 0, got {self.n_passthrough}"
             )
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> CandidateClassifier:
@@ -163,20 +203,31 @@ class CandidateClassifier(ClassifierMixin, BaseEstimator):
                 f"CandidateClassifier.fit: only class {classes.tolist()} present; expected "
                 "non-nodule candidates and at least one nodule class"
             )
+        n_pass = int(self.n_passthrough)
+        if n_pass > X.shape[1]:
+            raise ConfigError(
+                f"CandidateClassifier.fit: n_passthrough {n_pass} exceeds the {X.shape[1]} "
+                "feature columns. Fix: use the candidate configuration's measurement count."
+            )
         self.scaler_mean_ = X.mean(axis=0)
         scale = X.std(axis=0)
         self.scaler_scale_ = np.where(scale > 0, scale, 1.0)
         Z = (X - self.scaler_mean_) / self.scaler_scale_
-        if self.pca_components is not None:
-            k = min(int(self.pca_components), Z.shape[0], Z.shape[1])
-            pca = PCA(n_components=k, random_state=self.random_state).fit(Z)
+        Zc, Zp = Z[:, : Z.shape[1] - n_pass], Z[:, Z.shape[1] - n_pass :]
+        if self.pca_components is not None and Zc.shape[1]:
+            k = min(int(self.pca_components), Zc.shape[0], Zc.shape[1])
+            pca = PCA(n_components=k, random_state=self.random_state).fit(Zc)
             self.pca_mean_ = pca.mean_.astype(np.float64)
             self.pca_components_ = pca.components_.astype(np.float64)
-            Z = (Z - self.pca_mean_) @ self.pca_components_.T
+            Z = np.hstack([(Zc - self.pca_mean_) @ self.pca_components_.T, Zp])
         else:
             self.pca_mean_ = np.zeros(0)
             self.pca_components_ = np.zeros((0, 0))
-        if self.kind == "logistic":
+        self.trees_ = np.zeros((0, len(_TREE_FIELDS)))
+        self.tree_shape_ = np.zeros((0, 2), dtype=np.int64)
+        if self.kind == "hgb":
+            self._fit_trees(Z, y)
+        elif self.kind == "logistic":
             model = LogisticRegression(
                 C=self.C, class_weight="balanced", max_iter=self.max_iter, tol=1e-6
             ).fit(Z, y)
@@ -197,6 +248,56 @@ class CandidateClassifier(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         return self
 
+    def _fit_trees(self, Z: np.ndarray, y: np.ndarray) -> None:
+        """Boosted trees; their nodes flattened into arrays (no pickle needed)."""
+        hgb = HistGradientBoostingClassifier(
+            learning_rate=self.learning_rate,
+            max_leaf_nodes=int(self.max_leaf_nodes),
+            l2_regularization=self.alpha,
+            max_iter=self.max_iter,
+            class_weight="balanced",
+            early_stopping=True,
+            validation_fraction=0.1,
+            n_iter_no_change=20,
+            random_state=self.random_state,
+        ).fit(Z, y)
+        rows, shape = [], []
+        for per_class in hgb._predictors:
+            for tree in per_class:
+                nodes = tree.nodes
+                rows.append(np.column_stack([nodes[f].astype(np.float64) for f in _TREE_FIELDS]))
+                shape.append(len(nodes))
+        self.trees_ = np.concatenate(rows) if rows else np.zeros((0, len(_TREE_FIELDS)))
+        n_per_iter = len(hgb._predictors[0]) if hgb._predictors else 1
+        # tree_shape_: node count and output column of each tree, in fitting order
+        self.tree_shape_ = np.column_stack(
+            [np.asarray(shape, dtype=np.int64), np.arange(len(shape)) % n_per_iter]
+        ).astype(np.int64)
+        self.coefs_ = [np.zeros((0, 0))]
+        self.intercepts_ = [np.asarray(hgb._baseline_prediction, dtype=np.float64).ravel()]
+
+    def _tree_logits(self, h: np.ndarray) -> np.ndarray:
+        base = self.intercepts_[-1]
+        z = np.tile(base, (h.shape[0], 1))
+        start = 0
+        rows = np.arange(h.shape[0])
+        for count, out_col in self.tree_shape_:
+            nodes = self.trees_[start : start + int(count)]
+            start += int(count)
+            value, feat, thr, miss_left, left, right, leaf = (nodes[:, j] for j in range(7))
+            is_leaf = leaf > 0
+            node = np.zeros(h.shape[0], dtype=np.int64)
+            for _ in range(int(count)):
+                active = ~is_leaf[node]
+                if not active.any():
+                    break
+                x = h[rows, feat[node].astype(np.int64)]
+                go_left = np.where(np.isnan(x), miss_left[node] > 0, x <= thr[node])
+                nxt = np.where(go_left, left[node], right[node]).astype(np.int64)
+                node = np.where(active, nxt, node)
+            z[:, int(out_col)] += value[node]
+        return z
+
     def _transform(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
@@ -207,12 +308,17 @@ class CandidateClassifier(ClassifierMixin, BaseEstimator):
             )
         Z = (X - self.scaler_mean_) / self.scaler_scale_
         if self.pca_components_.size:
-            Z = (Z - self.pca_mean_) @ self.pca_components_.T
+            n_pass = int(self.n_passthrough)
+            Zc, Zp = Z[:, : Z.shape[1] - n_pass], Z[:, Z.shape[1] - n_pass :]
+            Z = np.hstack([(Zc - self.pca_mean_) @ self.pca_components_.T, Zp])
         return Z
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """Logits: ``(n, n_classes)``, or ``(n,)`` for two classes (sklearn's convention)."""
         h = self._transform(X)
+        if self.kind == "hgb":
+            zt = self._tree_logits(h)
+            return zt[:, 0] if zt.shape[1] == 1 else zt
         for w, b in zip(self.coefs_[:-1], self.intercepts_[:-1], strict=True):
             h = np.maximum(h @ w + b, 0.0)
         z = h @ self.coefs_[-1] + self.intercepts_[-1]
@@ -251,6 +357,9 @@ class CandidateClassifier(ClassifierMixin, BaseEstimator):
         out["hidden_layer_sizes"] = [int(v) for v in self.hidden_layer_sizes]
         out["C"] = float(self.C)
         out["alpha"] = float(self.alpha)
+        out["learning_rate"] = float(self.learning_rate)
+        out["max_leaf_nodes"] = int(self.max_leaf_nodes)
+        out["n_passthrough"] = int(self.n_passthrough)
         return out
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -270,6 +379,8 @@ class CandidateClassifier(ClassifierMixin, BaseEstimator):
             "pca_mean": self.pca_mean_,
             "pca_components": self.pca_components_,
             "n_layers": np.asarray(len(self.coefs_), dtype=np.int64),
+            "trees": self.trees_,
+            "tree_shape": self.tree_shape_,
         }
         for i, (w, b) in enumerate(zip(self.coefs_, self.intercepts_, strict=True)):
             arrays[f"coef_{i}"] = w
@@ -318,6 +429,17 @@ class CandidateClassifier(ClassifierMixin, BaseEstimator):
         model.intercepts_ = [
             np.asarray(arrays[f"intercept_{i}"], np.float64) for i in range(n_layers)
         ]
+        model.trees_ = np.asarray(
+            arrays["trees"] if "trees" in arrays else np.zeros((0, len(_TREE_FIELDS))), np.float64
+        )
+        model.tree_shape_ = np.asarray(
+            arrays["tree_shape"] if "tree_shape" in arrays else np.zeros((0, 2)), np.int64
+        ).reshape(-1, 2)
+        if model.kind == "hgb" and ("trees" not in arrays or not model.tree_shape_.size):
+            raise ConfigError(
+                "CandidateClassifier.from_arrays: kind 'hgb' but no 'trees'/'tree_shape' arrays. "
+                "Fix: re-save the model."
+            )
         model.n_features_in_ = int(model.scaler_mean_.shape[0])
         return model
 
@@ -345,6 +467,14 @@ def candidate_cv(n_splits: int = 3, seed: int = 0) -> StratifiedGroupKFold:
 def _default_grid(kind: str) -> dict[str, list[Any]]:
     if kind == "mlp":
         return {"kind": ["mlp"], "alpha": [1e-4, 1e-2, 1.0]}
+    if kind == "hgb":
+        return {
+            "kind": ["hgb"],
+            "pca_components": [32],
+            "learning_rate": [0.05, 0.1],
+            "max_leaf_nodes": [7, 15],
+            "max_iter": [200],
+        }
     return {"kind": ["logistic"], "C": [0.001, 0.01, 0.1, 1.0]}
 
 
@@ -358,6 +488,7 @@ def fit_candidate_classifier(
     seed: int = 0,
     n_jobs: int = 1,
     kind: str = "logistic",
+    n_passthrough: int = 0,
 ) -> tuple[CandidateClassifier, dict[str, Any]]:
     """Choose hyper-parameters by patient-grouped CV, then refit on all rows.
 
@@ -381,8 +512,11 @@ def fit_candidate_classifier(
         Seeds the folds and the classifier.
     n_jobs : int
         ``GridSearchCV`` workers.
-    kind : {"logistic", "mlp"}
+    kind : {"logistic", "mlp", "hgb"}
         The model family of the default grid.
+    n_passthrough : int
+        Trailing feature columns kept out of the PCA (the candidate
+        configuration's ``n_measurements``); a grid may override it.
 
     Returns
     -------
@@ -416,7 +550,8 @@ def fit_candidate_classifier(
     if len(settings) == 1:
         # one setting: nothing to choose, so no inner cross-validation (4x cheaper)
         start = time.perf_counter()
-        only = CandidateClassifier(random_state=seed).set_params(**settings[0]).fit(X, y)
+        base = CandidateClassifier(random_state=seed, n_passthrough=n_passthrough)
+        only = base.set_params(**settings[0]).fit(X, y)
         single: dict[str, Any] = {
             "best_params": _json_safe(settings[0]),
             "best_score": None,
@@ -440,7 +575,7 @@ def fit_candidate_classifier(
     cv = candidate_cv(n_splits, seed)
     folds = list(cv.split(X, y, groups))
     search = GridSearchCV(
-        CandidateClassifier(random_state=seed),
+        CandidateClassifier(random_state=seed, n_passthrough=n_passthrough),
         grid,
         scoring=_nodule_auc_scorer,
         cv=folds,

@@ -12,6 +12,7 @@ import pytest
 from lungslice.errors import BundleMismatchError, ConfigError
 from lungslice.model.domain import (
     DESCRIPTOR_NAMES,
+    GUARD_FEATURES,
     OUT_OF_DOMAIN_MESSAGE,
     DomainModel,
     grouped_folds,
@@ -161,13 +162,13 @@ def test_verdict_record_and_bad_vectors() -> None:
     m = DomainModel().fit(rng.normal(size=(20, 3)))
     inside = m.assess(np.zeros(3))
     assert inside["in_domain"] is True and inside["message"] is None
-    assert inside["method"] == "mahalanobis" and inside["threshold"] == m.threshold_
+    assert inside["method"] == "knn" and inside["threshold"] == m.threshold_
     outside = m.assess(np.array([0.0, 50.0, 0.0]))
     assert outside["in_domain"] is False and outside["message"] == OUT_OF_DOMAIN_MESSAGE
     assert outside["score"] > outside["threshold"]
     nan = m.assess(np.array([0.0, np.nan, 0.0]))
     assert nan["in_domain"] is False and nan["score"] is None
-    with pytest.raises(BundleMismatchError, match="fitted on 3 features"):
+    with pytest.raises(BundleMismatchError, match="scores 3 features"):
         m.score(np.zeros(4))
     with pytest.raises(ConfigError, match="non-finite value"):
         DomainModel().fit(np.array([[0.0, 1.0], [np.inf, 1.0], [1.0, 2.0]]))
@@ -178,6 +179,45 @@ def test_verdict_record_and_bad_vectors() -> None:
     summary = m.to_dict()
     assert "patient-grouped cross-validation" in summary["threshold_rule"]
     assert summary["cv_pass_rate"] >= 0.95
+
+
+def test_guard_scores_named_columns_and_says_which_lie_outside() -> None:
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(24, 4))
+    m = DomainModel("knn", features=["b", "d"]).fit(X, feature_names="abcd")
+    assert m.feature_names_ == ("b", "d") and m.input_names_ == tuple("abcd")
+    # columns that are not scored do not move the score
+    probe = np.zeros(4)
+    far_a = probe.copy()
+    far_a[0] = 1e3
+    assert m.score(far_a)[0] == pytest.approx(m.score(probe)[0])
+    assert np.allclose(m.score(np.zeros((1, 2))), m.score(probe))
+    far_d = probe.copy()
+    far_d[3] = 40.0
+    rec = m.assess(far_d)
+    assert rec["in_domain"] is False
+    assert [f["feature"] for f in rec["furthest"]] == ["d"]
+    assert rec["furthest"][0]["sd_outside"] > 10
+    assert rec["furthest"][0]["train_max"] == pytest.approx(X[:, 3].max())
+    assert m.assess(probe)["furthest"] == []
+    with pytest.raises(ConfigError, match=r"features \['z'\] are not among"):
+        DomainModel(features=["z"]).fit(X, feature_names="abcd")
+    with pytest.raises(BundleMismatchError, match="of 4 input columns"):
+        m.score(np.zeros(3))
+
+
+def test_tail_ratio_is_one_for_gaussian_noise_and_ignores_a_few_bright_pixels() -> None:
+    rng = np.random.default_rng(7)
+    vol = rng.normal(40.0, 15.0, size=(4, 96, 96)).astype(np.float32)
+    base = study_descriptor(vol, (1.0, 0.7, 0.7))
+    tail = DESCRIPTOR_NAMES.index("noise_tail_ratio")
+    kurt = DESCRIPTOR_NAMES.index("noise_kurtosis")
+    assert base[tail] == pytest.approx(1.0, abs=0.08)
+    spiky = vol.copy()
+    spiky[:, ::23, ::29] += 90.0  # a few calcium-bright pixels per slice
+    d = study_descriptor(spiky, (1.0, 0.7, 0.7))
+    assert d[kurt] > base[kurt] + 1.0
+    assert abs(d[tail] - base[tail]) < 0.1
 
 
 # --------------------------------------------------------------------------- real CT
@@ -224,7 +264,9 @@ def phantom_guard() -> DomainModel:
     X, pids = _phantom_descriptors(8)
     chest = X[:, DESCRIPTOR_NAMES.index("lung_slice_fraction")] >= 0.5
     assert chest.sum() >= 6
-    return DomainModel().fit(X[chest], np.asarray(pids)[chest], DESCRIPTOR_NAMES)
+    return DomainModel("knn", features=GUARD_FEATURES).fit(
+        X[chest], np.asarray(pids)[chest], DESCRIPTOR_NAMES
+    )
 
 
 @pytest.mark.realct

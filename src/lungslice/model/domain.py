@@ -42,6 +42,8 @@ from lungslice.errors import BundleMismatchError, ConfigError
 
 __all__ = [
     "DESCRIPTOR_NAMES",
+    "DESCRIPTOR_VERSION",
+    "GUARD_FEATURES",
     "OUT_OF_DOMAIN_MESSAGE",
     "DomainModel",
     "grouped_folds",
@@ -83,6 +85,32 @@ DESCRIPTOR_NAMES: tuple[str, ...] = (
     "noise_nonstationarity",
     "noise_corr_z",
     "edge_gradient_hu_per_mm",
+    "noise_tail_ratio",
+)
+
+#: Bumped whenever an entry of :func:`study_descriptor` changes meaning; caches
+#: that store descriptors include it in their key.
+DESCRIPTOR_VERSION = 2
+
+#: The descriptor entries the guard scores by default: how the scan was acquired
+#: and reconstructed (pixel size, HU calibration, noise level and texture,
+#: kernel sharpness), not the patient's anatomy or disease, which vary inside
+#: any domain. ``noise_tail_ratio`` stands in for ``noise_kurtosis``: a few
+#: bright pixels in soft tissue (calcium, contrast) send the kurtosis of one
+#: study in twenty to 15-60, and such a study alone would set the threshold.
+GUARD_FEATURES: tuple[str, ...] = (
+    "pixel_spacing_mm",
+    "air_hu_p50",
+    "body_hu_p50",
+    "noise_air_hu",
+    "noise_soft_hu",
+    "noise_lung_hu",
+    "noise_corr_inplane",
+    "noise_anisotropy",
+    "noise_tail_ratio",
+    "noise_nonstationarity",
+    "noise_corr_z",
+    "edge_gradient_hu_per_mm",
 )
 
 _BODY_HU = -500.0  # body: the largest object above this
@@ -92,6 +120,7 @@ _LUNG_SLICE_SHARE = 0.05  # a lung slice: lung field >= 5 % of the body
 _NO_LUNG_HU = 0.0  # lung quantiles of a study without lung field (soft tissue)
 _BLOCK_MM = 24.0  # blocks over which noise stationarity is measured
 _METHODS = ("mahalanobis", "knn")
+_GAUSS_TAIL = 2.0 * 2.326348 / (2.0 * 0.674490)  # (q99 - q1) / (q75 - q25) of a Gaussian
 
 
 # --------------------------------------------------------------------------- descriptor
@@ -179,6 +208,19 @@ def _kurtosis(values: list[np.ndarray]) -> float:
     return float(np.mean(v**4) / var**2) if var > 0 else float("nan")
 
 
+def _tail_ratio(v: np.ndarray) -> float:
+    """``(q99 - q1) / (q75 - q25)`` of one slice's residual, 1.0 for Gaussian noise.
+
+    Heavier tails (streaks, real CT's non-Gaussian noise) give more than 1;
+    unlike the kurtosis, a handful of extreme pixels barely move it.
+    """
+    if v.size < 500:
+        return float("nan")
+    q1, q25, q75, q99 = np.percentile(v, (1, 25, 75, 99))
+    iqr = float(q75 - q25)
+    return float((q99 - q1) / iqr / _GAUSS_TAIL) if iqr > 0 else float("nan")
+
+
 def _block_stds(res: np.ndarray, mask: np.ndarray, bs: int) -> np.ndarray:
     """Residual std of each bs x bs block that is at least half inside ``mask``."""
     h, w = (res.shape[0] // bs) * bs, (res.shape[1] // bs) * bs
@@ -238,7 +280,9 @@ def study_descriptor(
     and y; ``noise_anisotropy`` = ``|corr_x - corr_y|``), its kurtosis (3 for
     Gaussian noise), the coefficient of variation of its std over 24 mm
     blocks (``noise_nonstationarity``) and its correlation with the next
-    slice (``noise_corr_z``: how thick the source slices were).
+    slice (``noise_corr_z``: how thick the source slices were), and the
+    median over slices of its tail ratio ``(q99 - q1) / (q75 - q25)``
+    relative to a Gaussian's (``noise_tail_ratio``, 1 for Gaussian noise).
 
     Returns
     -------
@@ -281,6 +325,7 @@ def study_descriptor(
     lag_c: list[np.ndarray] = []
     lag_d: list[np.ndarray] = []
     block_cv: list[float] = []
+    tails: list[float] = []
     z_a: list[np.ndarray] = []
     z_b: list[np.ndarray] = []
     edges: list[np.ndarray] = []
@@ -326,6 +371,9 @@ def study_descriptor(
         air_v.append(_thin(sl[outside]))
         r_air.append(_thin(res[outside]))
         r_soft.append(_thin(res[soft]))
+        tail = _tail_ratio(res[soft])
+        if math.isfinite(tail):
+            tails.append(tail)
         pair = soft[:, :-1] & soft[:, 1:]  # neighbours along x (columns)
         lag_a.append(_thin(res[:, :-1][pair]))
         lag_b.append(_thin(res[:, 1:][pair]))
@@ -374,6 +422,7 @@ def study_descriptor(
         float(np.median(block_cv)) if block_cv else float("nan"),
         _corr(z_a, z_b),
         float(np.median(np.concatenate(edges))) if edges else 0.0,
+        float(np.median(tails)) if tails else float("nan"),
     ]
     out = np.asarray(values, dtype=np.float64)
     # noise figures need enough pixels of a kind; a volume without them gets 0
@@ -425,11 +474,16 @@ class DomainModel:
 
     Parameters
     ----------
-    method : {"mahalanobis", "knn"}
+    method : {"knn", "mahalanobis"}
+        ``"knn"`` (the default): mean Euclidean distance to the
+        ``n_neighbors`` nearest training studies in the standardised space.
         ``"mahalanobis"``: distance to the training mean under a Ledoit-Wolf
         shrunk covariance of the standardised (optionally PCA-reduced)
-        vectors. ``"knn"``: mean Euclidean distance to the ``n_neighbors``
-        nearest training studies in the same space.
+        vectors.
+    features : sequence of str, optional
+        Names of the columns scored (e.g. :data:`GUARD_FEATURES`), picked by
+        name from the ``feature_names`` given to :meth:`fit`; :meth:`score`
+        then takes vectors with all those input columns. Default: every column.
     n_components : int, float or None
         PCA after standardising: an int keeps that many components, a float in
         (0, 1) the components explaining that share of variance; ``None`` (the
@@ -463,6 +517,12 @@ class DomainModel:
     mean_, scale_, components_, location_, precision_, train_embedded_ : numpy.ndarray
         The fitted transform and distance.
     feature_names_ : tuple of str
+        Names of the scored columns.
+    input_names_ : tuple of str
+        Names of the columns :meth:`score` takes.
+    train_min_, train_max_ : numpy.ndarray
+        Range of each scored column over the training studies (for the
+        explanation :meth:`assess` gives).
     n_train_, n_groups_, n_folds_ : int
     """
 
@@ -478,14 +538,18 @@ class DomainModel:
     precision_: np.ndarray
     train_embedded_: np.ndarray
     feature_names_: tuple[str, ...]
+    input_names_: tuple[str, ...]
+    train_min_: np.ndarray
+    train_max_: np.ndarray
     n_train_: int
     n_groups_: int
     n_folds_: int
 
     def __init__(
         self,
-        method: str = "mahalanobis",
+        method: str = "knn",
         *,
+        features: Sequence[str] | None = None,
         n_components: int | float | None = None,
         n_neighbors: int = 3,
         quantile: float = 0.95,
@@ -513,6 +577,7 @@ class DomainModel:
         if not min_scale > 0:
             raise ConfigError(f"DomainModel: min_scale must be > 0, got {min_scale}")
         self.method = method
+        self.features = None if features is None else tuple(str(f) for f in features)
         self.n_components = n_components
         self.n_neighbors = int(n_neighbors)
         self.quantile = float(quantile)
@@ -633,6 +698,17 @@ class DomainModel:
         )
         if len(names) != d:
             raise ConfigError(f"DomainModel.fit: {len(names)} feature names for {d} features")
+        self.input_names_ = names
+        if self.features is not None:
+            unknown = [f for f in self.features if f not in names]
+            if unknown:
+                raise ConfigError(
+                    f"DomainModel.fit: features {unknown} are not among the columns "
+                    f"{list(names)}. Fix: pass feature_names naming every column of X."
+                )
+            X = X[:, [names.index(f) for f in self.features]]
+            names = self.features
+            d = X.shape[1]
         folds = grouped_folds(g, self.n_folds, self.seed)
         cv = np.empty(n)
         for f in np.unique(folds):
@@ -649,6 +725,8 @@ class DomainModel:
             setattr(self, f"{key}_", value)
         self.train_scores_ = self._score_core(core, X)
         self.feature_names_ = names
+        self.train_min_ = X.min(axis=0)
+        self.train_max_ = X.max(axis=0)
         self.n_train_ = n
         self.n_groups_ = n_groups
         self.n_folds_ = int(folds.max() + 1)
@@ -679,8 +757,10 @@ class DomainModel:
         Parameters
         ----------
         X : numpy.ndarray
-            ``(n, d)`` or ``(d,)`` study vectors. A study with a non-finite
-            entry scores ``inf`` (outside the domain).
+            ``(n, d_in)`` or ``(d_in,)`` study vectors with the columns
+            :meth:`fit` was given (``input_names_``), or ``(n, d)`` with just
+            the scored ones. A study with a non-finite entry scores ``inf``
+            (outside the domain).
 
         Returns
         -------
@@ -690,18 +770,25 @@ class DomainModel:
         Raises
         ------
         BundleMismatchError
-            If ``d`` differs from the training vectors'.
+            If the width matches neither the input nor the scored columns.
         """
         self._check_fitted()
+        return self._score_core(self._core(), self._select(X))
+
+    def _select(self, X: np.ndarray) -> np.ndarray:
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         d = self.mean_.shape[0]
-        if X.ndim != 2 or X.shape[1] != d:
-            raise BundleMismatchError(
-                f"DomainModel.score: the model was fitted on {d} features "
-                f"({', '.join(self.feature_names_[:4])}, ...), got vectors of shape {X.shape}. "
-                "Fix: compute the study vectors the same way as at training time."
-            )
-        return self._score_core(self._core(), X)
+        if X.ndim == 2 and X.shape[1] == d:
+            return X
+        names = self.input_names_
+        if X.ndim == 2 and X.shape[1] == len(names) and self.features is not None:
+            return X[:, [names.index(f) for f in self.feature_names_]]
+        raise BundleMismatchError(
+            f"DomainModel.score: the model scores {d} features "
+            f"({', '.join(self.feature_names_[:4])}, ...) of {len(names)} input columns, "
+            f"got vectors of shape {X.shape}. Fix: compute the study vectors with the "
+            "lungslice version that trained the model bundle, or retrain the bundle."
+        )
 
     def verdict(self, X: np.ndarray) -> np.ndarray:
         """``True`` for each study in the training domain (``score <= threshold_``)."""
@@ -718,11 +805,16 @@ class DomainModel:
         Returns
         -------
         dict
-            ``{"score", "threshold", "in_domain", "method", "message"}``;
-            ``message`` is :data:`OUT_OF_DOMAIN_MESSAGE` outside the domain,
-            ``None`` inside. ``score`` is None (JSON null) when infinite.
+            ``{"score", "threshold", "in_domain", "method", "message",
+            "furthest"}``; ``message`` is :data:`OUT_OF_DOMAIN_MESSAGE` outside
+            the domain, ``None`` inside. ``score`` is None (JSON null) when
+            infinite. ``furthest`` names the (up to) three scored features
+            furthest outside the training range, in training standard
+            deviations beyond it: ``[{"feature", "value", "train_min",
+            "train_max", "sd_outside"}]`` (empty when all lie inside).
         """
-        s = float(self.score(np.asarray(x, dtype=np.float64).reshape(1, -1))[0])
+        row = self._select(np.asarray(x, dtype=np.float64).reshape(1, -1))
+        s = float(self._score_core(self._core(), row)[0])
         inside = bool(s <= self.threshold_)
         return {
             "score": s if math.isfinite(s) else None,
@@ -730,7 +822,44 @@ class DomainModel:
             "in_domain": inside,
             "method": self.method,
             "message": None if inside else OUT_OF_DOMAIN_MESSAGE,
+            "furthest": self.furthest(row[0]),
         }
+
+    def furthest(self, x: np.ndarray, top: int = 3) -> list[dict[str, Any]]:
+        """The scored features of one study furthest outside the training range.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            ``(d,)`` the scored columns of one study.
+        top : int
+            At most this many.
+
+        Returns
+        -------
+        list of dict
+            ``{"feature", "value", "train_min", "train_max", "sd_outside"}``,
+            largest ``sd_outside`` (distance beyond the range in units of the
+            feature's training scale) first; features inside their range are
+            left out.
+        """
+        if not hasattr(self, "train_min_"):
+            return []
+        v = np.asarray(x, dtype=np.float64)
+        lo, hi = self.train_min_, self.train_max_
+        beyond = np.maximum(lo - v, 0.0) + np.maximum(v - hi, 0.0)
+        sd = np.where(np.isfinite(v), beyond / self.scale_, np.inf)
+        order = [int(i) for i in np.argsort(-sd) if sd[i] > 0][:top]
+        return [
+            {
+                "feature": self.feature_names_[i],
+                "value": float(v[i]) if math.isfinite(v[i]) else None,
+                "train_min": float(lo[i]),
+                "train_max": float(hi[i]),
+                "sd_outside": float(sd[i]) if math.isfinite(sd[i]) else None,
+            }
+            for i in order
+        ]
 
     # ----------------------------------------------------------------- storage
 
@@ -739,6 +868,8 @@ class DomainModel:
         self._check_fitted()
         return {
             "method": self.method,
+            "features": None if self.features is None else list(self.features),
+            "input_names": list(self.input_names_),
             "n_components": self.n_components,
             "n_neighbors": self.n_neighbors,
             "quantile": self.quantile,
@@ -760,6 +891,8 @@ class DomainModel:
         self._check_fitted()
         out = {k: np.asarray(v, dtype=np.float64) for k, v in self._core().items()}
         out["cv_scores"] = np.asarray(self.cv_scores_, dtype=np.float64)
+        out["train_min"] = np.asarray(self.train_min_, dtype=np.float64)
+        out["train_max"] = np.asarray(self.train_max_, dtype=np.float64)
         out["train_scores"] = np.asarray(self.train_scores_, dtype=np.float64)
         return out
 
@@ -783,8 +916,10 @@ class DomainModel:
                 "Fix: store both model.to_arrays() and model.params()."
             )
         n_comp = params.get("n_components")
+        features = params.get("features")
         model = cls(
             str(params["method"]),
+            features=None if features is None else [str(f) for f in features],
             n_components=n_comp
             if n_comp is None
             else (float(n_comp) if float(n_comp) < 1 else int(n_comp)),
@@ -814,6 +949,10 @@ class DomainModel:
                 f"DomainModel.from_arrays: {len(model.feature_names_)} feature names "
                 f"for {d} features"
             )
+        model.input_names_ = tuple(str(x) for x in params.get("input_names", model.feature_names_))
+        if "train_min" in arrays and "train_max" in arrays:
+            model.train_min_ = np.asarray(arrays["train_min"], dtype=np.float64)
+            model.train_max_ = np.asarray(arrays["train_max"], dtype=np.float64)
         model.n_train_ = int(params.get("n_train", model.cv_scores_.size))
         model.n_groups_ = int(params.get("n_groups", model.n_train_))
         model.n_folds_ = int(params.get("n_folds_used", model.n_folds))

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import highdicom as hd
 import pydicom
 import pytest
 
@@ -71,27 +72,38 @@ def test_one_study_by_stow_gets_its_results_in_the_same_study(
     assert record.study_uid == study[0].StudyInstanceUID
     (study_id,) = client.studies()
     ours = result_series(client, study_id)
-    kinds = {s["MainDicomTags"]["SeriesDescription"] for s in ours}
-    assert f"lungslice key images {service.model_id[:12]}" in kinds
-    sops = _study_sops(client, study_id)
+    mid = service.model_id
+    by_kind = {s["MainDicomTags"]["SeriesDescription"]: s for s in ours}
+    assert set(by_kind) == {
+        f"lungslice key images {mid}",
+        f"lungslice findings SR {mid}",
+        f"lungslice summary {mid}",
+    }
+    assert all(len(s["Instances"]) == 1 for s in ours)
     ct_sops = {str(ds.SOPInstanceUID) for ds in study}
-    for series in ours:
-        ds = _instance_file(client, series)
-        assert ds.StudyInstanceUID == study[0].StudyInstanceUID
+    assert _study_sops(client, study_id) >= ct_sops
+    objects = {kind: _instance_file(client, s) for kind, s in by_kind.items()}
+    for kind, ds in objects.items():
+        assert ds.StudyInstanceUID == study[0].StudyInstanceUID, kind
         refs = _referenced_sops(ds)
-        assert refs, f"{ds.Modality} references no image"
-        assert refs <= sops, f"{ds.Modality}: references outside the study: {refs - sops}"
+        assert refs, f"{kind} references no image"
+        assert refs <= ct_sops, f"{kind}: references outside the study's CT: {refs - ct_sops}"
         assert str(ds.get("PatientName", "")) == ""  # no PHI copied into the results
-    ko = next(s for s in ours if "key images" in s["MainDicomTags"]["SeriesDescription"])
-    ko_ds = _instance_file(client, ko)
-    assert ko_ds.Modality == "KO"
-    assert _referenced_sops(ko_ds) <= ct_sops
-    if shutil.which("dciodvfy"):
-        path = tmp_path / "ko.dcm"
-        ko_ds.save_as(path)
-        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-        errors = [ln for ln in (check.stdout + check.stderr).splitlines() if ln.startswith("Error")]
-        assert not errors, errors
+        if shutil.which("dciodvfy"):
+            path = tmp_path / "object.dcm"
+            ds.save_as(path)
+            check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+            out = (check.stdout + check.stderr).splitlines()
+            errors = [ln for ln in out if ln.startswith("Error")]
+            assert not errors, (kind, errors)
+    assert objects[f"lungslice key images {mid}"].Modality == "KO"
+    sr_ds = objects[f"lungslice findings SR {mid}"]
+    assert sr_ds.Modality == "SR"
+    sr_ds.save_as(tmp_path / "sr.dcm")
+    sr = hd.sr.srread(tmp_path / "sr.dcm")  # round-trips through highdicom
+    assert sr.SOPInstanceUID == sr_ds.SOPInstanceUID
+    sc = objects[f"lungslice summary {mid}"]
+    assert sc.SOPClassUID.startswith("1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture
     # logs name the study by UID, never the patient
     text = caplog.text
     assert study[0].StudyInstanceUID in text
@@ -116,9 +128,7 @@ def test_one_study_by_stow_gets_its_results_in_the_same_study(
     run_until(fresh, finished(1), 20)
     (skipped,) = fresh.state.studies()
     assert skipped.status == "skipped"
-    assert f"already holds lungslice results of model {service.model_id[:12]}" in str(
-        skipped.reason
-    )
+    assert f"already holds lungslice results of model {service.model_id}" in str(skipped.reason)
     assert len(result_series(client, study_id)) == len(ours)
 
 
@@ -143,10 +153,9 @@ def test_twenty_studies_at_once_are_each_processed_exactly_once(
     assert {r.study_uid for r in records} == {s[0].StudyInstanceUID for s in studies}
     for study_id in client.studies():
         ours = result_series(client, study_id)
-        descriptions = [s["MainDicomTags"]["SeriesDescription"] for s in ours]
-        assert len(descriptions) == len(set(descriptions)), descriptions  # one set
+        descriptions = sorted(s["MainDicomTags"]["SeriesDescription"] for s in ours)
+        assert len(descriptions) == 3 == len(set(descriptions)), descriptions  # one set
         assert all(len(s["Instances"]) == 1 for s in ours)
-        assert any("key images" in d for d in descriptions)
 
 
 def test_worker_killed_mid_study_then_restarted_stores_one_set(
@@ -197,7 +206,7 @@ def test_worker_killed_mid_study_then_restarted_stores_one_set(
     (study_id,) = client.studies()
     ours = result_series(client, study_id)
     descriptions = [s["MainDicomTags"]["SeriesDescription"] for s in ours]
-    assert len(descriptions) == len(set(descriptions)) >= 1
+    assert len(descriptions) == len(set(descriptions)) == 3
     assert all(len(s["Instances"]) == 1 for s in ours)
 
 
@@ -234,7 +243,7 @@ def test_orthanc_stopped_mid_run_and_started_again_the_worker_recovers(
     for study_id in client.studies():
         ours = result_series(client, study_id)
         descriptions = [s["MainDicomTags"]["SeriesDescription"] for s in ours]
-        assert len(descriptions) == len(set(descriptions)) >= 1
+        assert len(descriptions) == len(set(descriptions)) == 3
         assert all(len(s["Instances"]) == 1 for s in ours)
 
 

@@ -12,7 +12,7 @@ each one
    holds as reason) and download them (REST ``/series/{id}/archive``);
 3. run ``predict`` on them into a temporary folder, exactly as ``lungslice
    predict`` chooses and loads series;
-4. stamp its DICOM outputs (:mod:`lungslice.serve.results`) and store them
+4. check its DICOM outputs (:mod:`lungslice.serve.results`) and store them
    into the same study (STOW-RS, or REST ``/instances``), then check that they
    appear there.
 
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from lungslice.dicom.geometry import LoadConfig
 from lungslice.errors import ConfigError, LungsliceError, render_error
 from lungslice.serve.orthanc import OrthancClient, OrthancError, OrthancUnavailableError
-from lungslice.serve.results import is_result_series, model_id, stamp_results
+from lungslice.serve.results import is_result_series, model_id, read_results
 from lungslice.serve.state import ServeState
 
 if TYPE_CHECKING:
@@ -319,7 +319,7 @@ class Service:
                 self.client.download_series(str(s["ID"]), tmp / "in" / f"series{n}")
             try:
                 files = self._predict(predictor, tmp)
-                objects = stamp_results(files, tmp / "out", study_uid, self.model_id)
+                objects = read_results(files, tmp / "out", study_uid, self.model_id)
             except LungsliceError as err:
                 reason = render_error(err, "cli").replace(str(tmp), "<study>")
                 return StudyOutcome("failed", reason, study_uid)

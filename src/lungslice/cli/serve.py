@@ -178,4 +178,8 @@ def _print_status(state: Path, fmt: str) -> None:
 def _demo(model: Path, data: Path, state: Path, workers: int, once: bool) -> None:
     from lungslice.serve.demo import run_demo
 
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # run_demo stops its Orthanc on the way out
+
+    signal.signal(signal.SIGTERM, interrupt)
     run_demo(model, data, state, workers=workers, keep_running=not once, echo=console.print)

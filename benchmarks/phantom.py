@@ -408,7 +408,7 @@ def _calibration(previews: Path | None) -> None:
             ids = ["LIDC-IDRI-0001", "LIDC-IDRI-0078"]
             cfg = PhantomConfig(seed=0, z_margin_mm=5.0)
             written = synthesize(out, ids, cfg, scans=[scans[p] for p in ids])
-            phantom_preview(written, [scans[p] for p in ids], previews / "phantom_preview.png")
+            phantom_preview(written, [scans[p] for p in ids], previews / "phantom_nodules.png")
     print()
     print(
         "| series | lung slices | lung-field HU p5 / p25 / p50 / p75 / p95 | "

@@ -179,17 +179,24 @@ def _habitus_preview(scans: list[LidcScan], real: dict[str, np.ndarray], path: P
     """Four phantom chests of different habitus (arms down among them) beside the real series."""
     from lungslice.phantom.preview import Panel, draw_grid
 
-    want = ["thin", "average", "obese", "arms down"]
+    want = ["thin", "average", "overweight or obese", "arms down"]
     found: dict[str, Panel] = {}
     for scan in scans:
         k = int(scan.n_slices * 0.55)
         r = render(scan, PhantomConfig(seed=0), np.array([k]))
-        assert r.shape is not None
-        kind = "arms down" if r.shape.arms_down else r.shape.habitus
-        kind = "obese" if kind == "overweight" else kind
+        sh = r.shape
+        assert sh is not None
+        fov_half = 256 * scan.pixel_spacing
+        if sh.arms_down:
+            # only arms that the nodules' adapted trunk left inside the field of view
+            kind = "arms down" if sh.half_width + sh.arm_gap + 1.5 * sh.arm_rx < fov_half else ""
+        else:
+            kind = "overweight or obese" if sh.habitus in ("overweight", "obese") else sh.habitus
         if kind in want and kind not in found:
-            fat = r.shape.fat
-            title = f"phantom {scan.patient_id[-4:]}: {kind}, fat {fat:.0f} mm, {r.kernel.name}"
+            title = (
+                f"phantom {scan.patient_id[-4:]}: {sh.habitus}"
+                f"{', arms down' if sh.arms_down else ''}, fat {sh.fat:.0f} mm, {r.kernel.name}"
+            )
             found[kind] = Panel(r.hu[0].astype(np.float32), title)
         if len(found) == len(want):
             break

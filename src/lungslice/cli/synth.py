@@ -34,7 +34,15 @@ def synth(
         "the highest nodule contour (one contiguous block; default: every slice).",
     ),
     kernel: str = typer.Option(
-        "auto", "--kernel", help="soft, standard, lung, or auto (drawn per scan from the seed)."
+        "auto",
+        "--kernel",
+        help="soft, standard, lung, bone, or auto (drawn per scan from the seed).",
+    ),
+    noise_hu: float | None = typer.Option(
+        None,
+        "--noise-hu",
+        help="Soft-tissue noise std (HU) for every scan (default: the kernel's, scaled by a "
+        "dose level drawn per scan and the patient's habitus).",
     ),
     mask_mode: str = typer.Option(
         "consensus", "--mask", help="Nodule masks: consensus (>= 50 % of readers) or reader."
@@ -78,7 +86,12 @@ def synth(
                 "synth: give exactly one of --patients (comma-separated ids) or --n N"
             )
         config = PhantomConfig(
-            seed=seed, matrix=matrix, z_margin_mm=z_margin, kernel=kernel, mask_mode=mask_mode
+            seed=seed,
+            matrix=matrix,
+            z_margin_mm=z_margin,
+            kernel=kernel,
+            mask_mode=mask_mode,
+            noise_hu=noise_hu,
         )
         if patients is not None:
             ids = [p.strip() for p in patients.split(",") if p.strip()]
@@ -96,12 +109,16 @@ def synth(
         raise fail(err) from None
 
     table = Table(title=f"phantom series in {out_dir}")
-    for col in ("patient", "slices", "of scan", "z range (mm)", "kernel", "nodules"):
+    for col in ("patient", "slices", "of scan", "z range (mm)", "kernel", "nodules", "habitus"):
         table.add_column(col)
     for s in written:
         z = f"{s.z_positions[0]:.1f} .. {s.z_positions[-1]:.1f}" if s.z_positions else "-"
         nod = str(s.n_nodules) + (f" ({s.lung_pockets} in pockets)" if s.lung_pockets else "")
-        table.add_row(s.patient_id, str(s.n_slices), str(s.n_slices_scan), z, s.kernel, nod)
+        v = s.variety
+        habitus = str(v.get("habitus", "-")) + (", arms down" if v.get("arms_down") else "")
+        table.add_row(
+            s.patient_id, str(s.n_slices), str(s.n_slices_scan), z, s.kernel, nod, habitus
+        )
     out.print(table)
     crop = "every slice" if z_margin is None else f"nodule z range +- {z_margin} mm"
     console.print(

@@ -309,10 +309,10 @@ def chest_shape(
         lung_ay=1.05 * b,
         heart_cx=float(rng.uniform(6.0, 34.0)),
         heart_cy=centre_y - float(rng.uniform(0.15, 0.3)) * b,
-        heart_ax=float(rng.uniform(66.0, 82.0) if heart_big else rng.uniform(46.0, 66.0)),
-        heart_ay=float(rng.uniform(50.0, 60.0) if heart_big else rng.uniform(38.0, 54.0)),
+        heart_ax=float(rng.uniform(70.0, 86.0) if heart_big else rng.uniform(52.0, 70.0)),
+        heart_ay=float(rng.uniform(52.0, 62.0) if heart_big else rng.uniform(42.0, 56.0)),
         spine_y=centre_y + b - fat - muscle - 48.0,
-        mediastinum_half=float(rng.uniform(14.0, 24.0)),
+        mediastinum_half=float(rng.uniform(18.0, 30.0)),
         back_muscle=float(rng.uniform(28.0, 46.0)),
         table_y=centre_y + b + float(rng.uniform(2.0, 20.0)),
         rib_pitch=float(rng.uniform(24.0, 30.0)),
@@ -320,7 +320,7 @@ def chest_shape(
         z_base=z_base,
         z_apex=z_apex,
         # inspiration depth and age make some lungs more lucent than others
-        lung_hu=float(rng.uniform(-900.0, -830.0)),
+        lung_hu=float(rng.uniform(-912.0, -848.0)),
         habitus=habitus,
         rotation=rotation,
         shift_x=shift_x,
@@ -561,8 +561,8 @@ def _mediastinum_half(shape: ChestShape, y: np.ndarray, u: np.ndarray) -> np.nda
     # oesophagus in the middle, and widens above the heart
     mid = shape.centre_y + 0.05 * shape.half_depth
     bulge = np.exp(-(((y - mid) / (0.4 * shape.half_depth)) ** 2))
-    upper = 1.0 + 0.4 * np.clip((u - 0.6) / 0.3, 0.0, 1.0)
-    return shape.mediastinum_half * (0.3 + 1.3 * bulge) * upper
+    upper = 1.0 + 0.7 * np.clip((u - 0.55) / 0.3, 0.0, 1.0)
+    return shape.mediastinum_half * (0.45 + 1.5 * bulge) * upper
 
 
 def _heart_scale(u: np.ndarray) -> np.ndarray:
@@ -898,6 +898,12 @@ def render_slice(
     rib_core = rib & (frac > 0.06) & (frac < 0.24) & (depth > wall - shape.rib_depth + 1.5)
     img[rib] = HU["cortical_bone"]
     img[rib_core] = HU["marrow"]
+    # scapulae: plates in the posterolateral muscle, outside the ribs, in the upper chest
+    if 0.4 < u < 1.15:
+        ang = np.abs(planes["angle"])
+        mid = shape.skin + shape.fat + 0.45 * shape.muscle
+        blade = (ang > 1.95) & (ang < 2.65) & (np.abs(depth - mid) < 1.8) & body
+        img[blade] = HU["cortical_bone"]
 
     # spine: vertebral body, canal, posterior arch (shifted sideways by a scoliosis)
     sy = shape.spine_y

@@ -51,7 +51,7 @@ PADDING_HU = -3024
 _VESSEL_HU = 40.0
 _AIRWAY_WALL_HU = 20.0
 _AIR_NOISE_RATIO = 0.45  # air around the body is less noisy than the body's interior
-_TEXTURE_HU = 45.0
+_TEXTURE_HU = 32.0
 
 
 #: Noise relative to an average patient, per habitus (larger patients are noisier).

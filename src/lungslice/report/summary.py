@@ -102,7 +102,7 @@ def render_summary(prediction: StudyPrediction) -> np.ndarray:
                 continue
             assert r.row is not None and r.column is not None and r.radius_mm is not None
             cx, cy = (r.column + 0.5) * scale, (r.row + 0.5) * scale
-            rad = max(r.radius_mm / float(rs.spacing[2]) * 1.6, 4.0) * scale
+            rad = max(r.radius_mm / float(rs.spacing[2]) * 1.6 * scale, 10.0)  # visible
             width = 3 if r is key else 1
             draw.ellipse((cx - rad, cy - rad, cx + rad, cy + rad), outline=_AMBER, width=width)
             draw.text((cx + rad + 3, cy - rad), str(r.rank), fill=_AMBER, font=_font(14, True))
@@ -141,16 +141,17 @@ def render_summary(prediction: StudyPrediction) -> np.ndarray:
             bold=True,
         )
     y += 8
-    put(f"Slices to read first ({len(prediction.findings)} findings in all):", size=15, bold=True)
+    n = len(prediction.findings)
+    put(f"Slices to read first ({n} finding{'' if n == 1 else 's'} in all):", size=15, bold=True)
     for r in recs:
         where = (
-            f", row {r.row:.0f} col {r.column:.0f}, r {r.radius_mm:.1f} mm"
+            f", row {r.row:.0f} column {r.column:.0f}, radius {r.radius_mm:.1f} mm"
             if r.located and r.row is not None and r.column is not None and r.radius_mm
             else ""
         )
         put(
             f"#{r.rank}  Instance {r.instance_number}  z {r.z_mm:.1f} mm  "
-            f"p(mal) {r.p_malignant:.2f}{where}",
+            f"p(malignant) {r.p_malignant:.2f}{where}",
             size=13,
         )
     y = max(y, _SIDE - 48)

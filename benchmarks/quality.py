@@ -54,6 +54,7 @@ from lungslice.model.candidate_eval import (
     findings_tables,
     froc_curve_of,
 )
+from lungslice.model.candidate_head import GRID_KINDS, classifier_grid
 from lungslice.model.evaluate import EvaluateConfig, evaluate
 from lungslice.model.froc import plot_froc
 from lungslice.model.heads import HeadConfig
@@ -91,19 +92,6 @@ def localisation(
         inside = 0 <= i < mask.shape[0] and 0 <= j < mask.shape[1] and dist[i, j] <= rad
         out.append(bool(inside))
     return np.asarray(out, dtype=bool)
-
-
-def classifier_grid(kind: str, c_grid: list[float], pca: int | None) -> list[dict[str, Any]]:
-    """GridSearchCV grid: logistic over ``c_grid``, boosted trees, or both (``auto``)."""
-    logistic = {"kind": ["logistic"], "C": c_grid, "pca_components": [pca]}
-    trees = {
-        "kind": ["hgb"],
-        "pca_components": [None if pca is None else min(pca, 32)],
-        "learning_rate": [0.05],
-        "max_leaf_nodes": [7, 15],
-        "max_iter": [200],
-    }
-    return {"logistic": [logistic], "hgb": [trees], "auto": [logistic, trees]}[kind]
 
 
 def write_report(
@@ -166,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pca", type=int, default=128, help="PCA components of the classifier")
     parser.add_argument(
         "--kind",
-        choices=("logistic", "hgb", "auto"),
-        default="logistic",
+        choices=GRID_KINDS,
+        default="hgb",
         help="classifier family; auto: GridSearchCV chooses between both",
     )
-    parser.add_argument("--no-ablation", action="store_true", help="skip CNN/measurements alone")
+    parser.add_argument(
+        "--no-ablation", action="store_true", help="skip the measurements-alone classifier"
+    )
+    parser.add_argument(
+        "--cnn-alone", action="store_true", help="also the classifier on CNN features alone"
+    )
     parser.add_argument("--out", type=Path, default=Path("quality-output"))
     parser.add_argument("--no-random", action="store_true", help="skip the random-weight run")
     parser.add_argument("--no-whole-slice", action="store_true", help="skip the seed's path")
@@ -211,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         if w == "imagenet":
             variants["detector score alone"] = detector_probabilities(cs.candidates)
             if not args.no_ablation and cs.n_measurements:
-                for view, name in (("measurements", "measurements alone"), ("cnn", "CNN alone")):
+                views = [("measurements", "measurements alone")]
+                views += [("cnn", "CNN alone")] if args.cnn_alone else []
+                for view, name in views:
                     sub = cs.feature_view(view)
                     g = grid if view == "cnn" else classifier_grid(args.kind, [0.1, 1.0], None)
                     res = cross_validate_candidates(

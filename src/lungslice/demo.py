@@ -34,6 +34,7 @@ from lungslice.lidc.db import read_database
 from lungslice.lidc.labels import LabelRule, label_scans, write_labels
 from lungslice.model.candidate_bundle import train_candidate_bundle
 from lungslice.model.candidate_eval import build_candidate_set, evaluate_candidates
+from lungslice.model.candidate_head import classifier_grid
 from lungslice.phantom.config import PhantomConfig
 from lungslice.phantom.select import select_patients, stratum_by_patient
 from lungslice.phantom.writer import synthesize
@@ -67,9 +68,14 @@ class DemoConfig:
         Feature backbone (the offline ``efficientnet_lite0`` by default).
     n_splits, n_boot : int
         Cross-validation folds and bootstrap replicates.
+    kind : {"hgb", "logistic", "auto"}
+        Candidate classifier family (:func:`lungslice.model.candidate_head.classifier_grid`):
+        boosted trees on the detector's measurements and the CNN features' principal
+        components, logistic regression, or both chosen by GridSearchCV.
     c_grid : tuple of float
-        Candidate classifier regularisation strengths; with more than one, each
-        fold chooses by GridSearchCV over inner patient-grouped folds (slower).
+        Logistic regularisation strengths; with more than one setting in the
+        grid, each fold chooses by GridSearchCV over inner patient-grouped folds
+        (slower).
     pca_components : int
         Principal components of the standardised candidate features the
         classifier keeps.
@@ -85,6 +91,7 @@ class DemoConfig:
     backbone: str = "efficientnet_lite0"
     n_splits: int = 4
     n_boot: int = 200
+    kind: str = "hgb"
     c_grid: tuple[float, ...] = (0.01,)
     pca_components: int = 128
     top_k: int = 5
@@ -170,12 +177,9 @@ def run_demo(
 
     t = begin("evaluation")
     cs = build_candidate_set(out / "work", out / "labels", rule)
-    # PCA first: a linear model on 3 x 1280 pooled features of ~400 candidates per
-    # scan is slow to fit and no better (see docs/ablation.md)
-    grid: dict[str, list[Any]] = {
-        "C": list(config.c_grid),
-        "pca_components": [config.pca_components],
-    }
+    # PCA of the CNN features first (3 x 1280 pooled features of ~400 candidates per
+    # scan); the detector's measurements bypass it (see docs/ablation.md)
+    grid = classifier_grid(config.kind, config.c_grid, config.pca_components)
     metrics = evaluate_candidates(
         cs,
         out / "evaluation",

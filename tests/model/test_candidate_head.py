@@ -237,3 +237,31 @@ def test_fit_candidate_classifier_errors() -> None:
         fit_candidate_classifier(X, y, g, n_splits=3)
     with pytest.raises(ConfigError, match="no nodule candidates"):
         fit_candidate_classifier(X, np.zeros_like(y), g, n_splits=2)
+
+
+def test_classifier_grid_families() -> None:
+    from lungslice.model.candidate_head import classifier_grid
+
+    (trees,) = classifier_grid("hgb", (0.01,), 128)
+    assert trees["kind"] == ["hgb"] and trees["pca_components"] == [32]
+    (logistic,) = classifier_grid("logistic", (0.01, 0.1), 128)
+    assert logistic["C"] == [0.01, 0.1] and logistic["pca_components"] == [128]
+    both = classifier_grid("auto", (0.1,), None)
+    assert [g["kind"] for g in both] == [["logistic"], ["hgb"]]
+    assert both[1]["pca_components"] == [None]
+    with pytest.raises(ConfigError, match="expected a kind in logistic, hgb, auto"):
+        classifier_grid("forest")
+    with pytest.raises(ConfigError, match="expected positive C values"):
+        classifier_grid("logistic", (0.0,))
+
+
+def test_fit_searches_between_families_by_patient() -> None:
+    from lungslice.model.candidate_head import classifier_grid
+
+    X, y, g = _data()
+    grid = classifier_grid("auto", (0.1,), 4)
+    grid[1]["max_iter"] = [10]
+    model, record = fit_candidate_classifier(X, y, g, param_grid=grid, n_passthrough=2)
+    assert len(record["cv_results"]) == 2
+    assert model.n_passthrough == 2
+    assert record["best_params"]["kind"] in ("logistic", "hgb")

@@ -22,6 +22,14 @@ _LABELS: Any = typer.Argument(..., help="Output of `lungslice labels`.")
 _FOLDS: Any = typer.Option(4, "--folds", help="Patient-grouped folds (below 2: none).")
 _BOOT: Any = typer.Option(200, "--bootstrap", help="Patient bootstrap replicates for CIs.")
 _SEED: Any = typer.Option(0, "--seed", help="Seed of folds, classifier and bootstrap.")
+_KIND: Any = typer.Option(
+    "hgb",
+    "--kind",
+    help=(
+        "Classifier: 'hgb' (boosted trees on PCA of the CNN features + the detector's "
+        "measurements), 'logistic' (over the --c grid), or 'auto' (GridSearchCV picks)."
+    ),
+)
 
 candidates_app = typer.Typer(
     help=(
@@ -34,7 +42,9 @@ candidates_app = typer.Typer(
 app.add_typer(candidates_app, name="candidates")
 
 
-def _c_grid(text: str) -> dict[str, list[Any]]:
+def _c_grid(text: str, kind: str = "logistic") -> list[dict[str, list[Any]]]:
+    from lungslice.model.candidate_head import GRID_KINDS, classifier_grid
+
     try:
         values = [float(c) for c in text.split(",") if c.strip()]
     except ValueError:
@@ -43,7 +53,11 @@ def _c_grid(text: str) -> dict[str, list[Any]]:
         ) from None
     if not values or any(v <= 0 for v in values):
         raise typer.BadParameter(f"expected positive numbers, got {text!r}", param_hint="--c")
-    return {"C": values, "pca_components": [128]}
+    if kind not in GRID_KINDS:
+        raise typer.BadParameter(
+            f"expected one of {', '.join(GRID_KINDS)}, got {kind!r}", param_hint="--kind"
+        )
+    return classifier_grid(kind, values, 128)
 
 
 @candidates_app.command("extract")
@@ -106,6 +120,7 @@ def evaluate(
     c: str = typer.Option(
         "0.01", "--c", help="Classifier regularisation C, comma-separated; several = GridSearchCV."
     ),
+    kind: str = _KIND,
     folds: int = _FOLDS,
     n_boot: int = _BOOT,
     seed: int = _SEED,
@@ -113,7 +128,7 @@ def evaluate(
     """Cross-validate the candidate classifier by patient: FROC/CPM, slice AUC, recall@k."""
     from lungslice.model.candidate_eval import build_candidate_set, evaluate_candidates
 
-    grid = _c_grid(c)
+    grid = _c_grid(c, kind)
     try:
         cs = build_candidate_set(work_dir, labels_dir)
         with progress_bar("cross-validation", "folds") as bar:
@@ -145,6 +160,7 @@ def train(
     c: str = typer.Option(
         "0.01,0.1", "--c", help="Classifier C grid, comma-separated (GridSearchCV by patient)."
     ),
+    kind: str = _KIND,
     folds: int = _FOLDS,
     n_boot: int = _BOOT,
     seed: int = _SEED,
@@ -153,7 +169,7 @@ def train(
     from lungslice.model.candidate_bundle import train_candidate_bundle
     from lungslice.model.candidate_eval import build_candidate_set
 
-    grid = _c_grid(c)
+    grid = _c_grid(c, kind)
     try:
         cs = build_candidate_set(work_dir, labels_dir)
         with progress_bar("training", "folds") as bar:

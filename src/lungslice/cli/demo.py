@@ -25,10 +25,15 @@ def demo_command(
     matrix: int = typer.Option(512, "--matrix", help="Phantom in-plane matrix (512 or 256)."),
     folds: int = typer.Option(4, "--folds", help="Patient-grouped cross-validation folds."),
     n_boot: int = typer.Option(200, "--boot", help="Bootstrap replicates for the CIs."),
+    kind: str = typer.Option(
+        "hgb",
+        "--kind",
+        help="Candidate classifier: 'hgb' (boosted trees), 'logistic', or 'auto' (GridSearchCV).",
+    ),
     c_grid: str = typer.Option(
         "0.01",
         "--c-grid",
-        help="Candidate classifier C, comma-separated; several = GridSearchCV (slower).",
+        help="Logistic classifier C, comma-separated; several = GridSearchCV (slower).",
     ),
 ) -> None:
     """Phantom -> labels -> candidates -> patient-grouped evaluation -> model -> predictions.
@@ -53,6 +58,7 @@ def demo_command(
         matrix=matrix,
         n_splits=folds,
         n_boot=n_boot,
+        kind=kind,
         c_grid=tuple(float(c) for c in c_grid.split(",")),
     )
     tune_allocator()  # process-wide malloc settings: the CLI owns the process

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -315,7 +315,7 @@ def train_candidate_bundle(
     cs: Any,
     out_dir: str | Path,
     *,
-    param_grid: Mapping[str, Any] | None = None,
+    param_grid: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     n_splits: int = 4,
     n_boot: int = 200,
     seed: int = 0,

@@ -47,6 +47,7 @@ __all__ = [
     "CLASSES",
     "CandidateClassifier",
     "candidate_cv",
+    "classifier_grid",
     "fit_candidate_classifier",
     "nodule_auc",
 ]
@@ -462,6 +463,58 @@ def candidate_cv(n_splits: int = 3, seed: int = 0) -> StratifiedGroupKFold:
     if n_splits < 2:
         raise ConfigError(f"candidate_cv: expected n_splits >= 2, got {n_splits}")
     return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+
+
+#: Classifier families :func:`classifier_grid` knows; ``auto`` searches both.
+GRID_KINDS = ("logistic", "hgb", "auto")
+
+
+def classifier_grid(
+    kind: str = "hgb",
+    c_grid: Sequence[float] = (0.01,),
+    pca_components: int | None = 128,
+) -> list[dict[str, list[Any]]]:
+    """The ``GridSearchCV`` grid of one classifier family (or of both, ``auto``).
+
+    Parameters
+    ----------
+    kind : {"logistic", "hgb", "auto"}
+        ``logistic``: balanced logistic regression over ``c_grid`` on
+        ``pca_components`` principal components of the CNN features (plus the
+        measurements); ``hgb``: boosted trees (learning rate 0.05, 15 leaves,
+        up to 200 rounds with early stopping on a 10 % split) on at most 32
+        components, one setting (no inner search: a fit costs ~2 min on the
+        40-patient cohort on a busy 2-core machine); ``auto``: both families,
+        chosen by the patient-grouped search.
+    c_grid : sequence of float
+        Logistic regularisation strengths.
+    pca_components : int or None
+        Components of the CNN features (None: no PCA, e.g. measurements only).
+
+    Raises
+    ------
+    ConfigError
+        For another kind or non-positive C.
+    """
+    if kind not in GRID_KINDS:
+        raise ConfigError(
+            f"classifier_grid: expected a kind in {', '.join(GRID_KINDS)}, got {kind!r}"
+        )
+    if not c_grid or any(not c > 0 for c in c_grid):
+        raise ConfigError(f"classifier_grid: expected positive C values, got {list(c_grid)}")
+    logistic: dict[str, list[Any]] = {
+        "kind": ["logistic"],
+        "C": [float(c) for c in c_grid],
+        "pca_components": [pca_components],
+    }
+    trees: dict[str, list[Any]] = {
+        "kind": ["hgb"],
+        "pca_components": [None if pca_components is None else min(pca_components, 32)],
+        "learning_rate": [0.05],
+        "max_leaf_nodes": [15],
+        "max_iter": [200],
+    }
+    return {"logistic": [logistic], "hgb": [trees], "auto": [logistic, trees]}[kind]
 
 
 def _default_grid(kind: str) -> dict[str, list[Any]]:

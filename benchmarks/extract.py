@@ -175,6 +175,12 @@ def compare_engines(data: Path, tmp: Path, config: FeatureConfig, repeats: int) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="a DICOM tree to extract (e.g. `lungslice synth` output) instead of body phantoms",
+    )
     parser.add_argument("--series", type=int, default=4, help="phantom series")
     parser.add_argument(
         "--slices", type=int, default=250, help="source slices per series (LIDC-sized)"
@@ -209,13 +215,18 @@ def main(argv: list[str] | None = None) -> None:
         compile=args.compile,
     )
     with tempfile.TemporaryDirectory(prefix="lungslice-bench-") as tmp:
-        data = Path(tmp) / "dicom"
-        t0 = time.perf_counter()
-        write_phantoms(data, args.series, args.slices, args.pixels)
-        print(
-            f"wrote {args.series} x {args.slices} slices of {args.pixels}^2 in "
-            f"{time.perf_counter() - t0:.1f} s"
-        )
+        data = args.data or Path(tmp) / "dicom"
+        if args.data is None:
+            t0 = time.perf_counter()
+            write_phantoms(data, args.series, args.slices, args.pixels)
+            print(
+                f"wrote {args.series} x {args.slices} slices of {args.pixels}^2 in "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
+        else:
+            print(f"data: {data} ({sum(1 for _ in data.rglob('*.dcm'))} DICOM files)")
+        omp = os.environ.get("OMP_NUM_THREADS", "unset")
+        print(f"torch threads {torch.get_num_threads()} (OMP_NUM_THREADS {omp})")
         if args.engine == "ray":
             compare_engines(data, Path(tmp), config, args.repeats)
             load = ", ".join(f"{v:.1f}" for v in os.getloadavg())

@@ -27,7 +27,10 @@ from lungslice.phantom.render import scan_scanner
 
 
 def _shapes(n: int) -> list:
-    return [chest_shape((-150.0, 150.0), np.random.default_rng([s, 1])) for s in range(n)]
+    return [
+        chest_shape((-150.0, 150.0), np.random.default_rng([s, 1]), fov_half=240.0)
+        for s in range(n)
+    ]
 
 
 def test_patients_differ_in_habitus_arms_heart_domes_and_position() -> None:
@@ -47,7 +50,10 @@ def test_patients_differ_in_habitus_arms_heart_domes_and_position() -> None:
     sides = np.array([s.lung_sx for s in shapes])
     assert (sides[:, 0] != sides[:, 1]).all()  # left/right asymmetry
     # the same generator seed draws the same chest
-    again = chest_shape((-150.0, 150.0), np.random.default_rng([7, 1]))
+    again = chest_shape((-150.0, 150.0), np.random.default_rng([7, 1]), fov_half=240.0)
+    # arms beside the chest only in a field of view that holds them
+    narrow = [chest_shape((-150.0, 150.0), np.random.default_rng([s, 1])) for s in range(60)]
+    assert not any(s.arms_down for s in narrow)
     assert again == shapes[7]
 
 
@@ -70,7 +76,7 @@ def test_rotation_and_shift_move_the_whole_chest() -> None:
 
 def test_arms_down_puts_the_humeri_beside_the_chest() -> None:
     shape = next(s for s in _shapes(60) if s.arms_down)
-    grid = Grid(256, 1.4)
+    grid = Grid(256, 1.9)
     img, _ = render_slice(shape, grid, 0.0)
     x, y = grid.coords()
     bx, _ = shape.to_body(np.broadcast_to(x, img.shape), np.broadcast_to(y, img.shape))

@@ -261,7 +261,8 @@ def chest_shape(
     length = max(z_hi - z_lo, 1.0)
     names = list(HABITUS)
     habitus = names[int(rng.choice(len(names), p=np.array(list(HABITUS.values()))))]
-    arms_down = bool(rng.random() < 0.22)
+    # arms beside the chest need a field of view that holds them (technologists widen it)
+    arms_down = bool(rng.random() < 0.22) and fov_half >= 215.0
     arm_rx = float(rng.uniform(30.0, 42.0)) * (1.25 if habitus in ("overweight", "obese") else 1.0)
     arm_ry = arm_rx * float(rng.uniform(1.05, 1.3))
     arm_gap = float(rng.uniform(2.0, 14.0))

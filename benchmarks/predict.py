@@ -1,8 +1,8 @@
 """What a user waits for with `lungslice predict` on one study: wall time, peak RSS, stages.
 
 Runs the command a user types (``lungslice predict STUDY --model MODEL --out
-OUT``, as ``python -m lungslice``) in a fresh process ``--repeats`` times and prints, side by side per
-run and as medians: the wall time, the peak RSS of the process, the stage
+OUT``, as ``python -m lungslice``) in a fresh process ``--repeats`` times and
+prints, side by side per run and as medians: the wall time, the peak RSS of the process, the stage
 times ``result.json`` records (index, load, resample, features, ...) and
 their sum, and the rest, ``wall - stages``: the fixed cost (imports, model
 and backbone loading, writing out).

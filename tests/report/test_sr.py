@@ -15,7 +15,7 @@ import pytest
 from lungslice.errors import LungsliceError
 from lungslice.report.sr import OUT_OF_DOMAIN_TEXT, reported_findings, write_findings_sr
 from lungslice.study import StudyPrediction
-from tests.report.conftest import MODEL_ID, MakePrediction
+from tests.report.synthetic import MODEL_ID, MakePrediction
 
 
 def _texts(sr: hd.sr.ComprehensiveSR) -> list[str]:

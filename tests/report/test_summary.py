@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from lungslice.report.summary import render_summary, write_summary_sc
-from tests.report.conftest import MODEL_ID, MakePrediction
+from tests.report.synthetic import MODEL_ID, MakePrediction
 
 _RED = np.array([255, 90, 70])
 

@@ -10,7 +10,7 @@ import pytest
 
 from lungslice.report import OutputOptions, write_all
 from lungslice.report.result_json import result_record
-from tests.report.conftest import MODEL_ID, MakePrediction
+from tests.report.synthetic import MODEL_ID, MakePrediction
 
 #: The result.json keys (docs/result-schema.md), by bundle kind.
 TOP = {"schema", "study", "scores", "candidates", "recommendations", "slices", "model"}

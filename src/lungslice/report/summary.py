@@ -205,8 +205,10 @@ def write_summary_sc(
     sc.SeriesDescription = series_description("summary", prediction.model.model_id)
     sc.ImageComments = RESEARCH_NOTICE
     sc.BurnedInAnnotation = "NO"
-    # an unpaired body part: Laterality (type 2C) stays absent
-    sc.BodyPartExamined = str(header.get("BodyPartExamined") or "CHEST")
+    # What the picture shows: lungslice reads chest CT. Not copied from the source:
+    # real series carry a paired part there (a GE PET/CT says BREAST), which would
+    # require a Laterality the summary cannot have; CHEST is unpaired.
+    sc.BodyPartExamined = "CHEST"
     sc.DerivationDescription = "lungslice result summary rendered over the key image"
     ref = Dataset()
     ref.ReferencedSOPClassUID = header.SOPClassUID

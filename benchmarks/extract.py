@@ -173,6 +173,58 @@ def compare_engines(data: Path, tmp: Path, config: FeatureConfig, repeats: int) 
     print(f"ratio           ray/local {ray_m / loc_m:.3f} (goal >= 0.9), {repeats} runs each")
 
 
+#: ``--threads``: environment variants of the OpenMP team, each in a fresh process.
+THREAD_VARIANTS = {
+    "default": {},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "one-thread": {"OMP_NUM_THREADS": "1"},
+}
+
+
+def _model_rates() -> None:
+    """One fresh process's model-only images/s at 224 px (batch 32) and 64 px (batch 64)."""
+    import json
+
+    tune_allocator()
+    runner = make_runner(FeatureConfig(precision="fp32"))
+    g = torch.Generator().manual_seed(0)
+    big, small = torch.randn(32, 3, 224, 224, generator=g), torch.randn(64, 3, 64, 64, generator=g)
+    runner(big[:4])
+    runner(small[:8])
+    t0 = time.perf_counter()
+    for _ in range(3):
+        runner(big)
+    t1 = time.perf_counter()
+    for _ in range(10):
+        runner(small)
+    t2 = time.perf_counter()
+    print(json.dumps({"224": 96 / (t1 - t0), "64": 640 / (t2 - t1)}))
+
+
+def compare_threads(repeats: int) -> None:
+    """Model-only speed under each of :data:`THREAD_VARIANTS`, fresh processes, alternated."""
+    import json
+    import subprocess
+
+    rates: dict[str, list[dict[str, float]]] = {name: [] for name in THREAD_VARIANTS}
+    for r in range(repeats):
+        for name, env in THREAD_VARIANTS.items():
+            done = subprocess.run(
+                [sys.executable, __file__, "--model-rates"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **env},
+                check=True,
+            )
+            rates[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"round {r} {name:>10}: {rates[name][-1]} (load {os.getloadavg()[0]:.1f})")
+    print("\nefficientnet_lite0 fp32 channels-last, images/s, median of", repeats)
+    for name, values in rates.items():
+        big = statistics.median(v["224"] for v in values)
+        small = statistics.median(v["64"] for v in values)
+        print(f"  {name:>10}: 224 px batch 32 {big:7.1f}   64 px batch 64 {small:7.1f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -203,7 +255,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--layouts", action="store_true", help="also compare eager/channels-last/bf16 model-only"
     )
+    parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="only compare OpenMP thread settings (default, passive waiting, one thread)",
+    )
+    parser.add_argument("--model-rates", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.model_rates:
+        _model_rates()
+        return
+    if args.threads:
+        print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+        compare_threads(args.repeats)
+        return
 
     tuned = tune_allocator()
     config = FeatureConfig(

@@ -227,3 +227,17 @@ def synthetic_chest(seed: int = 0, noise_hu: float = 15.0) -> Chest:
     rng = np.random.default_rng(seed)
     hu += rng.normal(0.0, noise_hu, size=shape).astype(np.float32)
     return Chest(hu=hu, lungs=lungs, body=body, nodules=nodules, vessels=vessels)
+
+
+#: ../shared/realct beside the repository (tests that use it skip when it is absent).
+REALCT = Path(__file__).resolve().parents[1] / ".." / "shared" / "realct"
+REALCT_NAMES = ("chest-ct-gemed-lung-2p5mm", "chest-ct-ge-pe-0p8mm", "chest-ct-ge-petct-4mm")
+
+
+def unpack_realct(name: str, dest: Path) -> Path:
+    """Unpack ``REALCT/<name>.tar.xz`` into ``dest``; the series folder ``dest/<name>``."""
+    import tarfile
+
+    with tarfile.open(REALCT / f"{name}.tar.xz") as tar:
+        tar.extractall(dest, filter="data")
+    return dest / name

@@ -95,6 +95,9 @@ def compare_layouts(config: FeatureConfig, repeats: int) -> None:
 
     paths: dict[str, Callable[[torch.Tensor], Any]] = {
         "eager fp32 (NCHW)": eager_fp32,
+        "channels_last fp32, batch norms unfolded": FeatureRunner(
+            fresh(), precision="fp32", batch_size=config.batch_size, fold_norms=False
+        ),
         "channels_last fp32": make_runner(config.replace(precision="fp32"), fresh()),
         "channels_last bf16 autocast, fp32 stem": make_runner(
             config.replace(precision="bf16"), fresh()

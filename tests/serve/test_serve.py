@@ -292,11 +292,12 @@ def test_status_lists_studies_and_credentials_on_the_command_line_are_refused(
     assert "0 processed" in res.output and "1 skipped" in res.output
     assert "no CT series (the study holds CR)" in res.output
     base = ["serve", "--orthanc", orthanc.url, "--model", str(bundle.model)]
+    base += ["--state", str(tmp_path / "cli-state")]
     res = runner.invoke(app, [*base, "--password", "hunter2"])
     assert res.exit_code == 2
     assert "--password: credentials on the command line are refused" in res.output
     url = orthanc.url.replace("http://", "http://lungslice:x@")
-    res = runner.invoke(app, ["serve", "--orthanc", url, "--model", str(bundle.model)])
+    res = runner.invoke(app, [*base[:2], url, *base[3:]])
     assert res.exit_code == 2
     assert "credentials in the URL are refused" in res.output
     bad = tmp_path / "wrong"

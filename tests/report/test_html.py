@@ -5,52 +5,19 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import pytest
 
 from lungslice.report.figures import slice_png, window, z_profile_png
-from lungslice.report.html import render_report
+from lungslice.report.html import render_report, write_report
+from tests.report.synthetic import MODEL_ID, MakePrediction
 
 
-def _result() -> dict[str, Any]:
-    return {
-        "study": {
-            "patient_id": "LIDC-IDRI-0042",
-            "study_uid": "1.2.3",
-            "series_uid": "1.2.3.4",
-            "n_original_slices": 10,
-            "n_resampled_slices": 25,
-            "slice_spacing_mm": 1.0,
-        },
-        "scores": {"p_malignant": 0.81, "p_any_nodule": 0.93, "method": "noisy_or"},
-        "candidates": [
-            {
-                "id": 1,
-                "z_min": -10.0,
-                "z_max": -4.0,
-                "peak_z": -7.0,
-                "max_p_malignant": 0.8,
-                "mean_p_malignant": 0.6,
-                "max_p_benign": 0.1,
-            }
-        ],
-        "recommendations": [
-            {
-                "rank": 1,
-                "z_mm": -7.0,
-                "instance_number": 4,
-                "sop_instance_uid": "1.2.3.4.5",
-                "p_malignant": 0.8,
-                "p_benign": 0.1,
-                "candidate": 1,
-            }
-        ],
-        "model": {"backbone": "efficientnet_lite0"},
-    }
-
-
-def test_report_is_self_contained_and_complete(tmp_path: Path) -> None:
+def test_report_is_self_contained_and_complete(
+    make_prediction: MakePrediction, tmp_path: Path
+) -> None:
+    pred = make_prediction(top_k=1)
     hu = np.full((32, 32), -850.0)
     hu[10:16, 10:16] = 30.0
     heat = np.zeros((4, 4))
@@ -58,8 +25,8 @@ def test_report_is_self_contained_and_complete(tmp_path: Path) -> None:
     z = np.linspace(-20, 4, 25)
     pm = np.exp(-((z + 7) ** 2) / 8)
     out = render_report(
-        _result(),
-        z_profile_png(z, pm, 0.2 * pm, _result()["candidates"], [-7.0]),
+        pred,
+        z_profile_png(z, pm, 0.2 * pm, [{"z_min": -10.0, "z_max": -4.0}], [-7.0]),
         [(slice_png(hu), slice_png(hu, heat))],
         tmp_path / "report.html",
     )
@@ -69,11 +36,35 @@ def test_report_is_self_contained_and_complete(tmp_path: Path) -> None:
     assert len(images) == 3
     for data in images:
         assert base64.b64decode(data).startswith(b"\x89PNG")
-    assert "LIDC-IDRI-0042" in text and "0.81" in text and "InstanceNumber 4" in text
+    rec = pred.recommendations[0]
+    assert pred.series.patient_id in text and "0.78" in text  # p(malignant nodule)
+    assert f"InstanceNumber {rec.instance_number}" in text and rec.sop_instance_uid in text
+    assert "finding at row 12, column 20" in text and MODEL_ID in text
+    assert "Outside the training domain" not in text
     hidden = render_report(
-        _result(), b"", [(b"", b"")], tmp_path / "r2.html", hide_patient_id=True
+        pred, b"", [(b"", b"")], tmp_path / "r2.html", hide_patient_id=True
     ).read_text()
-    assert "LIDC-IDRI-0042" not in hidden
+    assert pred.series.patient_id not in hidden
+    with pytest.raises(ValueError, match="1 recommendations but 0 thumbnails"):
+        render_report(pred, b"", [], tmp_path / "r3.html")
+
+
+def test_report_shows_the_domain_warning(make_prediction: MakePrediction, tmp_path: Path) -> None:
+    pred = make_prediction(top_k=1, out_of_domain=True)
+    text = render_report(pred, b"", [(b"", b"")], tmp_path / "r.html").read_text()
+    assert "<div class='ood'><b>Outside the training domain</b>" in text
+    assert "Domain score 9.500 above the threshold 4.000" in text
+
+
+def test_write_report_draws_both_bundle_kinds(
+    make_prediction: MakePrediction, tmp_path: Path
+) -> None:
+    for located in (True, False):
+        pred = make_prediction(located=located, top_k=2)
+        text = write_report(pred, tmp_path / f"{located}.html").read_text()
+        assert text.count("data:image/png;base64,") == 1 + 2 * 2
+        assert ("a 48 mm crop" in text) is located
+        assert ("max_p_malignant" in text) is not located
 
 
 def test_window_maps_lung_window_to_bytes() -> None:

@@ -1,4 +1,4 @@
-"""The self-contained HTML report of one prediction (all images inline).
+"""The self-contained HTML report of one prediction (all images inline), from its StudyPrediction.
 
 It shows the study summary, p(malignant) and p(benign) along z with the
 candidate bands, the recommended slices in lung window with and without the
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lungslice.errors import LungsliceError
-from lungslice.study import StudyPrediction
+from lungslice.study import Finding, Recommendation, StudyPrediction
 
 __all__ = ["figures", "render_report", "write_report"]
 
@@ -61,69 +61,118 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return html.escape(str(x))
 
 
+def _caption(r: Recommendation) -> str:
+    cap = (
+        f"<b>#{r.rank}</b> z = {r.z_mm:.1f} mm · original image "
+        f"InstanceNumber {_fmt(r.instance_number)} · p(malignant) "
+        f"{r.p_malignant:.2f}, p(benign) {r.p_benign:.2f}"
+        + (f" · candidate {r.finding}" if r.finding is not None else "")
+    )
+    if r.located:
+        assert r.row is not None and r.column is not None and r.radius_mm is not None
+        cap += (
+            f"<br>finding at row {r.row:.0f}, column {r.column:.0f} "
+            f"(x {r.x_mm or 0.0:.1f} mm, y {r.y_mm or 0.0:.1f} mm), radius "
+            f"{r.radius_mm:.1f} mm, p(nodule) {r.p_nodule or 0.0:.2f}"
+        )
+    return cap + (
+        f"<br><span class='muted'>SOPInstanceUID {html.escape(r.sop_instance_uid)}</span>"
+    )
+
+
+def _finding_row(f: Finding, located: bool) -> dict[str, Any]:
+    if located:
+        return {
+            "id": f.id,
+            "z_mm": f.z_mm,
+            "row": f.row,
+            "column": f.column,
+            "radius_mm": f.radius_mm,
+            "p_nodule": f.p_nodule,
+            "p_malignant": f.p_malignant,
+            "p_benign": f.p_benign,
+        }
+    return {
+        "id": f.id,
+        "z_min": f.z_min,
+        "z_max": f.z_max,
+        "peak_z": f.z_mm,
+        "max_p_malignant": f.max_p_malignant,
+        "mean_p_malignant": f.mean_p_malignant,
+        "max_p_benign": f.max_p_benign,
+    }
+
+
 def render_report(
-    result: dict[str, Any],
+    prediction: StudyPrediction,
     z_plot: bytes,
     thumbnails: Sequence[tuple[bytes, bytes]],
     out_path: str | Path,
     *,
     hide_patient_id: bool = False,
+    timings: Mapping[str, float] | None = None,
 ) -> Path:
     """Write ``report.html`` for one prediction.
 
     Parameters
     ----------
-    result : dict
-        The prediction record (the content of ``result.json``).
+    prediction : StudyPrediction
+        What to report.
     z_plot : bytes
         PNG of the probabilities along z.
     thumbnails : sequence of (bytes, bytes)
-        For each recommendation in order: the slice PNG without and with the heat map.
+        For each recommendation in order: two PNGs (the slice plain and with
+        the heat map, or the slice and a crop around the finding).
     out_path : str or Path
         Output file.
     hide_patient_id : bool
         Leave PatientID out of the report.
+    timings : mapping, optional
+        Seconds per stage to show (default: the prediction's).
     """
-    study = result["study"]
-    scores = result["scores"]
-    recs = result["recommendations"]
+    study = prediction.series
+    scores = prediction.scores
+    recs = prediction.recommendations
+    model = prediction.model
     if len(thumbnails) != len(recs):
         raise ValueError(f"{len(recs)} recommendations but {len(thumbnails)} thumbnails")
-    model = result.get("model", {})
-    who = "" if hide_patient_id else f"Patient {html.escape(str(study.get('patient_id', '')))} · "
+    located = model.kind == "candidates"
+    who = "" if hide_patient_id else f"Patient {html.escape(study.patient_id)} · "
     parts: list[str] = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>lungslice report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>lungslice — slices to read first</h1>",
-        f"<div class='muted'>{who}Study {html.escape(str(study['study_uid']))}<br>"
-        f"Series {html.escape(str(study['series_uid']))} · {study['n_original_slices']} original "
-        f"slices, {study['n_resampled_slices']} slices at "
-        f"{study['slice_spacing_mm']:g} mm</div>",
+        f"<div class='muted'>{who}Study {html.escape(study.study_uid)}<br>"
+        f"Series {html.escape(study.series_uid)} · {study.n_original_slices} original "
+        f"slices, {study.n_resampled_slices} slices at "
+        f"{study.slice_spacing_mm:g} mm</div>",
         "<div class='warn'>Research software. Not a medical device; not for diagnosis. "
         + (
             "Scores are candidate-classifier outputs aggregated per study.</div>"
-            if model.get("kind") == "candidates"
+            if located
             else "Scores are slice-classifier outputs aggregated per study.</div>"
         ),
     ]
-    domain = result.get("domain") or {}
-    if domain.get("in_domain") is False:
+    domain = prediction.domain
+    if domain is not None and domain.fired:
         parts.append(
             "<div class='ood'><b>Outside the training domain</b>: "
-            f"{html.escape(str(domain.get('message', '')))}. Domain score "
-            f"{_fmt(domain.get('score'))} above the threshold {_fmt(domain.get('threshold'))} "
+            f"{html.escape(str(domain.message or ''))}. Domain score "
+            f"{_fmt(domain.score)} above the threshold {_fmt(domain.threshold)} "
             "fixed on the training patients; the probabilities below are reported but "
             "uncalibrated for this input.</div>"
         )
     parts.append("<div class='scores'>")
-    for key, name in (("p_malignant", "p(malignant nodule)"), ("p_any_nodule", "p(any nodule)")):
-        p = float(scores[key])
+    for p, name in (
+        (scores.p_malignant, "p(malignant nodule)"),
+        (scores.p_any_nodule, "p(any nodule)"),
+    ):
         parts.append(f"<div class='score'>{name}<b class='{_level(p)}'>{p:.2f}</b></div>")
     parts.append(
-        f"<div class='score'>candidates<b>{len(result['candidates'])}</b></div>"
+        f"<div class='score'>candidates<b>{len(prediction.findings)}</b></div>"
         f"<div class='score'>aggregation<b style='font-size:16px'>"
-        f"{html.escape(str(scores.get('method', '')))}</b></div></div>"
+        f"{html.escape(scores.method)}</b></div></div>"
     )
     parts.append("<h2>Probability along the scan</h2>")
     parts.append(_img(z_plot, "p(malignant) and p(benign) along z"))
@@ -133,27 +182,11 @@ def render_report(
     )
     parts.append("<h2>Recommended slices</h2><div class='recs'>")
     for rec, (plain, heat) in zip(recs, thumbnails, strict=True):
-        cap = (
-            f"<b>#{rec['rank']}</b> z = {rec['z_mm']:.1f} mm · original image "
-            f"InstanceNumber {_fmt(rec.get('instance_number'))} · p(malignant) "
-            f"{rec['p_malignant']:.2f}, p(benign) {rec['p_benign']:.2f}"
-            + (f" · candidate {rec['candidate']}" if rec.get("candidate") is not None else "")
-            + (
-                f"<br>finding at row {rec['row']:.0f}, column {rec['column']:.0f} "
-                f"(x {rec['x_mm']:.1f} mm, y {rec['y_mm']:.1f} mm), radius "
-                f"{rec['radius_mm']:.1f} mm, p(nodule) {rec['p_nodule']:.2f}"
-                if "row" in rec
-                else ""
-            )
-            + f"<br><span class='muted'>SOPInstanceUID {html.escape(str(rec['sop_instance_uid']))}"
-            "</span>"
-        )
         parts.append(
-            f"<div class='rec'>{_img(plain, 'slice ' + str(rec['rank']))}"
-            f"{_img(heat, 'slice ' + str(rec['rank']) + ' with evidence map')}"
-            f"<div class='cap'>{cap}</div></div>"
+            f"<div class='rec'>{_img(plain, 'slice ' + str(rec.rank))}"
+            f"{_img(heat, 'slice ' + str(rec.rank) + ' with evidence map')}"
+            f"<div class='cap'>{_caption(rec)}</div></div>"
         )
-    located = model.get("kind") == "candidates"
     parts.append(
         "</div><div class='muted'>Left: lung window (-1000..400 HU)"
         + (
@@ -163,52 +196,41 @@ def render_report(
         )
     )
     parts.append("<h2>Candidates</h2>")
-    if result["candidates"]:
-        cols = (
-            ["id", "z_mm", "row", "column", "radius_mm", "p_nodule", "p_malignant", "p_benign"]
-            if located
-            else [
-                "id",
-                "z_min",
-                "z_max",
-                "peak_z",
-                "max_p_malignant",
-                "mean_p_malignant",
-                "max_p_benign",
-            ]
-        )
-        shown = result["candidates"][:20] if located else result["candidates"]
+    if prediction.findings:
+        shown = prediction.findings[:20] if located else prediction.findings
+        rows = [_finding_row(f, located) for f in shown]
+        cols = list(rows[0])
         parts.append(
             "<table><tr>"
             + "".join(f"<th>{c}</th>" for c in cols)
             + "</tr>"
             + "".join(
-                "<tr>" + "".join(f"<td>{_fmt(c.get(k))}</td>" for k in cols) + "</tr>"
-                for c in shown
+                "<tr>" + "".join(f"<td>{_fmt(row[k])}</td>" for k in cols) + "</tr>" for row in rows
             )
             + "</table>"
         )
-        if len(shown) < len(result["candidates"]):
+        if len(shown) < len(prediction.findings):
             parts.append(
-                f"<div class='muted'>The 20 most probable of {len(result['candidates'])} "
+                f"<div class='muted'>The 20 most probable of {len(prediction.findings)} "
                 "findings; result.json lists all.</div>"
             )
     else:
         parts.append("<p>No slice run exceeded the candidate threshold.</p>")
     parts.append("<h2>How this was made</h2><table>")
-    rows = [
-        ("backbone", model.get("backbone")),
-        ("weights", model.get("weights_id")),
-        ("layers", model.get("layers")),
-        ("inputs", model.get("inputs")),
-        ("head", model.get("head")),
-        ("label rule", model.get("label_rule")),
-        ("lungslice", result.get("provenance", {}).get("versions", {}).get("lungslice")),
-        ("created", result.get("provenance", {}).get("created")),
+    info = [
+        ("model", f"{model.model_id} ({model.kind}) {model.bundle}"),
+        ("backbone", model.backbone),
+        ("weights", model.weights_id),
+        ("layers", list(model.layers)),
+        ("inputs", dict(model.inputs)),
+        ("head", model.head),
+        ("label rule", dict(model.label_rule)),
+        ("lungslice", prediction.provenance.get("versions", {}).get("lungslice")),
+        ("created", prediction.provenance.get("created")),
     ]
-    for k, v in rows:
+    for k, v in info:
         parts.append(f"<tr><th class='l'>{k}</th><td class='l'>{_fmt(v)}</td></tr>")
-    timing = result.get("timings_s", {})
+    timing = dict(prediction.timings if timings is None else timings)
     if timing:
         parts.append(
             "<tr><th class='l'>timings (s)</th><td class='l'>"
@@ -280,23 +302,25 @@ def figures(prediction: StudyPrediction) -> tuple[list[tuple[bytes, bytes]], byt
 
 def write_report(
     prediction: StudyPrediction,
-    record: Mapping[str, Any],
     out_path: str | Path,
     *,
     hide_patient_id: bool = False,
+    timings: Mapping[str, float] | None = None,
 ) -> Path:
-    """Write ``report.html`` for a prediction.
+    """Write ``report.html`` for a prediction: its figures, then the page.
 
     Parameters
     ----------
     prediction : StudyPrediction
-        What the figures are drawn from.
-    record : mapping
-        Its ``result.json`` record (the tables and captions).
+        What to report.
     out_path : str or Path
         Output file.
     hide_patient_id : bool
         Leave PatientID out of the report.
+    timings : mapping, optional
+        Seconds per stage to show (default: the prediction's).
     """
     thumbs, plot = figures(prediction)
-    return render_report(dict(record), plot, thumbs, out_path, hide_patient_id=hide_patient_id)
+    return render_report(
+        prediction, plot, thumbs, out_path, hide_patient_id=hide_patient_id, timings=timings
+    )

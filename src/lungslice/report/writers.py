@@ -113,12 +113,8 @@ def write_outputs(
     keep_name = options.keep_patient_name
     if options.report:
         t = time.perf_counter()
-        record = result_record(prediction, timings)
         paths["report"] = write_report(
-            prediction,
-            record,
-            out / OUTPUT_FILES["report"],
-            hide_patient_id=options.hide_patient_id,
+            prediction, out / OUTPUT_FILES["report"], hide_patient_id=options.hide_patient_id
         )
         timings["report"] = time.perf_counter() - t
     if options.key_images:

@@ -127,13 +127,15 @@ class ServeState:
     def consume(self, url: str, last: int, studies: Iterable[tuple[str, int]]) -> list[str]:
         """Enqueue ``(orthanc_id, seq)`` and move the cursor to ``last``, atomically.
 
-        A study already known is left alone (a finished one is not redone: its
-        new ``StableStudy`` event comes from lungslice's own results arriving).
+        A processed study is left alone: its new ``StableStudy`` event comes
+        from lungslice's own results arriving. A failed or skipped study is
+        queued again (its attempts reset): instances arrived since, so it may
+        now hold a usable CT series. Pending and running studies stay as they are.
 
         Returns
         -------
         list of str
-            The identifiers newly enqueued.
+            The identifiers newly enqueued (or queued again).
         """
         added = []
         with self._tx() as db:
@@ -143,6 +145,14 @@ class ServeState:
                     " VALUES (?, 'pending', ?, ?, ?)",
                     (orthanc_id, _now(), _now(), seq),
                 )
+                if not cur.rowcount:
+                    cur = db.execute(
+                        "UPDATE studies SET status = 'pending', attempts = 0, seq = ?, "
+                        "reason = 'queued again: the study changed after ' || status || "
+                        "COALESCE(' (' || reason || ')', ''), updated_at = ? "
+                        "WHERE orthanc_id = ? AND status IN ('failed', 'skipped')",
+                        (seq, _now(), orthanc_id),
+                    )
                 if cur.rowcount:
                     added.append(orthanc_id)
             db.execute(

@@ -74,9 +74,10 @@ def serve_command(
     """Follow an Orthanc's new studies, predict on their CT series, store results in the study.
 
     Reads Orthanc's change feed (StableStudy) from a cursor kept in --state,
-    stores the key-object document (and the report objects predict writes) into
-    the same study by STOW-RS, and records every study as processed, skipped or
-    failed with its reason. Logs carry study UIDs only, never patient data.
+    stores predict's key images (KO), findings (SR) and summary (Secondary
+    Capture) into the same study by STOW-RS, and records every study as
+    processed, skipped or failed with its reason. Logs carry study UIDs only,
+    never patient data. docs/pacs.md describes it.
     """
     _refuse_inline_password(list(ctx.args))
     if ctx.args:

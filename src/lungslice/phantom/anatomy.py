@@ -818,8 +818,12 @@ def _fissure_hu(
         # a fissure cut obliquely by a thick slice is a broader, fainter band
         width = float(np.sqrt(0.35**2 + (slab * slope / height) ** 2 / 12.0))
         amp = np.float32(500.0 * min(0.35 / width, 1.0))
-        band = amp * np.exp(-(((y - yf) / width) ** 2))
-        out += np.where((x * side > 0), band, 0.0).astype(np.float32)
+        d = np.broadcast_to(y - yf, out.shape)
+        near = np.flatnonzero((np.abs(d) < 3.0 * width).ravel())
+        if near.size:
+            xs = np.broadcast_to(x, out.shape).ravel()[near]
+            band = amp * np.exp(-((d.ravel()[near] / np.float32(width)) ** 2))
+            out.ravel()[near] += np.where(xs * side > 0, band, 0.0).astype(np.float32)
         if side < 0:
             dz = (u - shape.minor_fissure_u) * height
             w = np.exp(-((dz / max(slab, 1.5)) ** 2))

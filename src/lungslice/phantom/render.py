@@ -93,39 +93,56 @@ def scan_scanner(scan: LidcScan, config: PhantomConfig, shape: ChestShape) -> Sc
     )
 
 
-def _streaks(
-    grid: Grid,
-    sources: list[tuple[float, float, float]],
-    amp: float,
-    rng: np.random.Generator,
-) -> np.ndarray | None:
-    """Photon-starvation streaks of one slice: a dark band between each pair of dense
-    sources and a few thin alternating streaks fanning out of each one."""
-    if not sources or amp <= 0:
-        return None
+def _streak_pattern(
+    grid: Grid, sources: list[tuple[float, float]], rng: np.random.Generator
+) -> np.ndarray:
+    """Photon-starvation streaks of unit depth between dense sources: a dark band along
+    the line joining each pair and three thin alternating streaks fanning out of each."""
     gx, gy = grid.coords()
     out = np.zeros((grid.matrix, grid.matrix), dtype=np.float32)
     for i in range(len(sources)):
         for j in range(i + 1, len(sources)):
-            (x1, y1, w1), (x2, y2, w2) = sources[i], sources[j]
+            (x1, y1), (x2, y2) = sources[i], sources[j]
             length = float(np.hypot(x2 - x1, y2 - y1))
             if length < 1.0:
                 continue
             nx, ny = (x2 - x1) / length, (y2 - y1) / length
-            d = (gx - x1) * ny - (gy - y1) * nx
-            width = float(rng.uniform(4.0, 9.0))
-            out -= np.float32(amp * min(w1, w2)) * np.exp(-((d / width) ** 2))
-    for x1, y1, w1 in sources:
+            d = (gx - x1) * np.float32(ny) - (gy - y1) * np.float32(nx)
+            width = np.float32(rng.uniform(4.0, 9.0))
+            out -= np.exp(-((d / width) ** 2))
+    for x1, y1 in sources:
         base = float(rng.uniform(0.0, np.pi))
+        r = np.sqrt((gx - x1) ** 2 + (gy - y1) ** 2)
         for k in range(3):
             ang = base + k * np.pi / 3.0 + float(rng.normal(0.0, 0.15))
-            nx, ny = np.cos(ang), np.sin(ang)
-            d = (gx - x1) * ny - (gy - y1) * nx
-            r = np.sqrt((gx - x1) ** 2 + (gy - y1) ** 2)
-            sign = 1.0 if k % 2 else -1.0
-            a = np.float32(sign * 0.5 * amp * w1 * float(rng.uniform(0.4, 1.0)))
-            out += a * np.exp(-((d / 1.2) ** 2) - r / 160.0)
+            d = (gx - x1) * np.float32(np.sin(ang)) - (gy - y1) * np.float32(np.cos(ang))
+            a = np.float32((1.0 if k % 2 else -1.0) * 0.5 * rng.uniform(0.4, 1.0))
+            out += a * np.exp(-((d / np.float32(1.2)) ** 2) - r / np.float32(160.0))
     return out
+
+
+class _Streaks:
+    """A scan's streaks: one pattern per set of sources (computed once), scaled per
+    slice by the sources' weight and a drawn gain."""
+
+    def __init__(self, grid: Grid, amp: float, seed: list[int]) -> None:
+        self.grid, self.amp, self.seed = grid, amp, seed
+        self.cache: dict[tuple[tuple[float, float], ...], np.ndarray] = {}
+
+    def __call__(
+        self, sources: list[tuple[float, float, float]], rng: np.random.Generator
+    ) -> np.ndarray | None:
+        if not sources or self.amp <= 0:
+            return None
+        key = tuple((round(x, 3), round(y, 3)) for x, y, _ in sources)
+        if key not in self.cache:
+            # seeded by the sources themselves, so a slice's streaks never depend on which
+            # other slices were rendered before it
+            tag = int(abs(sum(1000.0 * x + 7.0 * y for x, y in key))) % (2**32)
+            pattern_rng = np.random.default_rng([*self.seed, len(key), tag])
+            self.cache[key] = _streak_pattern(self.grid, list(key), pattern_rng)
+        weight = min(w for _, _, w in sources) * float(rng.uniform(0.6, 1.2))
+        return self.cache[key] * np.float32(self.amp * weight)
 
 
 @dataclass(frozen=True, eq=False)
@@ -320,6 +337,7 @@ def render(
     noise_hu = kernel.noise_hu * scanner.noise_scale if config.noise_hu is None else config.noise_hu
     motion_px = scanner.motion_mm / grid.spacing
     motion_w = _motion_weight(shape, planes) if motion_px > 0 else None
+    streak = _Streaks(grid, scanner.streak_hu, [config.seed, key, 9])
     # white noise blurred with the image: the kernel's blur sets its grain
     gain = np.float32(_noise_gain(blur_px) * noise_hu)
     air_gain = np.float32(_AIR_NOISE_RATIO) * gain
@@ -359,12 +377,7 @@ def render(
         rng = np.random.default_rng([config.seed, key, 4, k])
         noise = rng.standard_normal((m, m), dtype=np.float32)
         img += noise * np.where(img > -500.0, gain, air_gain)
-        streaks = _streaks(
-            grid,
-            streak_sources(shape, z),
-            scanner.streak_hu,
-            np.random.default_rng([config.seed, key, 8, k]),
-        )
+        streaks = streak(streak_sources(shape, z), np.random.default_rng([config.seed, key, 8, k]))
         if streaks is not None:
             img += streaks * (img > -980.0)
         if blur_px > 0.05:

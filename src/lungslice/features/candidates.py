@@ -214,7 +214,7 @@ class SeriesCandidates:
         The resampled slice table (provenance to the original images) with
         ``lung_area_mm2`` and ``lung`` (the slice has a lung field).
     timings : dict
-        Seconds spent in ``lung``, ``detect``, ``features`` and ``descriptor``.
+        Seconds spent in ``lung``, ``detect``, ``features``, ``measure`` and ``descriptor``.
     descriptor : numpy.ndarray
         The study's image statistics for the domain guard
         (:func:`lungslice.model.domain.study_descriptor`).
@@ -525,6 +525,7 @@ def _candidate_row(job: Any, **values: Any) -> dict[str, Any]:
         "lung_s": None,
         "detect_s": None,
         "features_s": None,
+        "measure_s": None,
         "finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     row.update(values)
@@ -586,6 +587,7 @@ class CandidateWork:
             lung_s=result.timings["lung"],
             detect_s=result.timings["detect"],
             features_s=result.timings["features"],
+            measure_s=result.timings["measure"],
         )
 
     def failed_row(self, job: Any, reason: str) -> dict[str, Any]:

@@ -307,6 +307,7 @@ def _domain_verdict(domain: Any, descriptor: np.ndarray) -> DomainVerdict:
         threshold=round(float(rec["threshold"]), 4),
         method=rec.get("method"),
         message=rec.get("message"),
+        furthest=tuple(rec.get("furthest") or ()),
     )
 
 

@@ -139,6 +139,10 @@ class DomainVerdict:
         The guard's method.
     message : str or None
         "outside the training domain: ..." when it fires (or why it is unchecked).
+    furthest : tuple of dict
+        The image statistics furthest outside the training range, furthest
+        first: ``{"feature", "value", "train_min", "train_max", "sd_outside"}``
+        (:meth:`lungslice.model.domain.DomainModel.furthest`).
     """
 
     in_domain: bool | None
@@ -146,11 +150,26 @@ class DomainVerdict:
     threshold: float | None
     method: str | None
     message: str | None
+    furthest: tuple[dict[str, Any], ...] = ()
 
     @property
     def fired(self) -> bool:
         """True when the guard says the input is outside the training domain."""
         return self.in_domain is False
+
+    def explanation(self) -> str:
+        """The statistics outside the training range in words, '' when none are.
+
+        E.g. ``"noise_anisotropy 0.41 (training 0.000-0.069)"``.
+        """
+        parts = []
+        for f in self.furthest:
+            value = f.get("value")
+            shown = "not measurable" if value is None else f"{value:.3g}"
+            parts.append(
+                f"{f['feature']} {shown} (training {f['train_min']:.3g} to {f['train_max']:.3g})"
+            )
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,17 @@ def test_guard_scores_named_columns_and_says_which_lie_outside() -> None:
         m.score(np.zeros(3))
 
 
+def test_a_guard_fitted_on_an_earlier_descriptor_takes_todays_by_name() -> None:
+    rng = np.random.default_rng(8)
+    old = [n for n in DESCRIPTOR_NAMES if n != "noise_tail_ratio"]
+    X = rng.normal(size=(12, len(old)))
+    m = DomainModel("mahalanobis").fit(X, feature_names=old)
+    today = np.zeros(len(DESCRIPTOR_NAMES))
+    today[[DESCRIPTOR_NAMES.index(n) for n in old]] = X[0]
+    today[DESCRIPTOR_NAMES.index("noise_tail_ratio")] = 99.0
+    assert m.score(today)[0] == pytest.approx(m.score(X[:1])[0])
+
+
 def test_tail_ratio_is_one_for_gaussian_noise_and_ignores_a_few_bright_pixels() -> None:
     rng = np.random.default_rng(7)
     vol = rng.normal(40.0, 15.0, size=(4, 96, 96)).astype(np.float32)

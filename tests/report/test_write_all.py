@@ -131,7 +131,14 @@ def test_result_json_keeps_its_schema(make_prediction: MakePrediction, located: 
             assert set(item) == want[key], key
     assert record["model"]["id"] == MODEL_ID
     if located:
-        assert set(record["domain"]) == {"in_domain", "score", "threshold", "method", "message"}
+        assert set(record["domain"]) == {
+            "in_domain",
+            "score",
+            "threshold",
+            "method",
+            "message",
+            "furthest",
+        }
 
 
 def test_write_all_writes_every_output_into_the_source_study(

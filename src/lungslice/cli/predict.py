@@ -195,6 +195,14 @@ def predict_command(
                 f"{domain['message']} (domain score {domain['score']} > threshold "
                 f"{domain['threshold']}); the probabilities are uncalibrated for this input"
             )
+            far = "; ".join(
+                f"{f['feature']} {f['value']:.3g} (training {f['train_min']:.3g} to "
+                f"{f['train_max']:.3g})"
+                for f in domain.get("furthest") or ()
+                if f.get("value") is not None
+            )
+            if far:
+                console.print(f"  furthest from the training scans: {far}")
         for r in p.result["recommendations"]:
             where = (
                 f", finding at row {r['row']:.0f} column {r['column']:.0f}, "

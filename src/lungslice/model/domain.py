@@ -783,6 +783,13 @@ class DomainModel:
         names = self.input_names_
         if X.ndim == 2 and X.shape[1] == len(names) and self.features is not None:
             return X[:, [names.index(f) for f in self.feature_names_]]
+        if (
+            X.ndim == 2
+            and X.shape[1] == len(DESCRIPTOR_NAMES)
+            and all(f in DESCRIPTOR_NAMES for f in self.feature_names_)
+        ):
+            # a bundle fitted on an earlier study_descriptor: its entries by name
+            return X[:, [DESCRIPTOR_NAMES.index(f) for f in self.feature_names_]]
         raise BundleMismatchError(
             f"DomainModel.score: the model scores {d} features "
             f"({', '.join(self.feature_names_[:4])}, ...) of {len(names)} input columns, "

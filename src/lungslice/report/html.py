@@ -161,7 +161,13 @@ def render_report(
             f"{html.escape(str(domain.message or ''))}. Domain score "
             f"{_fmt(domain.score)} above the threshold {_fmt(domain.threshold)} "
             "fixed on the training patients; the probabilities below are reported but "
-            "uncalibrated for this input.</div>"
+            "uncalibrated for this input."
+            + (
+                f" Furthest from the training scans: {html.escape(domain.explanation())}."
+                if domain.furthest
+                else ""
+            )
+            + "</div>"
         )
     parts.append("<div class='scores'>")
     for p, name in (

@@ -189,6 +189,7 @@ def result_record(
             "threshold": d.threshold,
             "method": d.method,
             "message": d.message,
+            "furthest": [dict(f) for f in d.furthest],
         }
     timings = {**p.timings, **(extra_timings or {})}
     record.update(

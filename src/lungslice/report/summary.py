@@ -189,6 +189,9 @@ def write_summary_sc(
             "lungslice.prediction.predict_series (it records the source files)."
         )
     header = evidence_copy(source_headers(prediction, [uid])[uid], keep_patient_name)
+    # another person's name, and vendors fill it with placeholders ("xDONEx") that
+    # highdicom warns about on the user's console; the summary does not need it
+    header.ReferringPhysicianName = ""
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,
         pixel_array=pixels,

@@ -5,6 +5,10 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/phantom.py                 # speed + calibration
     .venv/bin/python benchmarks/phantom.py --skip-speed    # calibration table only
     .venv/bin/python benchmarks/phantom.py --previews docs/images
+    .venv/bin/python benchmarks/phantom.py --skip-calibration --demo-patients 6
+    # the same with the code of an older commit (side by side, same load):
+    git archive f5ebfb7 src | tar -x -C /tmp/old && PYTHONPATH=/tmp/old/src \
+        .venv/bin/python benchmarks/phantom.py --skip-calibration --demo-patients 6
     .venv/bin/python benchmarks/phantom.py --all-nodules --skip-speed --skip-calibration
     .venv/bin/python benchmarks/phantom.py --nodule-hu 12 --skip-speed --skip-calibration \
         --previews docs/images
@@ -52,7 +56,7 @@ REAL_KERNELS = {
 CALIBRATION_PATIENTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0078", "LIDC-IDRI-0010")
 
 
-def _speed() -> None:
+def _speed(demo_patients: int = 24) -> None:
     scans = read_database()
     full = min(scans, key=lambda s: (abs(s.n_slices - 300), s.patient_id))
     config = PhantomConfig(seed=0, kernel="standard")
@@ -69,7 +73,8 @@ def _speed() -> None:
     print(f"  render only     {t_render:6.1f} s wall, {c_render:6.1f} s CPU")
     print(f"  render + write  {t_write:6.1f} s wall, {c_write:6.1f} s CPU")
 
-    ids = select_patients(scans, 24, seed=0)
+    # the demo cohort, or its first demo_patients (a quicker side-by-side with old code)
+    ids = select_patients(scans, 24, seed=0)[:demo_patients]
     chosen = [s for s in scans if s.patient_id in set(ids)]
     for matrix in (512, 256):
         cfg = PhantomConfig(seed=0, matrix=matrix, z_margin_mm=10.0)
@@ -441,13 +446,19 @@ def main() -> None:
         metavar="N",
         help="measure nodule core HU on N scans per texture bin (about 2 s a scan)",
     )
+    parser.add_argument(
+        "--demo-patients",
+        type=int,
+        default=24,
+        help="time only the first N of the 24 demo-cohort patients",
+    )
     args = parser.parse_args()
     if args.all_nodules:
         _all_nodules()
     if args.nodule_hu:
         _nodule_hu(args.nodule_hu, args.previews)
     if not args.skip_speed:
-        _speed()
+        _speed(args.demo_patients)
     if not args.skip_calibration:
         _calibration(args.previews)
 

@@ -265,3 +265,13 @@ def test_fit_searches_between_families_by_patient() -> None:
     assert len(record["cv_results"]) == 2
     assert model.n_passthrough == 2
     assert record["best_params"]["kind"] in ("logistic", "hgb")
+
+
+def test_boosted_trees_fit_a_class_with_one_row() -> None:
+    X, y, _ = _data(n_patients=4)
+    keep = y >= 0
+    X, y = X[keep], (y[keep] > 0).astype(np.int64)
+    y[np.flatnonzero(y)[1:]] = 0  # one nodule row: no stratified validation split possible
+    model = CandidateClassifier(kind="hgb", max_iter=5).fit(X, y)
+    assert model.tree_shape_.shape[0] == 5  # all rounds, no early stopping
+    assert model.predict_proba(X).shape == (len(y), 2)

@@ -69,6 +69,9 @@ _PARAM_NAMES = (
     "max_iter",
     "random_state",
 )
+#: Boosted trees stop early on a stratified validation split, which needs this many rows
+#: of every class.
+_MIN_ROWS_EARLY_STOP = 2
 _TREE_FIELDS = (
     "value",
     "feature_idx",
@@ -250,14 +253,20 @@ class CandidateClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _fit_trees(self, Z: np.ndarray, y: np.ndarray) -> None:
-        """Boosted trees; their nodes flattened into arrays (no pickle needed)."""
+        """Boosted trees; their nodes flattened into arrays (no pickle needed).
+
+        Early stopping holds out a stratified 10 % of the rows, so it is used
+        only when every class has at least ``_MIN_ROWS_EARLY_STOP`` rows (a
+        tiny training set runs all ``max_iter`` rounds).
+        """
+        counts = np.unique(y, return_counts=True)[1]
         hgb = HistGradientBoostingClassifier(
             learning_rate=self.learning_rate,
             max_leaf_nodes=int(self.max_leaf_nodes),
             l2_regularization=self.alpha,
             max_iter=self.max_iter,
             class_weight="balanced",
-            early_stopping=True,
+            early_stopping=bool(counts.min() >= _MIN_ROWS_EARLY_STOP),
             validation_fraction=0.1,
             n_iter_no_change=20,
             random_state=self.random_state,

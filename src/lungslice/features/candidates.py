@@ -547,12 +547,21 @@ class CandidateWork:
         Work folder; the cache is ``WORK/candidates/<config.key>/``.
     runner : FeatureRunner, optional
         An already prepared backbone (this process only).
+    load_config : LoadConfig, optional
+        The loader's checks and opt-outs (default ``LoadConfig()``).
     """
 
-    def __init__(self, config: CandidateConfig, work_dir: str | Path, runner: Any = None) -> None:
+    def __init__(
+        self,
+        config: CandidateConfig,
+        work_dir: str | Path,
+        runner: Any = None,
+        load_config: Any = None,
+    ) -> None:
         self.config = config
         self.cache = CandidateCache(work_dir, config.key)
         self.runner = runner
+        self.load_config = load_config
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -571,7 +580,7 @@ class CandidateWork:
         """The series as HU on regular slices."""
         from lungslice.features.extract import load_resampled
 
-        return load_resampled(job, self.config.features)
+        return load_resampled(job, self.config.features, load=self.load_config)
 
     def compute(self, job: Any, loaded: ResampledVolume, load_s: float) -> dict[str, Any]:
         """Candidates and their features, written atomically; the manifest row."""
@@ -603,6 +612,7 @@ def extract_candidates(
     *,
     engine: Any = "local",
     ray: Any = None,
+    load: Any = None,
 ) -> CandidateExtractResult:
     """Candidates and their features for every CT series under ``data_dir``, cached.
 
@@ -625,6 +635,9 @@ def extract_candidates(
         ``"ray"``: a Ray Data actor pool (docs/scale-out.md).
     ray : RayOptions, optional
         Address, actors, GPUs per actor and retries of the Ray engine.
+    load : LoadConfig, optional
+        The loader's checks and opt-outs for the index and every series
+        (``--allow-gaps``, ``--tilt correct``, ...); default ``LoadConfig()``.
 
     Returns
     -------
@@ -637,7 +650,7 @@ def extract_candidates(
     t_start = time.perf_counter()
     scheduler = resolve_scheduler(engine, "inline", config.features.device, ray)
     tune_allocator()
-    jobs = find_series(data_dir)
+    jobs = find_series(data_dir, load=load)
     cache = CandidateCache(work_dir, config.key)
     cache.prepare()
     runner = make_runner(config.features)
@@ -693,7 +706,7 @@ def extract_candidates(
     write_manifest()
     tracker = RunTracker(len(jobs), progress)
     tracker.start(len(rows), len(pending))
-    work = CandidateWork(config, work_dir, runner if scheduler.name != "ray" else None)
+    work = CandidateWork(config, work_dir, runner if scheduler.name != "ray" else None, load)
     rows_in = scheduler.map(work, pending)
     try:
         for row in rows_in:

@@ -186,13 +186,22 @@ def _reason(err: BaseException) -> str:
     return f"internal error: {type(err).__name__}: {err}"
 
 
+def _log_failure(job: SeriesJob, err: Exception) -> None:
+    # a LungsliceError is the input's fault and its message says why: no traceback
+    # (run with -vv / DEBUG logging to see one); anything else is a bug: show it
+    expected = isinstance(err, LungsliceError)
+    log.warning("series %s: %s", job.series_uid, _reason(err), exc_info=None if expected else err)
+    if expected:
+        log.debug("series %s failed", job.series_uid, exc_info=err)
+
+
 def load_series_job(work: SeriesWork, job: SeriesJob) -> Loaded:
     """``work.load(job)``, with any exception turned into the reason it failed."""
     t0 = time.perf_counter()
     try:
         value = work.load(job)
     except Exception as err:
-        log.warning("series %s: %s", job.series_uid, _reason(err), exc_info=err)
+        _log_failure(job, err)
         return Loaded(job, None, _reason(err), time.perf_counter() - t0)
     return Loaded(job, value, None, time.perf_counter() - t0)
 
@@ -206,7 +215,7 @@ def finish_series(work: SeriesWork, loaded: Loaded) -> dict[str, Any]:
         try:
             row = work.compute(job, loaded.value, loaded.seconds)
         except Exception as err:
-            log.warning("series %s: %s", job.series_uid, _reason(err), exc_info=err)
+            _log_failure(job, err)
             row = work.failed_row(job, _reason(err))
     row.setdefault("host", socket.gethostname())
     row.setdefault("node_id", "")

@@ -25,8 +25,6 @@ from typing import Any, Literal, Self
 import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter1d
-from scipy.signal import find_peaks
-from sklearn.linear_model import LogisticRegression
 
 from lungslice.config import DictConfig
 from lungslice.errors import ConfigError
@@ -276,6 +274,8 @@ def aggregate(
     for c in candidates:
         inside[c.start : c.end + 1] = True
     padded = np.concatenate([[-1.0], p_nod, [-1.0]])  # edges count as maxima too
+    from scipy.signal import find_peaks  # scipy.signal alone takes ~1 s to import
+
     peak_idx, _ = find_peaks(padded, plateau_size=1)
     peak_idx = peak_idx - 1
     peak_idx = peak_idx[~inside[peak_idx]]
@@ -423,6 +423,8 @@ class LearnedAggregator:
             if t.all() or not t.any():
                 rate = np.clip(t.mean(), 1e-3, 1 - 1e-3)
                 return float(np.log(rate / (1 - rate))), np.zeros(feats.shape[1])
+            from sklearn.linear_model import LogisticRegression
+
             model = LogisticRegression(C=self.C, random_state=self.seed, max_iter=1000)
             model.fit(feats, t)
             return float(model.intercept_[0]), np.asarray(model.coef_[0], dtype=np.float64)

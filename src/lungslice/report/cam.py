@@ -19,13 +19,15 @@ __all__ = ["activation_maps"]
 
 
 def _head_scores(head: Head, features: torch.Tensor) -> torch.Tensor:
-    mean = torch.from_numpy(head.mean)
-    scale = torch.from_numpy(head.scale)
+    dev = features.device
+    mean = torch.from_numpy(head.mean).to(dev)
+    scale = torch.from_numpy(head.scale).to(dev)
     x = (features - mean) / scale
     if isinstance(head, LogisticHead):
-        return x @ torch.from_numpy(head.coef).T + torch.from_numpy(head.intercept)
+        coef = torch.from_numpy(head.coef).to(dev)
+        return x @ coef.T + torch.from_numpy(head.intercept).to(dev)
     if isinstance(head, MLPHead):
-        out: torch.Tensor = head.module(x)
+        out: torch.Tensor = head.module.to(dev)(x)
         return out
     raise TypeError(f"no activation maps for a head of type {type(head).__name__}")
 
@@ -52,9 +54,12 @@ def activation_maps(
         ``(n, h, w)`` non-negative float32 maps at the last layer's resolution.
     """
     backbone = backbone.float().eval()
+    # the inputs go where the backbone's weights are (a GPU runner's backbone)
+    device = next(backbone.parameters()).device
+    inputs = inputs.to(device).float()
     with torch.no_grad():
-        pooled = backbone(inputs.float())
-    maps = backbone.feature_maps(inputs.float()).detach().requires_grad_(True)
+        pooled = backbone(inputs)
+    maps = backbone.feature_maps(inputs).detach().requires_grad_(True)
     width = maps.shape[1]
     # The last chosen layer is the last block of the concatenated feature vector.
     features = torch.cat([pooled[:, :-width], maps.mean(dim=(2, 3))], dim=1)
@@ -62,4 +67,4 @@ def activation_maps(
     (grad,) = torch.autograd.grad(log_p.sum(), maps)
     weights = grad.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * maps).sum(dim=1))
-    return cam.detach().numpy().astype(np.float32)
+    return cam.detach().cpu().numpy().astype(np.float32)

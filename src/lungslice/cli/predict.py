@@ -212,7 +212,9 @@ def predict_command(
             )
             out.print(
                 f"  #{r['rank']}: z {r['z_mm']:.1f} mm -> InstanceNumber {r['instance_number']} "
-                f"(SOPInstanceUID {r['sop_instance_uid']}), p(malignant) {r['p_malignant']:.2f}"
+                f"(SOPInstanceUID {r['sop_instance_uid']}), "
+                + (f"p(nodule) {r['p_nodule']:.2f}, " if r.get("p_nodule") is not None else "")
+                + f"p(malignant) {r['p_malignant']:.2f}"
                 + where
             )
         for kind, path in p.outputs.items():

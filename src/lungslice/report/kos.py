@@ -24,7 +24,9 @@ TITLE = "lungslice: slices to read first"
 
 def _note(r: Recommendation) -> str:
     note = (
-        f"rank {r.rank}, z {r.z_mm:.1f} mm, p(malignant) {r.p_malignant:.2f}, "
+        f"rank {r.rank}, z {r.z_mm:.1f} mm, "
+        + (f"p(nodule) {r.p_nodule:.2f}, " if r.p_nodule is not None else "")
+        + f"p(malignant) {r.p_malignant:.2f}, "
         f"p(benign) {r.p_benign:.2f}"
     )
     if r.located:

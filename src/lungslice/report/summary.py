@@ -151,7 +151,8 @@ def render_summary(prediction: StudyPrediction) -> np.ndarray:
         )
         put(
             f"#{r.rank}  Instance {r.instance_number}  z {r.z_mm:.1f} mm  "
-            f"p(malignant) {r.p_malignant:.2f}{where}",
+            + (f"p(nodule) {r.p_nodule:.2f}, " if r.p_nodule is not None else "")
+            + f"p(malignant) {r.p_malignant:.2f}{where}",
             size=13,
         )
     y = max(y, _SIDE - 48)

@@ -99,15 +99,7 @@ def extract(
     from lungslice.features.ray_engine import ray_options
 
     try:
-        load = opt.make_load_config(
-            allow_gaps=allow_gaps,
-            allow_irregular=allow_irregular,
-            tilt=tilt,
-            duplicates=duplicates,
-            min_slices=min_slices,
-            allow_missing_rescale=allow_missing_rescale,
-            hu_check=hu_check,
-        )
+        load = opt.load_config_from(locals())
         ray = ray_options(engine, address, actors, gpus_per_actor)
         feats = FeatureConfig(
             backbone=backbone,

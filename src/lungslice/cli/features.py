@@ -132,15 +132,7 @@ def extract(
     from lungslice.features.weights import resolve_weights
 
     try:
-        load = opt.make_load_config(
-            allow_gaps=allow_gaps,
-            allow_irregular=allow_irregular,
-            tilt=tilt,
-            duplicates=duplicates,
-            min_slices=min_slices,
-            allow_missing_rescale=allow_missing_rescale,
-            hu_check=hu_check,
-        )
+        load = opt.load_config_from(locals())
         config = FeatureConfig(
             backbone=backbone,
             weights=weights,

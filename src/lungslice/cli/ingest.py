@@ -49,14 +49,7 @@ def index(
 
     try:
         check_output_location(out_dir, what="--out")
-        config = opt.make_load_config(
-            allow_gaps=allow_gaps,
-            allow_irregular=allow_irregular,
-            tilt=tilt,
-            duplicates=duplicates,
-            min_slices=min_slices,
-            allow_missing_rescale=allow_missing_rescale,
-        )
+        config = opt.load_config_from(locals())
         with progress_bar("index", unit="files") as callback:
             result = index_tree(root, workers=workers, progress=callback, config=config)
         result.write(out_dir)
@@ -136,15 +129,7 @@ def show(
     try:
         if png is not None:
             check_output_location(png, kind="file", what="--png")
-        config = opt.make_load_config(
-            allow_gaps=allow_gaps,
-            allow_irregular=allow_irregular,
-            tilt=tilt,
-            duplicates=duplicates,
-            min_slices=min_slices,
-            allow_missing_rescale=allow_missing_rescale,
-            hu_check=hu_check,
-        )
+        config = opt.load_config_from(locals())
         with progress_bar("load", unit="files") as callback:
             volume = load_series(
                 series_dir, series_uid=series_uid, config=config, progress=callback

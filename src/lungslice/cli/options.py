@@ -89,6 +89,26 @@ def make_load_config(
     )
 
 
+_LOADER_FLAGS = (
+    "allow_gaps",
+    "allow_irregular",
+    "tilt",
+    "duplicates",
+    "min_slices",
+    "allow_missing_rescale",
+    "hu_check",
+)
+
+
+def load_config_from(values: dict[str, Any], **more: Any) -> LoadConfig:
+    """:func:`make_load_config` from a command's parameters (``locals()``).
+
+    Takes the shared loader flags a command declares (``allow_gaps``, ``tilt``,
+    ...) by name, so each command passes them without spelling each one out.
+    """
+    return make_load_config(**{k: values[k] for k in _LOADER_FLAGS if k in values}, **more)
+
+
 # --engine and its Ray settings, shared by `extract`, `candidates extract` and `predict-batch`
 ENGINE: Any = typer.Option(
     "local", "--engine", help="'local' or 'ray' (a Ray Data actor pool; docs/scale-out.md)."

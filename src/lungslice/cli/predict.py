@@ -144,16 +144,7 @@ def predict_command(
         # Everything that can be refused is refused before the model loads.
         if out_dir is not None:
             check_output_location(out_dir, what="--out")
-        load = opt.make_load_config(
-            allow_gaps=allow_gaps,
-            allow_irregular=allow_irregular,
-            tilt=tilt,
-            duplicates=duplicates,
-            min_slices=min_slices,
-            allow_missing_rescale=allow_missing_rescale,
-            hu_check=hu_check,
-            min_coverage_mm=min_coverage,
-        )
+        load = opt.load_config_from(locals(), min_coverage_mm=min_coverage)
         preflight(study_dir, series, load)
     except LungsliceError as err:
         raise fail(err) from err

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,9 @@ def run_demo(
     cohort = [s for s in scans if s.patient_id in set(patients)]
     strata = stratum_by_patient(cohort)
     phantom = PhantomConfig(seed=config.seed, matrix=config.matrix, z_margin_mm=config.z_margin_mm)
-    synthesize(out / "data", patients, phantom, progress, scans=cohort)
+    # one scan per core: rendering is mostly single-threaded
+    workers = max(1, min(4, os.cpu_count() or 1))
+    synthesize(out / "data", patients, phantom, progress, scans=cohort, workers=workers)
     timings["phantom"] = time.perf_counter() - t
 
     t = begin("labels")

@@ -143,3 +143,22 @@ def test_pylidc_loads_the_folder_as_its_scan(pylidc: Any, one_nodule: LidcScan) 
         mask = ann.boolean_mask()
         region = vol[ann.bbox()]
         assert region[mask].mean() > region[~mask].mean() + 200
+
+
+def test_rendering_in_parallel_writes_the_same_pixels(tmp_path: Path) -> None:
+    from lungslice.lidc.db import read_database
+    from lungslice.phantom import PhantomConfig, synthesize
+
+    ids = ("LIDC-IDRI-0001", "LIDC-IDRI-0078")
+    scans = read_database(patient_ids=ids)
+    config = PhantomConfig(seed=3, matrix=256, z_margin_mm=4.0)
+    one = synthesize(tmp_path / "a", ids, config, scans=scans)
+    two = synthesize(tmp_path / "b", ids, config, scans=scans, workers=2)
+    assert [s.series_uid for s in one] == [s.series_uid for s in two]
+    for a, b in zip(
+        sorted((tmp_path / "a").rglob("*.dcm")),
+        sorted((tmp_path / "b").rglob("*.dcm")),
+        strict=True,
+    ):
+        assert a.relative_to(tmp_path / "a") == b.relative_to(tmp_path / "b")
+        assert pydicom.dcmread(a).pixel_array.tobytes() == pydicom.dcmread(b).pixel_array.tobytes()

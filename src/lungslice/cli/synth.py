@@ -59,6 +59,12 @@ def synth(
     max_nodules: int | None = typer.Option(
         None, "--max-nodules", help="With --into: insert at most this many nodules."
     ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        help="Scans rendered at once, one process each (the pixels do not depend on it).",
+    ),
 ) -> None:
     """Render synthetic chest CT series from the real LIDC-IDRI annotation geometry.
 
@@ -103,7 +109,7 @@ def synth(
             keep = set(ids)
             scans = [s for s in everything if s.patient_id in keep]
         with progress_bar("synth", unit="series") as callback:
-            written = synthesize(out_dir, ids, config, callback, scans=scans)
+            written = synthesize(out_dir, ids, config, callback, scans=scans, workers=workers)
         png = phantom_preview(written, scans, preview) if preview is not None else None
     except LungsliceError as err:
         raise fail(err) from None

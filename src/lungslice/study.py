@@ -282,6 +282,26 @@ class Recommendation:
         """True when the recommendation carries an in-plane location."""
         return self.row is not None and self.column is not None and self.radius_mm is not None
 
+    @classmethod
+    def of_finding(cls, f: Finding, *, with_p_nodule: bool = True) -> Recommendation:
+        """The recommendation to read finding ``f`` (ranked by its id) at its best slice."""
+        return cls(
+            rank=f.id,
+            slice_index=f.slice_index,
+            z_mm=f.z_mm,
+            finding=f.id,
+            p_malignant=f.p_malignant,
+            p_benign=f.p_benign,
+            sop_instance_uid=f.sop_instance_uid,
+            instance_number=f.instance_number,
+            p_nodule=f.p_nodule if with_p_nodule else None,
+            row=f.row,
+            column=f.column,
+            x_mm=f.x_mm,
+            y_mm=f.y_mm,
+            radius_mm=f.radius_mm,
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class SliceScores:

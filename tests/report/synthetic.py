@@ -80,25 +80,7 @@ def synthetic_prediction(
                 **where,  # type: ignore[arg-type]
             )
         )
-    recs = tuple(
-        Recommendation(
-            rank=f.id,
-            slice_index=f.slice_index,
-            z_mm=f.z_mm,
-            finding=f.id,
-            p_malignant=f.p_malignant,
-            p_benign=f.p_benign,
-            sop_instance_uid=f.sop_instance_uid,
-            instance_number=f.instance_number,
-            p_nodule=f.p_nodule if located else None,
-            row=f.row,
-            column=f.column,
-            x_mm=f.x_mm,
-            y_mm=f.y_mm,
-            radius_mm=f.radius_mm,
-        )
-        for f in findings[:top_k]
-    )
+    recs = tuple(Recommendation.of_finding(f, with_p_nodule=located) for f in findings[:top_k])
     probs = np.zeros((rs.n_slices, 3))
     probs[:, 0] = 1.0
     for f in findings:

@@ -11,20 +11,9 @@ from lungslice.candidates import (
     CANDIDATE_COLUMNS,
     DetectorConfig,
     detect_candidates,
-    lung_field,
 )
 from lungslice.errors import ConfigError, NotChestError
-from tests.helpers import SPACING, Chest, synthetic_chest
-
-
-@pytest.fixture(scope="module")
-def chest() -> Chest:
-    return synthetic_chest()
-
-
-@pytest.fixture(scope="module")
-def lung(chest: Chest) -> np.ndarray:
-    return lung_field(chest.hu, SPACING)
+from tests.helpers import SPACING, Chest
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,12 @@ from scipy import ndimage as ndi
 
 from lungslice.candidates import LungFieldConfig, lung_field, lung_slices
 from lungslice.errors import ConfigError, LungsliceError, NotChestError
-from tests.helpers import SPACING, Chest, ball, synthetic_chest, tube
+from tests.helpers import SPACING, Chest, ball, tube
 
 
 @pytest.fixture(scope="module")
-def chest() -> Chest:
-    return synthetic_chest()
-
-
-@pytest.fixture(scope="module")
-def mask(chest: Chest) -> np.ndarray:
-    return lung_field(chest.hu, SPACING)
+def mask(lung: np.ndarray) -> np.ndarray:
+    return lung
 
 
 def test_mask_covers_lungs(chest: Chest, mask: np.ndarray) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungslice.candidates import detect_candidates, lung_field
+from lungslice.candidates import detect_candidates
 from lungslice.candidates.measures import (
     MEASUREMENT_COLUMNS,
     MEASUREMENT_FEATURES,
@@ -14,17 +14,7 @@ from lungslice.candidates.measures import (
     measurement_features,
 )
 from lungslice.errors import ConfigError
-from tests.helpers import SPACING, Chest, synthetic_chest
-
-
-@pytest.fixture(scope="module")
-def chest() -> Chest:
-    return synthetic_chest()
-
-
-@pytest.fixture(scope="module")
-def lung(chest: Chest) -> np.ndarray:
-    return lung_field(chest.hu, SPACING)
+from tests.helpers import SPACING, Chest
 
 
 def _at(points: list[tuple[float, float, float, float]]) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from lungslice.errors import BundleMismatchError
+from lungslice.errors import BundleMismatchError, LungsliceError
 
 if TYPE_CHECKING:
     from lungslice.dicom.resample import ResampledVolume
@@ -436,6 +436,21 @@ class StudyPrediction:
     def out_of_domain(self) -> bool:
         """True when the domain guard fired."""
         return self.domain is not None and self.domain.fired
+
+    def require_volume(self, purpose: str) -> ResampledVolume:
+        """The resampled volume, which a writer that draws images needs.
+
+        Raises
+        ------
+        LungsliceError
+            If the prediction carries none (``purpose`` says what was wanted).
+        """
+        if self.volume is None:
+            raise LungsliceError(
+                f"prediction of series {self.series.series_uid} carries no volume, so {purpose}. "
+                "Fix: keep the volume (Predictor.predict sets it)."
+            )
+        return self.volume
 
     def finding(self, finding_id: int) -> Finding:
         """The finding with this id.

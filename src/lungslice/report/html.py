@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from lungslice.errors import LungsliceError
 from lungslice.study import Finding, Recommendation, StudyPrediction
 
 __all__ = ["figures", "render_report", "write_report"]
@@ -265,12 +264,7 @@ def figures(prediction: StudyPrediction) -> tuple[list[tuple[bytes, bytes]], byt
     """
     from lungslice.report.figures import finding_png, slice_png, z_profile_png
 
-    rs = prediction.volume
-    if rs is None:
-        raise LungsliceError(
-            f"prediction of series {prediction.series.series_uid} carries no volume, so its "
-            "report has no images to show. Fix: keep the volume (Predictor.predict sets it)."
-        )
+    rs = prediction.require_volume("its report has no images to show")
     recs = prediction.recommendations
     thumbs: list[tuple[bytes, bytes]] = []
     if prediction.model.kind == "candidates":

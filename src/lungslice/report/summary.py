@@ -79,12 +79,7 @@ def render_summary(prediction: StudyPrediction) -> np.ndarray:
     LungsliceError
         If the prediction carries no volume to draw from.
     """
-    rs = prediction.volume
-    if rs is None:
-        raise LungsliceError(
-            f"prediction of series {prediction.series.series_uid} carries no volume, so no "
-            "summary image can be drawn. Fix: keep the volume (Predictor.predict sets it)."
-        )
+    rs = prediction.require_volume("no summary image can be drawn")
     canvas = Image.new("RGB", (_SIDE + _PANEL, _SIDE), _BG)
     draw = ImageDraw.Draw(canvas)
     recs = prediction.recommendations

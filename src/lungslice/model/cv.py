@@ -9,12 +9,16 @@ benign nodules, or none.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from lungslice.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["STRATA", "Fold", "patient_folds", "patient_strata"]
 
@@ -124,8 +128,20 @@ def patient_folds(
         )
     # one row per patient: folds balance patients, not slice counts
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # a stratum with fewer patients than folds (e.g. 2 malignant patients, 4 folds)
+        # cannot reach every fold; scikit-learn warns on stderr, the library logs it
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        splits = list(splitter.split(np.zeros(uniq.size), per_patient, uniq))
+    sizes = np.unique(per_patient, return_counts=True)[1]
+    if sizes.min() < n_splits:
+        log.info(
+            "patient_folds: the smallest stratum has %d patient(s) for %d folds",
+            int(sizes.min()),
+            n_splits,
+        )
     folds: list[Fold] = []
-    for k, (_, test_pat) in enumerate(splitter.split(np.zeros(uniq.size), per_patient, uniq)):
+    for k, (_, test_pat) in enumerate(splits):
         in_test = np.zeros(uniq.size, dtype=bool)
         in_test[test_pat] = True
         row_test = in_test[inverse]

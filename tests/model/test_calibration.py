@@ -124,7 +124,7 @@ def test_round_trip_through_json() -> None:
 
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ConfigError, match="method must be one of"):
-        Calibrator("isotonic")
+        Calibrator("beta")
     with pytest.raises(ConfigError, match=r"Calibrator\('platt'\) is binary"):
         Calibrator("platt").fit(np.full((4, 3), 1 / 3), np.array([0, 1, 2, 0]))
     with pytest.raises(ConfigError, match=r"must lie in \[0, 1\]"):

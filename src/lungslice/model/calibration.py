@@ -7,8 +7,16 @@ cannot change a ranking:
 
 - **temperature** scaling divides the logits by one number ``T`` (multiclass
   probabilities ``(n, C)`` or binary ``(n,)`` scores);
+- **temperature with class bias** (``bias_temperature``; Alexandari et al.,
+  ICML 2020) divides the logits by ``T`` and adds one bias per class. A head
+  trained with balanced class weights over-states the rare classes by a
+  constant factor in odds (the ratio of the weights), which a bias removes
+  and one temperature cannot: temperature alone has to sharpen every output
+  (``T < 1``) to pull the many negatives down, and saturates them at 0;
 - **Platt** scaling maps a binary score's logit ``s`` to ``sigmoid(a s + b)``
-  (with Platt's smoothed targets, so it never learns 0 or 1 exactly).
+  (with Platt's smoothed targets, so it never learns 0 or 1 exactly);
+- **isotonic** regression (binary) fits a non-decreasing step function,
+  clipped to ``[1 / (n + 2), 1 - 1 / (n + 2)]`` so that it never says 0 or 1.
 
 Fit it on *out-of-fold* predictions (the cross-validation's held-out
 predictions), never on the training predictions. :func:`cross_calibrate`
@@ -40,6 +48,7 @@ from scipy.optimize import minimize, minimize_scalar
 from lungslice.errors import BundleMismatchError, ConfigError
 
 __all__ = [
+    "CANDIDATE_METHODS",
     "Calibrator",
     "cross_calibrate",
     "ece_bootstrap",
@@ -49,7 +58,14 @@ __all__ = [
     "saturation_rate",
 ]
 
-_METHODS = ("temperature", "platt")
+_METHODS = ("temperature", "bias_temperature", "platt", "isotonic")
+#: Calibrators of multiclass (n, C) probabilities.
+CANDIDATE_METHODS: tuple[str, ...] = ("temperature", "bias_temperature")
+#: log T is searched in [-_LOG_T_BOUND, _LOG_T_BOUND] (T in [0.05, 20]).
+_LOG_T_BOUND = 3.0
+#: Class biases are searched in [-_BIAS_BOUND, _BIAS_BOUND] (a class absent from the
+#: fitting labels would otherwise drive its bias to minus infinity).
+_BIAS_BOUND = 15.0
 _EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before taking logs
 
 
@@ -104,20 +120,30 @@ def _check_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Calibrator:
-    """Temperature or Platt scaling of probabilities (or logits).
+    """Temperature, temperature with class bias, Platt or isotonic scaling of probabilities.
 
     Parameters
     ----------
-    method : {"temperature", "platt"}
-        ``"temperature"``: one ``T`` for binary ``(n,)`` or multiclass
-        ``(n, C)`` inputs. ``"platt"``: ``sigmoid(a * logit(p) + b)``, binary only.
+    method : {"temperature", "bias_temperature", "platt", "isotonic"}
+        ``"temperature"``: ``softmax(z / T)`` (one ``T``, binary ``(n,)`` or
+        multiclass ``(n, C)`` inputs). ``"bias_temperature"``: ``softmax(z / T
+        + bias)`` with one bias per class (the first class's is 0).
+        ``"platt"``: ``sigmoid(a * logit(p) + b)``, binary only.
+        ``"isotonic"``: a non-decreasing step function of ``p``, binary only.
 
     Attributes
     ----------
     temperature_ : float
-        ``T`` (temperature; 1 = unchanged, > 1 softens over-confident outputs).
+        ``T`` (1 = unchanged, > 1 softens over-confident outputs); searched in
+        [0.05, 20].
+    bias_ : numpy.ndarray
+        ``(C,)`` class biases added to the logits (zeros unless ``bias_temperature``;
+        searched in [-15, 15]).
     a_, b_ : float
-        Platt's slope and intercept (``a_ = 1 / T`` for temperature, ``b_ = 0``).
+        Platt's slope and intercept (``a_ = 1 / T``; for binary
+        ``bias_temperature``, ``b_`` is the bias of class 1).
+    iso_x_, iso_y_ : numpy.ndarray
+        The isotonic step function's knots (``isotonic`` only; linear between them).
     n_fit_ : int
         Predictions it was fitted on.
     nll_before_, nll_after_ : float
@@ -160,24 +186,32 @@ class Calibrator:
         Raises
         ------
         ConfigError
-            On shapes, labels or probabilities out of range, or Platt with ``(n, C)`` input.
+            On shapes, labels or probabilities out of range, or a binary-only
+            method (Platt, isotonic) with ``(n, C)`` input.
         """
         z, yi = _check_xy(_as_logits(p_or_logits, logits), np.asarray(y))
-        if self.method == "platt" and z.ndim != 1:
+        if self.method in ("platt", "isotonic") and z.ndim != 1:
             raise ConfigError(
-                f"Calibrator('platt') is binary: expected scores (n,), got {z.shape}. "
-                "Fix: use method='temperature' for (n, C) probabilities."
+                f"Calibrator({self.method!r}) is binary: expected scores (n,), got {z.shape}. "
+                "Fix: use method='temperature' or 'bias_temperature' for (n, C) probabilities."
             )
         self.n_classes_ = 2 if z.ndim == 1 else int(z.shape[1])
         self.nll_before_ = self._nll(z, yi)
+        self.temperature_ = 1.0
+        self.bias_ = np.zeros(self.n_classes_)
+        self.a_, self.b_ = 1.0, 0.0
+        self.iso_x_ = self.iso_y_ = np.zeros(0)
         if self.method == "temperature":
             res = minimize_scalar(
-                lambda lt: self._nll(z / math.exp(lt), yi), bounds=(-5.0, 5.0), method="bounded"
+                lambda lt: self._nll(z / math.exp(lt), yi),
+                bounds=(-_LOG_T_BOUND, _LOG_T_BOUND),
+                method="bounded",
             )
             self.temperature_ = float(math.exp(res.x))
-            self.a_, self.b_ = 1.0 / self.temperature_, 0.0
-            self.nll_after_ = self._nll(z / self.temperature_, yi)
-        else:
+            self.a_ = 1.0 / self.temperature_
+        elif self.method == "bias_temperature":
+            self._fit_bias_temperature(z, yi)
+        elif self.method == "platt":
             n_pos = int(yi.sum())
             n_neg = yi.size - n_pos
             t = np.where(yi == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
@@ -188,9 +222,45 @@ class Calibrator:
             )
             self.a_, self.b_ = float(res.x[0]), float(res.x[1])
             self.temperature_ = 1.0 / self.a_ if self.a_ != 0 else float("inf")
-            self.nll_after_ = self._nll(self.a_ * z + self.b_, yi)
+        else:
+            self._fit_isotonic(_sigmoid(z), yi)
         self.n_fit_ = int(yi.size)
+        after = np.clip(self.transform(z, logits=True), _EPS, 1.0 - _EPS)
+        self.nll_after_ = self._nll(_as_logits(after, False), yi)
         return self
+
+    def _fit_bias_temperature(self, z: np.ndarray, y: np.ndarray) -> None:
+        """Minimise the NLL of ``z / T + bias`` over ``log T`` (bounded) and the biases."""
+        zz = np.column_stack([np.zeros_like(z), z]) if z.ndim == 1 else z
+        c = zz.shape[1]
+        onehot = np.eye(c)[y]
+
+        def nll_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            inv_t = math.exp(-theta[0])
+            bias = np.concatenate([[0.0], theta[1:]])
+            logit = zz * inv_t + bias
+            q = _softmax(logit)
+            lse = np.log(np.exp(logit - logit.max(axis=1, keepdims=True)).sum(axis=1))
+            lse += logit.max(axis=1)
+            nll = float(np.mean(lse - logit[np.arange(len(y)), y]))
+            d = (q - onehot) / len(y)  # d nll / d logit
+            g_logt = float(-np.sum(d * zz) * inv_t)
+            return nll, np.concatenate([[g_logt], d.sum(axis=0)[1:]])
+
+        bounds = [(-_LOG_T_BOUND, _LOG_T_BOUND)] + [(-_BIAS_BOUND, _BIAS_BOUND)] * (c - 1)
+        res = minimize(nll_grad, np.zeros(c), jac=True, method="L-BFGS-B", bounds=bounds)
+        self.temperature_ = float(math.exp(res.x[0]))
+        bias = np.concatenate([[0.0], res.x[1:]])
+        self.bias_ = bias if z.ndim == 2 else np.array([0.0, bias[1]])
+        self.a_, self.b_ = 1.0 / self.temperature_, float(bias[1]) if c == 2 else 0.0
+
+    def _fit_isotonic(self, p: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.isotonic import IsotonicRegression
+
+        lo = 1.0 / (y.size + 2.0)
+        iso = IsotonicRegression(y_min=lo, y_max=1.0 - lo, out_of_bounds="clip").fit(p, y)
+        self.iso_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
+        self.iso_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
 
     def transform(self, p_or_logits: np.ndarray, *, logits: bool = False) -> np.ndarray:
         """Calibrated probabilities, same shape as the input (``(n,)`` or ``(n, C)``)."""
@@ -198,23 +268,26 @@ class Calibrator:
             raise ConfigError("Calibrator: not fitted. Fix: call fit(...) or from_dict(...) first.")
         z = _as_logits(p_or_logits, logits)
         if z.ndim == 2:
-            if self.method != "temperature" or z.shape[1] != self.n_classes_:
+            if self.method not in CANDIDATE_METHODS or z.shape[1] != self.n_classes_:
                 raise BundleMismatchError(
                     f"Calibrator: fitted on {self.n_classes_}-class {self.method} inputs, "
                     f"got scores of shape {z.shape}"
                 )
-            return _softmax(z / self.temperature_)
+            return _softmax(z / self.temperature_ + self.bias_)
         if self.n_classes_ != 2:
             raise BundleMismatchError(
                 f"Calibrator: fitted on {self.n_classes_}-class inputs, got binary scores {z.shape}"
             )
+        if self.method == "isotonic":
+            out: np.ndarray = np.interp(_sigmoid(z), self.iso_x_, self.iso_y_)
+            return out
         return _sigmoid(self.a_ * z + self.b_)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able parameters (for a bundle's ``model.json``)."""
         if not hasattr(self, "a_"):
             raise ConfigError("Calibrator: not fitted")
-        return {
+        d: dict[str, Any] = {
             "method": self.method,
             "n_classes": self.n_classes_,
             "temperature": self.temperature_ if math.isfinite(self.temperature_) else None,
@@ -224,6 +297,12 @@ class Calibrator:
             "nll_before": self.nll_before_,
             "nll_after": self.nll_after_,
         }
+        if self.method == "bias_temperature":
+            d["bias"] = [float(v) for v in self.bias_]
+        if self.method == "isotonic":
+            d["x"] = [float(v) for v in self.iso_x_]
+            d["y"] = [float(v) for v in self.iso_y_]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Calibrator:
@@ -234,7 +313,9 @@ class Calibrator:
         BundleMismatchError
             If a key is missing.
         """
-        missing = [k for k in ("method", "n_classes", "a", "b") if k not in d]
+        need = ["method", "n_classes", "a", "b"]
+        need += {"bias_temperature": ["bias"], "isotonic": ["x", "y"]}.get(str(d.get("method")), [])
+        missing = [k for k in need if k not in d]
         if missing:
             raise BundleMismatchError(f"Calibrator.from_dict: missing {', '.join(missing)}")
         c = cls(str(d["method"]))
@@ -242,6 +323,13 @@ class Calibrator:
         c.a_, c.b_ = float(d["a"]), float(d["b"])
         t = d.get("temperature")
         c.temperature_ = float(t) if t is not None else float("inf")
+        c.bias_ = np.asarray(d.get("bias", [0.0] * c.n_classes_), dtype=np.float64)
+        if c.bias_.shape != (c.n_classes_,):
+            raise BundleMismatchError(
+                f"Calibrator.from_dict: {c.bias_.size} class biases for {c.n_classes_} classes"
+            )
+        c.iso_x_ = np.asarray(d.get("x", []), dtype=np.float64)
+        c.iso_y_ = np.asarray(d.get("y", []), dtype=np.float64)
         c.n_fit_ = int(d.get("n_fit", 0))
         c.nll_before_ = float(d.get("nll_before", float("nan")))
         c.nll_after_ = float(d.get("nll_after", float("nan")))

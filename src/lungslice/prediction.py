@@ -40,7 +40,7 @@ from lungslice.dicom.resample import ResampledVolume, resample
 from lungslice.dicom.volume import load_series
 from lungslice.errors import BundleMismatchError, ConfigError, NoCTSeriesError
 from lungslice.features.config import FeatureConfig
-from lungslice.features.extract import extract_volume, make_runner
+from lungslice.features.extract import bundle_runner, extract_volume
 from lungslice.features.inputs import make_inputs
 from lungslice.features.runtime import FeatureRunner
 from lungslice.model.aggregate import StudyResult
@@ -341,7 +341,12 @@ class Predictor:
             self.candidates = load_candidate_bundle(model)
             self.model_id = model_id(self.candidates.path)
             self.feature_config = self.candidates.config.features
-            self.runner = make_runner(self.feature_config)
+            # the bundle's TorchScript extractor when it has one: no timm import (~6 s)
+            self.runner = bundle_runner(
+                self.feature_config,
+                self.candidates.path,
+                self.candidates.manifest.get("frozen_backbone"),
+            )
             have = self.runner.backbone.weights_id
             want = str(self.candidates.manifest.get("weights_id", ""))
             if want and have != want:
@@ -364,7 +369,9 @@ class Predictor:
                 "Fix: install the same backbone weights the bundle was trained with, or "
                 "retrain the bundle on features made on this machine."
             )
-        self.runner = make_runner(self.feature_config)
+        self.runner = bundle_runner(
+            self.feature_config, self.bundle.path, self.bundle.manifest.get("frozen_backbone")
+        )
         width = self.runner.backbone.feature_dim
         if width != self.bundle.head.n_features:
             raise BundleMismatchError(

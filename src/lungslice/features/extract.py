@@ -49,6 +49,7 @@ __all__ = [
     "ExtractResult",
     "SeriesJob",
     "WholeSliceWork",
+    "bundle_runner",
     "extract_dataset",
     "extract_series",
     "extract_volume",
@@ -232,6 +233,67 @@ def make_runner(config: FeatureConfig, backbone: Backbone | None = None) -> Feat
         device=config.device,
         compile=config.compile,
         batch_size=config.batch_size,
+    )
+
+
+def bundle_runner(
+    config: FeatureConfig, directory: str | Path, record: dict[str, Any] | None
+) -> FeatureRunner:
+    """The runner of a model bundle's features: its frozen extractor, else a timm backbone.
+
+    Parameters
+    ----------
+    config : FeatureConfig
+        The bundle's feature settings.
+    directory : path
+        The bundle directory.
+    record : dict or None
+        Its ``model.json`` ``"frozen_backbone"`` record (None in bundles saved
+        before it existed, or when tracing was refused).
+
+    Returns
+    -------
+    FeatureRunner
+        On the :class:`~lungslice.features.frozen.FrozenBackbone` loaded with
+        torch alone, or (no record, ``config.compile``, or a torch that cannot
+        read the file) on a backbone built with timm, as :func:`make_runner`.
+
+    Raises
+    ------
+    BundleMismatchError
+        If the record does not match ``config`` or the file is missing or altered.
+    """
+    from lungslice.features.frozen import check_frozen_record, load_frozen_backbone
+
+    root = Path(directory)
+    if record is None:
+        log.info(
+            "model bundle %s holds no frozen feature extractor; building %s with timm",
+            root,
+            config.backbone,
+        )
+        return make_runner(config)
+    check_frozen_record(
+        record,
+        root / "model.json",
+        backbone=config.backbone,
+        layers=config.resolved_layers,
+        precision=config.precision,
+    )
+    if config.compile:
+        log.info("%s: compile=True; building %s with timm to compile it", root, config.backbone)
+        return make_runner(config)
+    try:
+        frozen = load_frozen_backbone(root, record)
+    except FeatureError as err:
+        log.warning("%s; building %s with timm instead", err, config.backbone)
+        return make_runner(config)
+    return FeatureRunner(
+        frozen,
+        precision=config.precision,
+        device=config.device,
+        batch_size=config.batch_size,
+        fold_norms=False,
     )
 
 

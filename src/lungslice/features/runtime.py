@@ -32,6 +32,7 @@ from torch import nn
 
 from lungslice.errors import ConfigError, FeatureError
 from lungslice.features.backbones import Backbone
+from lungslice.features.frozen import FrozenBackbone
 
 __all__ = ["FeatureRunner", "fold_batchnorm", "resolve_device", "tune_allocator"]
 
@@ -243,10 +244,12 @@ class FeatureRunner:
 
     Parameters
     ----------
-    backbone : Backbone
-        The backbone.
+    backbone : Backbone or FrozenBackbone
+        The backbone: a timm model, or a bundle's traced one
+        (:mod:`lungslice.features.frozen`: already folded, its precision in the
+        graph, so it runs without autocast and cannot be compiled).
     precision : {"bf16", "fp32"}
-        bfloat16 autocast or full FP32.
+        bfloat16 autocast or full FP32 (a frozen backbone's must match).
     device : str
         See :func:`resolve_device`.
     compile : bool
@@ -261,7 +264,7 @@ class FeatureRunner:
 
     def __init__(
         self,
-        backbone: Backbone,
+        backbone: Backbone | FrozenBackbone,
         *,
         precision: str = "bf16",
         device: str = "auto",
@@ -271,14 +274,22 @@ class FeatureRunner:
     ) -> None:
         if precision not in ("bf16", "fp32"):
             raise ConfigError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
+        frozen = isinstance(backbone, FrozenBackbone)
+        if frozen and (compile or precision != backbone.precision):
+            raise ConfigError(
+                f"FeatureRunner: the frozen {backbone.name} of {backbone.path} runs in "
+                f"{backbone.precision} uncompiled; got precision={precision!r}, "
+                f"compile={compile}. Fix: build the backbone with load_backbone instead"
+            )
         self.backbone = backbone
         self.device = resolve_device(device)
         self.precision = precision
         self.compiled = compile
         self.batch_size = batch_size
+        self.frozen = frozen
         backbone.eval()
-        self.folded = 0
-        if fold_norms and not compile:
+        self.folded = backbone.folded if isinstance(backbone, FrozenBackbone) else 0
+        if fold_norms and not compile and isinstance(backbone, Backbone):
             # Folded where the backbone is (the CPU, from load_backbone), in exact FP32: a GPU
             # would compare with TF32 convolutions (differences ~1e-3 that are not the fold's).
             try:
@@ -286,7 +297,7 @@ class FeatureRunner:
             except FeatureError as err:
                 log.warning("%s; running with the batch norms as they are", err)
         backbone.to(self.device).to(memory_format=torch.channels_last)
-        if precision == "bf16":
+        if precision == "bf16" and isinstance(backbone, Backbone):
             _stem_in_fp32(backbone)
             if self.device.type == "cpu" and not cpu_has_native_bf16():
                 log.warning(
@@ -302,6 +313,8 @@ class FeatureRunner:
         """A short description, e.g. ``"cpu channels_last bf16-autocast compiled"``."""
         parts = [self.device.type, "channels_last"]
         parts.append("bf16-autocast" if self.precision == "bf16" else "fp32")
+        if self.frozen:
+            parts.append("torchscript")
         if self.compiled:
             parts.append("compiled")
         return " ".join(parts)
@@ -316,7 +329,10 @@ class FeatureRunner:
         with (
             torch.inference_mode(),
             torch.autocast(
-                self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+                self.device.type,
+                dtype=torch.bfloat16,
+                # a frozen graph holds its casts (and keeps its stem in FP32) itself
+                enabled=self.precision == "bf16" and not self.frozen,
             ),
         ):
             features = self._fn(x)

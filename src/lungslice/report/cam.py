@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from lungslice.features.backbones import Backbone
+from lungslice.features.frozen import FrozenBackbone
 from lungslice.model.heads import Head, LogisticHead, MLPHead
 
 __all__ = ["activation_maps"]
@@ -33,14 +34,17 @@ def _head_scores(head: Head, features: torch.Tensor) -> torch.Tensor:
 
 
 def activation_maps(
-    backbone: Backbone, head: Head, inputs: torch.Tensor, class_index: int = 2
+    backbone: Backbone | FrozenBackbone,
+    head: Head,
+    inputs: torch.Tensor,
+    class_index: int = 2,
 ) -> np.ndarray:
     """Evidence maps for ``class_index`` (default 2 = malignant), one per input image.
 
     Parameters
     ----------
-    backbone : Backbone
-        The feature extractor the head was trained on.
+    backbone : Backbone or FrozenBackbone
+        The feature extractor the head was trained on (a bundle's traced one too).
     head : Head
         The fitted slice classifier.
     inputs : torch.Tensor

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from lungslice.errors import LungsliceError
-from lungslice.serve.orthanc import OrthancClient, RetryPolicy
+from lungslice.serve.orthanc import OrthancClient, Patience, RetryPolicy
 from lungslice.serve.state import ServeState
 from lungslice.serve.worker import ServeConfig, Service
 from tests.helpers import PIPELINE_PATIENTS, Pipeline
@@ -30,6 +30,9 @@ PATIENTS = PIPELINE_PATIENTS
 
 #: Quick retries: tests stop Orthanc on purpose.
 FAST_RETRY = RetryPolicy(attempts=4, initial_delay_s=0.2, max_delay_s=1.0, timeout_s=30.0)
+
+#: Waiting for an Orthanc that does not answer: quick tries, at most a minute.
+PATIENT = Patience(max_wait_s=60.0, max_tries=200, initial_delay_s=0.2, max_delay_s=1.0)
 
 
 def _orthanc_or_skip() -> None:
@@ -113,12 +116,43 @@ def orthanc(tmp_path: Path) -> Iterator[object]:
         assert server.process is None
 
 
+class CountingFactory:
+    """A predictor factory that counts its calls (the service loads once per worker)."""
+
+    def __init__(self, predictor: object) -> None:
+        self.predictor = predictor
+        self.calls = 0
+
+    def __call__(self) -> object:
+        self.calls += 1
+        return self.predictor
+
+
 def make_service(
-    orthanc: object, bundle: Bundle, state: Path, predictor: object | None, workers: int = 1
+    orthanc: object,
+    bundle: Bundle,
+    state: Path,
+    predictor: object | None,
+    workers: int = 1,
+    *,
+    patience: Patience = PATIENT,
+    fetch: str = "rest",
 ) -> Service:
+    """A service on ``orthanc`` (``predictor``: an object, a factory, or None to load one)."""
     client = orthanc.client(FAST_RETRY)  # type: ignore[attr-defined]
-    config = ServeConfig(model=bundle.model, workers=workers, poll_interval_s=0.2, max_pause_s=2.0)
-    factory: Callable[[], object] | None = (lambda: predictor) if predictor is not None else None
+    config = ServeConfig(
+        model=bundle.model,
+        workers=workers,
+        poll_interval_s=0.2,
+        max_pause_s=2.0,
+        patience=patience,
+        fetch=fetch,  # type: ignore[arg-type]
+    )
+    factory: Callable[[], object] | None
+    if predictor is None or isinstance(predictor, CountingFactory):
+        factory = predictor
+    else:
+        factory = lambda: predictor  # noqa: E731
     return Service(client, ServeState(state), config, predictor_factory=factory)  # type: ignore[arg-type]
 
 

@@ -22,11 +22,16 @@ import highdicom as hd
 import pydicom
 import pytest
 
+from lungslice.serve.fetch import DicomwebFetcher, RestFetcher
+from lungslice.serve.local import LocalOrthanc, free_port
+from lungslice.serve.orthanc import OrthancDownError, Patience
 from lungslice.serve.state import ServeState
 from tests.serve.conftest import (
     Bundle,
+    CountingFactory,
     finished,
     make_service,
+    part10,
     result_series,
     run_until,
     study_copy,
@@ -258,8 +263,10 @@ def test_a_cr_study_is_skipped_and_a_corrupt_one_failed_and_the_next_processed(
     good = study_copy(bundle.study, 8)
     for s in (cr, corrupt, good):
         upload(client, s)
-    service = make_service(orthanc, bundle, tmp_path / "state", shared_predictor)
+    factory = CountingFactory(shared_predictor)
+    service = make_service(orthanc, bundle, tmp_path / "state", factory)
     run_until(service, finished(3), 90)
+    assert factory.calls == 1  # one model per worker, kept for every study
     by_uid = {r.study_uid: r for r in service.state.studies()}
     r_cr = by_uid[cr[0].StudyInstanceUID]
     assert r_cr.status == "skipped"
@@ -300,9 +307,126 @@ def test_status_lists_studies_and_credentials_on_the_command_line_are_refused(
     res = runner.invoke(app, [*base[:2], url, *base[3:]])
     assert res.exit_code == 2
     assert "credentials in the URL are refused" in res.output
+    dead = f"http://127.0.0.1:{free_port()}"
+    wait = ["--orthanc-wait", "5", "--orthanc-tries", "2", "--once"]
+    cred = ["--credentials", str(orthanc.credentials_path)]
+    res = runner.invoke(app, [*base[:2], dead, *base[3:], *cred, *wait])
+    assert res.exit_code == 2, res.output
+    assert f"Orthanc at {dead} did not answer (start-up: 2 tries in " in res.output
+    assert "Check that Orthanc runs" in res.output
     bad = tmp_path / "wrong"
     bad.write_text("lungslice:not-the-password\n")
     bad.chmod(0o600)
     res = runner.invoke(app, [*base, "--credentials", str(bad), "--once"])
     assert res.exit_code == 2
     assert "HTTP 401" in res.output and "--credentials" in res.output
+
+
+def _run_in_thread(service, until, timeout_s: float) -> tuple[threading.Thread, list]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_until(service, until, timeout_s)
+        except BaseException as err:  # the test inspects it
+            errors.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def test_the_service_waits_for_an_orthanc_started_after_it(
+    bundle: Bundle, shared_predictor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = LocalOrthanc(tmp_path / "late", stable_age_s=1)  # ports chosen, not started
+    service = make_service(server, bundle, tmp_path / "state", shared_predictor)
+    try:
+        with caplog.at_level(logging.INFO, logger="lungslice"):
+            thread, errors = _run_in_thread(service, finished(1), 120)
+            time.sleep(2.0)
+            assert thread.is_alive(), errors
+            waits = [r.getMessage() for r in caplog.records if "does not answer" in r.getMessage()]
+            assert waits, "no try was logged"
+            assert (
+                f"Orthanc at {server.url} does not answer (start-up, try 1 of at most" in waits[0]
+            )
+            server.start()
+            study = study_copy(bundle.study, 12)
+            upload(server.client(), study)
+            thread.join(150)
+        assert not thread.is_alive() and not errors, errors
+        (record,) = service.state.studies()
+        assert (record.status, record.study_uid) == ("processed", study[0].StudyInstanceUID)
+        assert any("answers again (start-up" in r.getMessage() for r in caplog.records)
+    finally:
+        service.stop()
+        server.stop()
+
+
+def test_an_orthanc_gone_for_good_mid_run_stops_the_service_with_a_clear_error(
+    orthanc, bundle: Bundle, shared_predictor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upload(orthanc.client(), study_copy(bundle.study, 13))
+    patience = Patience(max_wait_s=3.0, max_tries=100, initial_delay_s=0.2, max_delay_s=0.5)
+    service = make_service(orthanc, bundle, tmp_path / "state", shared_predictor, patience=patience)
+    with caplog.at_level(logging.WARNING, logger="lungslice"):
+        thread, errors = _run_in_thread(service, lambda st: False, 120)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and service.state.counts()["processed"] < 1:
+            time.sleep(0.05)
+        assert service.state.counts()["processed"] == 1
+        t0 = time.monotonic()
+        orthanc.stop()
+        thread.join(60)
+    assert not thread.is_alive()
+    print(f"\nOrthanc stopped -> the service gave up after {time.monotonic() - t0:.1f} s")
+    (err,) = errors
+    assert isinstance(err, OrthancDownError), err
+    assert err.phase == "mid-run" and err.url == orthanc.url
+    assert str(err).startswith(f"Orthanc at {orthanc.url} did not answer (mid-run: ")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("change feed: Orthanc went away" in m for m in messages)
+    assert any("does not answer (mid-run, try 2 of at most 100" in m for m in messages)
+
+
+def test_dicomweb_fetch_reads_the_same_instances_and_processes_the_study(
+    orthanc, bundle: Bundle, shared_predictor, tmp_path: Path
+) -> None:
+    client = orthanc.client()
+    ct = study_copy(bundle.study, 14)
+    cr = study_copy(bundle.study[:1], 15, modality="CR")
+    upload(client, ct)
+    upload(client, cr)
+    uid = str(ct[0].StudyInstanceUID)
+    (study_id,) = [
+        s for s in client.studies() if client.study(s)["MainDicomTags"]["StudyInstanceUID"] == uid
+    ]
+    rest, web = RestFetcher(client), DicomwebFetcher(client)
+    (by_rest,) = rest.list_series(study_id, uid)
+    (by_web,) = web.list_series(study_id, uid)  # QIDO-RS
+    assert (by_web.series_uid, by_web.modality, by_web.instances) == (
+        by_rest.series_uid,
+        "CT",
+        len(ct),
+    )
+    sent = {part10(ds) for ds in ct}
+    got_rest = {p.read_bytes() for p in rest.download(uid, by_rest, tmp_path / "rest")}
+    got_web = {p.read_bytes() for p in web.download(uid, by_web, tmp_path / "web")}  # WADO-RS
+    assert got_web == got_rest
+    assert len(got_web) == len(ct)
+    assert {pydicom.dcmread(io.BytesIO(b)).SOPInstanceUID for b in got_web} == {
+        ds.SOPInstanceUID for ds in ct
+    }
+    assert got_rest == sent  # Orthanc gives back the files it was sent
+
+    service = make_service(orthanc, bundle, tmp_path / "state", shared_predictor, fetch="dicomweb")
+    run_until(service, finished(2), 90)
+    by_uid = {r.study_uid: r for r in service.state.studies()}
+    done = by_uid[uid]
+    assert done.status == "processed", done.reason
+    assert {"list", "fetch", "predict", "store", "verify"} <= set(done.timings)
+    assert any(k.startswith("predict.") for k in done.timings)
+    assert by_uid[str(cr[0].StudyInstanceUID)].reason == "no CT series (the study holds CR)"
+    ours = result_series(client, study_id)
+    assert len(ours) == 3 and all(len(s["Instances"]) == 1 for s in ours)

@@ -83,3 +83,33 @@ def test_credentials_come_from_a_file_in_either_form(tmp_path: Path) -> None:
         OrthancClient("http://u:p@127.0.0.1:8042")
     with pytest.raises(ConfigError, match="expected http"):
         OrthancClient("127.0.0.1:8042")
+
+
+def test_stage_timings_are_kept_and_an_older_state_file_gains_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = tmp_path / "old"
+    old.mkdir()
+    db = sqlite3.connect(old / "serve.sqlite")
+    db.executescript(  # the schema before stage timings
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE studies (orthanc_id TEXT PRIMARY KEY, study_uid TEXT, status TEXT NOT NULL,"
+        " reason TEXT, attempts INTEGER NOT NULL DEFAULT 0, model_id TEXT, outputs TEXT,"
+        " seconds REAL, queued_at TEXT NOT NULL, updated_at TEXT NOT NULL, seq INTEGER);"
+        "INSERT INTO studies VALUES ('a', '1.2', 'processed', NULL, 1, 'm', '[]', 3.5,"
+        " '2026-01-01T00:00:00', '2026-01-01T00:00:04', 1);"
+    )
+    db.commit()
+    db.close()
+    st = ServeState(old)
+    (before,) = st.studies()
+    assert (before.status, before.seconds, before.timings) == ("processed", 3.5, {})
+    st.consume(URL, 2, [("b", 2)])
+    assert st.claim() == "b"
+    st.finish("b", "processed", seconds=2.0, timings={"fetch": 0.5, "predict": 1.25})
+    st.close()
+    again = ServeState(old)
+    assert {r.orthanc_id: r.timings for r in again.studies()} == {
+        "a": {},
+        "b": {"fetch": 0.5, "predict": 1.25},
+    }

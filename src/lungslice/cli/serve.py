@@ -58,6 +58,21 @@ def serve_command(
     store: str = typer.Option(
         "stow", "--store", help="'stow' (DICOMweb STOW-RS) or 'rest' (Orthanc /instances)."
     ),
+    fetch: str = typer.Option(
+        "rest",
+        "--fetch",
+        help="How studies are read: 'rest' (Orthanc's /instances/{id}/file) or 'dicomweb' "
+        "(QIDO-RS and WADO-RS under /dicom-web).",
+    ),
+    orthanc_wait: float = typer.Option(
+        300.0,
+        "--orthanc-wait",
+        help="Seconds to wait for an Orthanc that does not answer (at start-up or mid-run) "
+        "before stopping with an error.",
+    ),
+    orthanc_tries: int = typer.Option(
+        50, "--orthanc-tries", help="Tries (backing off 1 s to 30 s) within --orthanc-wait."
+    ),
     start_orthanc: bool = typer.Option(
         False,
         "--start-orthanc",
@@ -83,6 +98,8 @@ def serve_command(
     if ctx.args:
         raise typer.BadParameter(f"unexpected arguments: {' '.join(ctx.args)}")
     try:
+        from lungslice.serve.orthanc import Patience
+
         if status:
             _print_status(state, fmt)
             return
@@ -94,14 +111,14 @@ def serve_command(
                 "serve needs --orthanc URL and --model MODEL (or --start-orthanc for the demo, "
                 "or --status)."
             )
-        _serve(orthanc, model, credentials, workers, state, once, store)
+        patience = Patience(max_wait_s=orthanc_wait, max_tries=orthanc_tries)
+        settings = {"workers": workers, "store": store, "fetch": fetch, "patience": patience}
+        _serve(orthanc, model, credentials, state, once, settings)
     except LungsliceError as err:
         raise fail(err) from err
 
 
-def _service(
-    url: str, model: Path, credentials: Path | None, workers: int, state: Path, store: str
-) -> Any:
+def _service(url: str, model: Path, credentials: Path | None, state: Path, settings: Any) -> Any:
     from lungslice.serve.orthanc import OrthancClient, read_credentials
     from lungslice.serve.state import ServeState
     from lungslice.serve.worker import ServeConfig, Service
@@ -109,7 +126,7 @@ def _service(
     creds = read_credentials(credentials) if credentials is not None else None
     if creds is None:
         console.print("[yellow]warning:[/] no --credentials: talking to Orthanc without auth")
-    config = ServeConfig(model=model, workers=workers, store=store)  # type: ignore[arg-type]
+    config = ServeConfig(model=model, **settings)
     return Service(OrthancClient(url, creds), ServeState(state), config)
 
 
@@ -126,19 +143,18 @@ def _serve(
     url: str,
     model: Path,
     credentials: Path | None,
-    workers: int,
     state: Path,
     once: bool,
-    store: str,
+    settings: dict[str, Any],
 ) -> None:
     from lungslice.features.runtime import tune_allocator
 
     tune_allocator()
-    service = _service(url, model, credentials, workers, state, store)
+    service = _service(url, model, credentials, state, settings)
     _install_signals(service)
     console.print(
-        f"following {url} with model {service.model_id[:12]} ({workers} worker(s)); "
-        f"state in {state}"
+        f"following {url} with model {service.model_id[:12]} ({settings['workers']} "
+        f"worker(s), fetch {settings['fetch']}); state in {state}"
     )
     if once:
         service.run_once()

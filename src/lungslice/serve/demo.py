@@ -93,7 +93,7 @@ def run_demo(
             "pass --model."
         )
     studies = demo_studies(data)
-    orthanc = LocalOrthanc(state / "orthanc", stable_age_s=2)
+    orthanc = LocalOrthanc(state / "orthanc", stable_age_s=1)
     orthanc.start()
     try:
         client = orthanc.client()

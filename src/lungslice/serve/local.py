@@ -92,7 +92,7 @@ class LocalOrthanc:
         self,
         folder: str | Path,
         *,
-        stable_age_s: int = 2,
+        stable_age_s: int = 1,
         dicom_port: bool = False,
         username: str = "lungslice",
     ) -> None:

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS studies (
     seconds REAL,
     queued_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    seq INTEGER
+    seq INTEGER,
+    timings TEXT
 );
 """
 
@@ -56,7 +57,12 @@ def _now() -> str:
 
 @dataclass(frozen=True)
 class StudyRecord:
-    """One study as the service knows it (a row of ``--status``)."""
+    """One study as the service knows it (a row of ``--status``).
+
+    ``seconds`` is the wall time of its last run; ``timings`` splits it into
+    stages (:meth:`lungslice.serve.worker.Service.process`). ``queued_at`` is
+    when the change feed enqueued it, ``updated_at`` its last change (UTC).
+    """
 
     orthanc_id: str
     study_uid: str | None
@@ -68,6 +74,7 @@ class StudyRecord:
     seconds: float | None
     queued_at: str
     updated_at: str
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -97,6 +104,9 @@ class ServeState:
         self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(studies)")}
+        if "timings" not in columns:  # a state folder written before stage timings
+            self._db.execute("ALTER TABLE studies ADD COLUMN timings TEXT")
         self._db.commit()
 
     def close(self) -> None:
@@ -224,6 +234,7 @@ class ServeState:
         model_id: str | None = None,
         outputs: list[str] | None = None,
         seconds: float | None = None,
+        timings: dict[str, float] | None = None,
     ) -> None:
         """Record the outcome of a study (``processed``, ``failed``, ``skipped`` or ``pending``)."""
         if status not in STATUSES:
@@ -231,8 +242,8 @@ class ServeState:
         with self._tx() as db:
             db.execute(
                 "UPDATE studies SET status = ?, reason = ?, study_uid = COALESCE(?, study_uid), "
-                "model_id = COALESCE(?, model_id), outputs = ?, seconds = ?, updated_at = ? "
-                "WHERE orthanc_id = ?",
+                "model_id = COALESCE(?, model_id), outputs = ?, seconds = ?, timings = ?, "
+                "updated_at = ? WHERE orthanc_id = ?",
                 (
                     status,
                     reason,
@@ -240,6 +251,7 @@ class ServeState:
                     model_id,
                     json.dumps(outputs or []),
                     seconds,
+                    json.dumps(timings) if timings else None,
                     _now(),
                     orthanc_id,
                 ),
@@ -259,7 +271,7 @@ class ServeState:
         """Every study record (or those with ``status``), oldest first."""
         query = (
             "SELECT orthanc_id, study_uid, status, reason, attempts, model_id, outputs, "
-            "seconds, queued_at, updated_at FROM studies"
+            "seconds, queued_at, updated_at, timings FROM studies"
         )
         args: tuple[Any, ...] = ()
         if status is not None:
@@ -279,6 +291,7 @@ class ServeState:
                 seconds=r[7],
                 queued_at=str(r[8]),
                 updated_at=str(r[9]),
+                timings=json.loads(r[10]) if r[10] else {},
             )
             for r in rows
         ]

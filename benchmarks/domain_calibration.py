@@ -40,6 +40,7 @@ import numpy as np
 from lungslice.features.candidates import CandidateConfig
 from lungslice.model.calibration import (
     CANDIDATE_METHODS,
+    Calibrator,
     cross_calibrate,
     ece_bootstrap,
     expected_calibration_error,
@@ -59,6 +60,8 @@ from lungslice.model.metrics import format_figure
 log = logging.getLogger("domain_calibration")
 
 _EPS = 1e-12
+#: Ranges of p(nodule) for the per-range table (the 10 equal-width bins hide the top).
+RANGES = ((0.0, 1e-3), (1e-3, 1e-2), (1e-2, 0.05), (0.05, 0.2), (0.2, 0.5), (0.5, 1.01))
 
 
 def equal_mass_ece(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
@@ -137,6 +140,28 @@ def main(argv: list[str] | None = None) -> int:
         calibrated[method] = cross_calibrate(p3, y3, fold, method)
     for name, q in calibrated.items():
         print(row(name, yb, q[:, 1] + q[:, 2], groups, args.boot))
+    print("\nPer range of predicted p(nodule): mean predicted vs observed share (count)\n")
+    print("| range | " + " | ".join(calibrated) + " |\n|---" * (len(calibrated) + 1) + "|")
+    for lo, hi in RANGES:
+        cells = []
+        for q in calibrated.values():
+            pn = q[:, 1] + q[:, 2]
+            m = (pn >= lo) & (pn < hi)
+            cells.append(
+                f"{pn[m].mean():.4f} vs {yb[m].mean():.4f} ({int(m.sum())})" if m.any() else "-"
+            )
+        print(f"| {lo:g}-{min(hi, 1.0):g} | " + " | ".join(cells) + " |")
+    for name, q in calibrated.items():
+        pn = q[:, 1] + q[:, 2]
+        print(
+            f"{name}: mean p(nodule) {pn.mean():.4f} (share of nodules {yb.mean():.4f}), "
+            f"{int((pn > 1 - 1e-3).sum())} above 0.999"
+        )
+    for method in CANDIDATE_METHODS:
+        c = Calibrator(method).fit(p3, y3)
+        print(
+            f"{method} fitted on every patient: T {c.temperature_:.3f}, biases {c.bias_.round(2)}"
+        )
     if args.plot is not None:
         base = calibrated["temperature"]
         best = calibrated["bias_temperature"]

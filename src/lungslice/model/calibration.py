@@ -48,6 +48,7 @@ from scipy.optimize import minimize, minimize_scalar
 from lungslice.errors import BundleMismatchError, ConfigError
 
 __all__ = [
+    "CANDIDATE_CALIBRATOR",
     "CANDIDATE_METHODS",
     "Calibrator",
     "cross_calibrate",
@@ -61,6 +62,9 @@ __all__ = [
 _METHODS = ("temperature", "bias_temperature", "platt", "isotonic")
 #: Calibrators of multiclass (n, C) probabilities.
 CANDIDATE_METHODS: tuple[str, ...] = ("temperature", "bias_temperature")
+#: The candidate classifier's calibrator: its heads are trained with balanced class
+#: weights, whose shift of the odds a class bias undoes (docs/domain.md, "Calibration").
+CANDIDATE_CALIBRATOR = "bias_temperature"
 #: log T is searched in [-_LOG_T_BOUND, _LOG_T_BOUND] (T in [0.05, 20]).
 _LOG_T_BOUND = 3.0
 #: Class biases are searched in [-_BIAS_BOUND, _BIAS_BOUND] (a class absent from the

@@ -120,7 +120,7 @@ def save_candidate_bundle(
     domain : DomainModel, optional
         The fitted out-of-domain guard.
     calibration : dict, optional
-        Fitted calibrators (``Calibrator.to_dict``): ``candidates`` (temperature,
+        Fitted calibrators (``Calibrator.to_dict``): ``candidates`` (temperature and class bias,
         on candidate probabilities), ``p_any_nodule`` and ``p_malignant``
         (Platt, on study scores).
 
@@ -278,15 +278,17 @@ def fit_domain(cs: Any, *, seed: int = 0) -> tuple[Any, str]:
 def fit_calibration(cs: Any, probs: np.ndarray, findings: FindingsConfig) -> dict[str, Any]:
     """Calibrators fitted on out-of-fold predictions, as ``Calibrator.to_dict`` records.
 
-    Temperature scaling of the candidate probabilities; Platt scaling of the
-    study scores the findings give (after the candidate temperature).
+    Temperature with class bias of the candidate probabilities
+    (:data:`~lungslice.model.calibration.CANDIDATE_CALIBRATOR`: it undoes the
+    balanced class weights); Platt scaling of the study scores the findings
+    give from the calibrated candidates.
     """
-    from lungslice.model.calibration import Calibrator
+    from lungslice.model.calibration import CANDIDATE_CALIBRATOR, Calibrator
     from lungslice.model.candidate_eval import findings_tables
 
     y = cs.y
     keep = y >= 0
-    temp = Calibrator("temperature").fit(probs[keep], y[keep])
+    temp = Calibrator(CANDIDATE_CALIBRATOR).fit(probs[keep], y[keep])
     out: dict[str, Any] = {"candidates": temp.to_dict()}
     studies = findings_tables(cs, temp.transform(probs), findings).studies
     for col, target in (("p_any_nodule", "has_any"), ("p_malignant", "has_malignant")):

@@ -100,3 +100,26 @@ def test_errors(chest: Chest) -> None:
     soft = np.full((10, 32, 32), 40.0, dtype=np.float32)
     with pytest.raises(NotChestError, match="no lung field"):
         detect_candidates(soft, SPACING)
+
+
+def test_blob_inside_the_wall_is_dropped_juxtapleural_nodule_kept(
+    chest: Chest, lung: np.ndarray
+) -> None:
+    # a dense blob (a rib end, a calcified node) in the chest wall beside the right
+    # lung, taken into the lung field as the field's closing takes in concavities
+    from tests.helpers import ball
+
+    hu = chest.hu.copy()
+    centre = (20.0, 46.0, 9.0)
+    blob = ball(hu.shape, centre, 2.5)
+    hu[blob] = 300.0
+    field = lung | ndi.binary_dilation(blob, iterations=3)
+    kept_all = detect_candidates(hu, SPACING, field, DetectorConfig(min_lung_shell=0.0))
+    assert (_dist_mm(kept_all, centre) <= 3.0).any(), "without the shell test the blob is found"
+    out = detect_candidates(hu, SPACING, field)
+    assert not (_dist_mm(out, centre) <= 3.0).any(), "a blob with no lung around it is dropped"
+    for zc, rc, cc, _ in chest.nodules:  # the lateral-wall nodule is juxtapleural
+        hit = np.flatnonzero(_dist_mm(out, (zc, rc, cc)) <= 3.0)
+        assert hit.size and hit.min() <= 2, f"nodule at {(zc, rc, cc)} lost or ranked {hit}"
+    with pytest.raises(ConfigError, match="min_lung_shell"):
+        DetectorConfig(min_lung_shell=1.5)

@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, q in calibrated.items():
         print(row(name, yb, q[:, 1] + q[:, 2], groups, args.boot))
     print("\nPer range of predicted p(nodule): mean predicted vs observed share (count)\n")
-    print("| range | " + " | ".join(calibrated) + " |\n|---" * (len(calibrated) + 1) + "|")
+    print("| range | " + " | ".join(calibrated) + " |")
+    print("|---" * (len(calibrated) + 1) + "|")
     for lo, hi in RANGES:
         cells = []
         for q in calibrated.values():

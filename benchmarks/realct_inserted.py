@@ -12,10 +12,15 @@ each of ``--sets`` nodule sets (LIDC patients, inserted with different seeds by
   candidates from the real vessels and airways);
 - the same for the host without insertions (every finding is false).
 
+``--host DIR`` (repeatable) adds other host series, e.g. the demo's held-out
+phantom patients: in-domain scans, to check that inserted nodules do not make
+the guard fire on them.
+
 Usage::
 
     .venv/bin/python benchmarks/realct_inserted.py --model demo-output/model \
-        [--sets 3] [--patients LIDC-IDRI-0078,LIDC-IDRI-0001] [--out /tmp/realct-inserted]
+        [--sets 3] [--host demo-output/data/LIDC-IDRI/LIDC-IDRI-0161 ...] [--no-realct] \
+        [--out /tmp/realct-inserted]
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ PATIENT_SETS = (
 
 
 def unpack(archive: Path, dest: Path) -> Path:
-    """The folder of ``.dcm`` files inside ``archive`` (unpacked once)."""
-    target = dest / archive.name.removesuffix(".tar.xz")
+    """The folder of ``.dcm`` files inside ``archive`` (unpacked once; a folder: inside it)."""
+    target = archive if archive.is_dir() else dest / archive.name.removesuffix(".tar.xz")
     if not target.is_dir():
         target.mkdir(parents=True)
         with tarfile.open(archive) as tar:
@@ -90,14 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--sets", type=int, default=3, help="nodule sets per host")
     parser.add_argument("--out", type=Path, default=Path("/tmp/realct-inserted"))
+    parser.add_argument(
+        "--host", type=Path, action="append", default=[], help="another host series folder"
+    )
+    parser.add_argument("--no-realct", action="store_true", help="only the --host series")
     args = parser.parse_args(argv)
-    if not REALCT.is_dir():
-        print(f"{REALCT} is absent: nothing to measure")
+    hosts: list[Path] = [] if args.no_realct else sorted(REALCT.glob("*.tar.xz"))
+    hosts += args.host
+    if not hosts:
+        print(f"{REALCT} is absent and no --host given: nothing to measure")
         return 1
     predictor = Predictor(args.model)
     config = PredictConfig(write_report=False, write_key_images=False)
     rows = []
-    for archive in sorted(REALCT.glob("*.tar.xz")):
+    for archive in hosts:
         host = unpack(archive, args.out / "hosts")
         name = archive.name.removesuffix(".tar.xz")
         (plain,) = predictor.predict_study(host, None, config)

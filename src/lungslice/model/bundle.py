@@ -11,9 +11,15 @@ Layout::
                    SHA-256 of each weight file
       head.npz     standardisation (mean, scale) and, for logistic heads, coef/intercept
       head.pt      MLP heads only: the torch state_dict (tensors only)
+      backbone.torchscript.pt
+                   the feature extractor as the runner runs it, traced (TorchScript),
+                   so that predict needs torch alone, not timm; its record (backbone,
+                   layers, precision, weights checksum, preprocessing) is model.json's
+                   "frozen_backbone" (lungslice.features.frozen)
 
-Nothing is pickled: weights load with ``numpy.load(allow_pickle=False)`` and
-``torch.load(weights_only=True)``. :func:`load_bundle` gives every setting back
+Nothing is pickled: weights load with ``numpy.load(allow_pickle=False)``,
+``torch.load(weights_only=True)`` and ``torch.jit.load`` (a TorchScript archive
+holds a graph and tensors, no Python objects). :func:`load_bundle` gives every setting back
 as its typed config (``from_dict`` of what ``to_dict`` wrote).
 """
 

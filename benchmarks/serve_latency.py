@@ -140,8 +140,10 @@ def main() -> None:
             t = time.monotonic()
             thread = threading.Thread(target=service.run, daemon=True)
             thread.start()
-            if not service.ready.wait(600):
-                raise TimeoutError("the worker did not load its model within 600 s")
+            deadline = time.monotonic() + 600
+            while not service.ready.wait(0.5):
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError("the service stopped or did not load its model in 600 s")
             print(f"model loaded by the worker in {time.monotonic() - t:.1f} s (once per worker)")
             for n in range(args.repeat):
                 uid, data = _copy(template, n)

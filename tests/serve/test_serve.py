@@ -391,7 +391,7 @@ def test_an_orthanc_gone_for_good_mid_run_stops_the_service_with_a_clear_error(
 
 
 def test_dicomweb_fetch_reads_the_same_instances_and_processes_the_study(
-    orthanc, bundle: Bundle, shared_predictor, tmp_path: Path
+    orthanc, bundle: Bundle, tmp_path: Path
 ) -> None:
     client = orthanc.client()
     ct = study_copy(bundle.study, 14)
@@ -420,13 +420,33 @@ def test_dicomweb_fetch_reads_the_same_instances_and_processes_the_study(
     }
     assert got_rest == sent  # Orthanc gives back the files it was sent
 
-    service = make_service(orthanc, bundle, tmp_path / "state", shared_predictor, fetch="dicomweb")
-    run_until(service, finished(2), 90)
-    by_uid = {r.study_uid: r for r in service.state.studies()}
+    # the command line, once both studies are stable
+    from typer.testing import CliRunner
+
+    from lungslice.cli import app
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        changes = client.changes(0, 1000)["Changes"]
+        if sum(c["ChangeType"] == "StableStudy" for c in changes) >= 2:
+            break
+        time.sleep(0.2)
+    state = tmp_path / "state"
+    runner = CliRunner()
+    args = ["serve", "--orthanc", orthanc.url, "--credentials", str(orthanc.credentials_path)]
+    args += ["--model", str(bundle.model), "--state", str(state), "--fetch", "dicomweb"]
+    res = runner.invoke(app, [*args, "--once"])
+    assert res.exit_code == 0, res.output
+    assert "fetch dicomweb" in " ".join(res.output.split())  # rich wraps console lines
+    by_uid = {r.study_uid: r for r in ServeState(state).studies()}
     done = by_uid[uid]
     assert done.status == "processed", done.reason
     assert {"list", "fetch", "predict", "store", "verify"} <= set(done.timings)
     assert any(k.startswith("predict.") for k in done.timings)
     assert by_uid[str(cr[0].StudyInstanceUID)].reason == "no CT series (the study holds CR)"
+    res = runner.invoke(app, ["serve", "--status", "--state", str(state)])
+    assert res.exit_code == 0, res.output
+    assert "1 processed" in res.output and "1 skipped" in res.output
+    assert f"processed {uid}" in res.output and "(fetch " in res.output
     ours = result_series(client, study_id)
     assert len(ours) == 3 and all(len(s["Instances"]) == 1 for s in ours)

@@ -12,6 +12,9 @@ import typer
 from lungslice.cli._app import app, console, fail, out
 from lungslice.errors import ConfigError, LungsliceError
 
+#: The worker's stages shown by --status (seconds; --format json has predict's own stages too).
+STAGES = ("fetch", "predict", "store")
+
 #: Where the service keeps its cursor and study records unless --state says otherwise.
 DEFAULT_STATE = Path("lungslice-serve")
 
@@ -64,6 +67,12 @@ def serve_command(
         help="How studies are read: 'rest' (Orthanc's /instances/{id}/file) or 'dicomweb' "
         "(QIDO-RS and WADO-RS under /dicom-web).",
     ),
+    dicomweb_root: str = typer.Option(
+        "/dicom-web",
+        "--dicomweb-root",
+        help='Path of Orthanc\'s DICOMweb plugin (its "DicomWeb"."Root") for STOW-RS, '
+        "QIDO-RS and WADO-RS.",
+    ),
     orthanc_wait: float = typer.Option(
         300.0,
         "--orthanc-wait",
@@ -113,12 +122,19 @@ def serve_command(
             )
         patience = Patience(max_wait_s=orthanc_wait, max_tries=orthanc_tries)
         settings = {"workers": workers, "store": store, "fetch": fetch, "patience": patience}
-        _serve(orthanc, model, credentials, state, once, settings)
+        _serve(orthanc, model, credentials, state, once, settings, dicomweb_root)
     except LungsliceError as err:
         raise fail(err) from err
 
 
-def _service(url: str, model: Path, credentials: Path | None, state: Path, settings: Any) -> Any:
+def _service(
+    url: str,
+    model: Path,
+    credentials: Path | None,
+    state: Path,
+    settings: dict[str, Any],
+    dicomweb_root: str,
+) -> Any:
     from lungslice.serve.orthanc import OrthancClient, read_credentials
     from lungslice.serve.state import ServeState
     from lungslice.serve.worker import ServeConfig, Service
@@ -127,7 +143,8 @@ def _service(url: str, model: Path, credentials: Path | None, state: Path, setti
     if creds is None:
         console.print("[yellow]warning:[/] no --credentials: talking to Orthanc without auth")
     config = ServeConfig(model=model, **settings)
-    return Service(OrthancClient(url, creds), ServeState(state), config)
+    client = OrthancClient(url, creds, dicomweb_root=dicomweb_root)
+    return Service(client, ServeState(state), config)
 
 
 def _install_signals(service: Any) -> None:
@@ -146,11 +163,12 @@ def _serve(
     state: Path,
     once: bool,
     settings: dict[str, Any],
+    dicomweb_root: str,
 ) -> None:
     from lungslice.features.runtime import tune_allocator
 
     tune_allocator()
-    service = _service(url, model, credentials, state, settings)
+    service = _service(url, model, credentials, state, settings, dicomweb_root)
     _install_signals(service)
     console.print(
         f"following {url} with model {service.model_id[:12]} ({settings['workers']} "
@@ -182,6 +200,8 @@ def _print_status(state: Path, fmt: str) -> None:
     out.print("studies: " + ", ".join(f"{n} {s}" for s, n in st.counts().items()))
     for r in records:
         took = f" {r.seconds:.1f} s" if r.seconds is not None else ""
+        stages = [f"{k} {r.timings[k]:.1f}" for k in STAGES if k in r.timings]
+        took += f" ({', '.join(stages)})" if stages else ""
         why = f" - {r.reason}" if r.reason else ""
         out.print(
             f"{r.status:9s} {r.study_uid or r.orthanc_id} (orthanc {r.orthanc_id[:17]}, "

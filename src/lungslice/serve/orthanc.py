@@ -6,6 +6,9 @@ retried with exponential backoff, a bounded number of times; what is still
 failing after that raises :class:`OrthancUnavailableError`, which callers
 treat as "try again later", not as a property of the study. Any other HTTP
 error (401, 404, 400) raises :class:`OrthancError` at once.
+:meth:`OrthancClient.wait_until_up` waits for a server that does not answer
+at all, within a :class:`Patience`, and raises :class:`OrthancDownError`
+(naming the URL and what to check) when it is exhausted.
 
 Logs name URLs by Orthanc identifiers only; no response body (which may hold
 patient names) is ever logged.
@@ -269,7 +272,7 @@ def _multipart(parts: Sequence[bytes], content_type: str) -> tuple[bytes, str]:
 
 
 class OrthancClient:
-    """Orthanc's REST API and DICOMweb (STOW-RS) at one base URL.
+    """Orthanc's REST API and DICOMweb (STOW-RS, QIDO-RS, WADO-RS) at one base URL.
 
     Parameters
     ----------

@@ -17,8 +17,9 @@ each one
    into the same study (STOW-RS, or REST ``/instances``), then check that they
    appear there.
 
-The predictor is loaded once per worker, when the worker starts, and reused
-for every study (:attr:`Service.ready` is set once all are loaded). Each
+The predictor is loaded once per worker, when the worker starts (predict's
+DICOM writers are imported then too), and reused for every study
+(:attr:`Service.ready` is set once all are loaded). Each
 study's record keeps the seconds of its stages (list, fetch, predict and its
 own stages, store, verify).
 
@@ -36,6 +37,7 @@ Logs carry Orthanc identifiers and StudyInstanceUIDs, never patient data.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import tempfile
@@ -268,8 +270,9 @@ class Service:
             log.error("worker: the model cannot be loaded: %s", render_error(err, "cli"))
             self.stop()
             raise
+        _preload_writers()
         log.info(
-            "%s: model %s loaded in %.1f s",
+            "%s: model %s and the DICOM writers loaded in %.1f s",
             threading.current_thread().name,
             self.model_id[:12],
             time.perf_counter() - t0,
@@ -425,6 +428,16 @@ class Service:
             return
         for o in objects:
             self.client.store_rest(o.data)
+
+
+def _preload_writers() -> None:
+    """Import predict's DICOM writers (highdicom, PIL) now rather than in the first study.
+
+    About 2 s here, once per process; without it the first study's latency
+    carries it.
+    """
+    for name in ("lungslice.report.kos", "lungslice.report.sr", "lungslice.report.summary"):
+        importlib.import_module(name)
 
 
 @contextmanager

@@ -123,3 +123,15 @@ def test_round_trip_through_json(method: str, p: np.ndarray, y: np.ndarray) -> N
     d.pop("bias" if method == "bias_temperature" else "x")
     with pytest.raises(BundleMismatchError, match="missing"):
         Calibrator.from_dict(d)
+
+
+def test_platt_never_inverts_a_score() -> None:
+    # a score that ranks the fitting studies backwards (as a handful of studies can)
+    p = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.2, 0.1, 0.4, 0.5])
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 0, 1])
+    cal = Calibrator("platt").fit(p, y)
+    assert cal.a_ == 0.0
+    q = cal.transform(p)
+    assert np.allclose(q, q[0])  # the base rate, with Platt's smoothed targets
+    assert q[0] == pytest.approx(y.mean(), abs=0.06)
+    assert Calibrator.from_dict(cal.to_dict()).transform(p) == pytest.approx(q)

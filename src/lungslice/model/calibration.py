@@ -132,8 +132,9 @@ class Calibrator:
         ``"temperature"``: ``softmax(z / T)`` (one ``T``, binary ``(n,)`` or
         multiclass ``(n, C)`` inputs). ``"bias_temperature"``: ``softmax(z / T
         + bias)`` with one bias per class (the first class's is 0).
-        ``"platt"``: ``sigmoid(a * logit(p) + b)``, binary only.
-        ``"isotonic"``: a non-decreasing step function of ``p``, binary only.
+        ``"platt"``: ``sigmoid(a * logit(p) + b)`` with ``a >= 0`` (an
+        uninformative score gives the base rate, never an inverted one),
+        binary only. ``"isotonic"``: a non-decreasing step function of ``p``, binary only.
 
     Attributes
     ----------
@@ -219,10 +220,13 @@ class Calibrator:
             n_pos = int(yi.sum())
             n_neg = yi.size - n_pos
             t = np.where(yi == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+            # slope >= 0: a score that ranks the fitting studies backwards (a handful of
+            # studies, an uninformative score) gives the base rate, never an inverted score
             res = minimize(
                 lambda ab: self._nll(ab[0] * z + ab[1], yi, t),
                 x0=np.array([1.0, 0.0]),
                 method="L-BFGS-B",
+                bounds=[(0.0, None), (None, None)],
             )
             self.a_, self.b_ = float(res.x[0]), float(res.x[1])
             self.temperature_ = 1.0 / self.a_ if self.a_ != 0 else float("inf")

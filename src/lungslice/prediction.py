@@ -44,7 +44,13 @@ from lungslice.features.extract import bundle_runner, extract_volume
 from lungslice.features.inputs import make_inputs
 from lungslice.features.runtime import FeatureRunner
 from lungslice.model.aggregate import StudyResult
-from lungslice.model.bundle import ModelBundle, compare_feature_configs, load_bundle
+from lungslice.model.bundle import FORMAT as WHOLE_SLICE_FORMAT
+from lungslice.model.bundle import (
+    ModelBundle,
+    compare_feature_configs,
+    load_bundle,
+    read_manifest,
+)
 from lungslice.model.findings import StudyFindings
 from lungslice.outputs import staged_output
 from lungslice.progress import ProgressCallback, report
@@ -317,6 +323,16 @@ def _proba3(est: Any, X: np.ndarray) -> np.ndarray:
     return proba3(est, X)
 
 
+def _is_candidate_bundle(path: str | Path) -> bool:
+    # A whole-slice bundle is known by its own manifest format, without importing the
+    # candidate modules (the domain guard's scikit-learn: ~1-3 s of predict's start-up).
+    if read_manifest(path).get("format") == WHOLE_SLICE_FORMAT:
+        return False
+    from lungslice.model.candidate_bundle import is_candidate_bundle
+
+    return is_candidate_bundle(path)
+
+
 class Predictor:
     """A model bundle and its backbone, loaded once and used on many series.
 
@@ -333,11 +349,11 @@ class Predictor:
     """
 
     def __init__(self, model: str | Path | ModelBundle) -> None:
-        from lungslice.model.candidate_bundle import is_candidate_bundle, load_candidate_bundle
-
         self.candidates: CandidateBundle | None = None
         self.runner: FeatureRunner
-        if not isinstance(model, ModelBundle) and is_candidate_bundle(model):
+        if not isinstance(model, ModelBundle) and _is_candidate_bundle(model):
+            from lungslice.model.candidate_bundle import load_candidate_bundle
+
             self.candidates = load_candidate_bundle(model)
             self.model_id = model_id(self.candidates.path)
             self.feature_config = self.candidates.config.features

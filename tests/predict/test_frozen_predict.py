@@ -76,13 +76,14 @@ def test_frozen_and_timm_predictions_agree(pipeline: Pipeline, tmp_path: Path) -
     _assert_close(_findings(timm), _findings(upgraded))
 
 
-def test_predictor_loads_without_timm_or_torchvision(pipeline: Pipeline) -> None:
+def test_whole_slice_predictor_loads_without_timm_or_sklearn(pipeline: Pipeline) -> None:
     code = (
         "import sys\n"
         "from lungslice.prediction import Predictor\n"
         f"p = Predictor({str(pipeline.model)!r})\n"
         "print(type(p.runner.backbone).__name__)\n"
-        "print(sorted(m for m in ('timm', 'torchvision', 'torch._dynamo') if m in sys.modules))\n"
+        "heavy = ('timm', 'torchvision', 'torch._dynamo', 'sklearn')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False

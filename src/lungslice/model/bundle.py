@@ -40,7 +40,6 @@ from lungslice.features.config import FeatureConfig
 from lungslice.lidc.labels import CLASSES, LabelRule
 from lungslice.model.aggregate import AggregateConfig, LearnedAggregator, StudyResult, aggregate
 from lungslice.model.heads import Head, HeadConfig, LogisticHead, MLPHead
-from lungslice.model.metrics import json_safe
 from lungslice.provenance import config_dict, file_sha256, provenance
 
 __all__ = [
@@ -306,6 +305,8 @@ def save_bundle(
         "provenance": provenance(),
     }
     path = root / "model.json"
+    from lungslice.model.metrics import json_safe  # scikit-learn: not for predict's loading
+
     path.write_text(json.dumps(json_safe(manifest), indent=2, allow_nan=False) + "\n")
     log.info("saved %s head bundle to %s", head.kind, root)
     return path
@@ -383,6 +384,8 @@ def freeze_bundle(directory: str | Path, config: FeatureConfig) -> dict[str, Any
         return None
     manifest["frozen_backbone"] = record
     manifest.setdefault("files", {})[record["file"]] = record["sha256"]
+    from lungslice.model.metrics import json_safe
+
     text = json.dumps(json_safe(manifest), indent=2, allow_nan=False) + "\n"
 
     def write(tmp: Path) -> None:

@@ -26,8 +26,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
-from sklearn.model_selection import GroupKFold
 from threadpoolctl import threadpool_limits
 
 from lungslice.config import DictConfig
@@ -351,6 +349,8 @@ def _fit_logistic(
     # small problems: one BLAS thread. Two threads on a (2048 x 1712) product cost 7x the CPU
     # time and 3x the wall time on a busy 2-core machine (barrier waits, no gain).
     threads = 1 if X.size < _BLAS_THREADS_FROM else None
+    from scipy.optimize import minimize  # here: predict loads heads without fitting them
+
     with threadpool_limits(limits=threads, user_api="blas"):
         result = minimize(
             _logistic_loss_grad,
@@ -500,6 +500,8 @@ def train_head(
                 f"{len(grid)} hyperparameter settings, got {n_groups}. Fix: give one value "
                 "per grid or lower HeadConfig.inner_folds."
             )
+        from sklearn.model_selection import GroupKFold  # ~1 s import; training only
+
         weights = balanced_class_weights(y)
         folds = list(GroupKFold(n_splits=config.inner_folds).split(X, y, groups))
         for params in grid:

@@ -25,6 +25,7 @@ outline and the top candidates circled. Nothing here is asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -48,7 +49,9 @@ from lungslice.phantom.nodules import nodule_spheres
 
 REPO = Path(__file__).resolve().parents[1]
 REALCT = REPO / ".." / "shared" / "realct"
-TOP_K = (10, 25, 50, 100, 200, 300, 500)
+TOP_K = (10, 25, 50, 100, 200, 300, 400, 500)
+#: The detector before the lung-shell test and the larger Hessian budget (commits 4f58bc2, d12dd78).
+PREVIOUS = {"min_lung_shell": 0.0, "max_maxima_per_scale": 8000}
 MATRIX = 512
 
 
@@ -97,10 +100,32 @@ def _first_hit(truth: pd.DataFrame, cands: pd.DataFrame, spacing: tuple) -> np.n
     return ranks
 
 
-def _config(args: argparse.Namespace) -> DetectorConfig:
+def _config(args: argparse.Namespace, **changes: object) -> DetectorConfig:
     default = DetectorConfig()
     radii = tuple(float(x) for x in args.radii.split(",")) if args.radii else default.radii_mm
-    return DetectorConfig(radii_mm=radii, grid_mm=args.grid_mm or default.grid_mm)
+    config = DetectorConfig(radii_mm=radii, grid_mm=args.grid_mm or default.grid_mm)
+    return dataclasses.replace(config, **changes) if changes else config  # type: ignore[arg-type]
+
+
+def _configs(args: argparse.Namespace) -> dict[str, DetectorConfig]:
+    """The detector(s) to run on the same volumes: the current one, and the previous one."""
+    configs = {"current": _config(args)}
+    if args.previous:
+        configs["previous"] = _config(args, **PREVIOUS)
+    return configs
+
+
+def _sensitivity_table(hits_df: pd.DataFrame, names: list[str]) -> None:
+    n = len(hits_df)
+    print("| candidates per scan (top k) | " + " | ".join(f"found, {m}" for m in names) + " |")
+    print("|---|" + "---|" * len(names))
+    for k in (*TOP_K, None):
+        cells = []
+        for m in names:
+            rank = hits_df[f"rank_{m}"]
+            found = int(((rank >= 0) & (rank < (k or 10**9))).sum()) if n else 0
+            cells.append(f"{found}/{n} ({found / max(n, 1):.1%})")
+        print(f"| {f'top {k}' if k else 'all'} | " + " | ".join(cells) + " |")
 
 
 def _phantom(args: argparse.Namespace) -> None:
@@ -123,7 +148,8 @@ def _phantom(args: argparse.Namespace) -> None:
     sel = [s for s in scans if s.patient_id in set(pids)]
     _, nodules = label_scans(sel, rule=LabelRule())
     counted = nodules[nodules["counted"]]
-    config = _config(args)
+    configs = _configs(args)
+    config = configs["current"]
     per_scan, hits = [], []
     for scan in sel:
         folder = out / "LIDC-IDRI" / scan.patient_id / scan.study_uid / scan.series_uid
@@ -134,12 +160,20 @@ def _phantom(args: argparse.Namespace) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         lung = lung_field(r.hu, r.spacing)
         t_lung, c_lung = time.perf_counter() - t0, time.process_time() - c0
-        t0, c0 = time.perf_counter(), time.process_time()
-        cands = detect_candidates(r.hu, r.spacing, lung, config)
-        t_det, c_det = time.perf_counter() - t0, time.process_time() - c0
         truth = _truth(scan, counted, r)
-        ranks = _first_hit(truth, cands, r.spacing)
-        for t, rank in zip(truth.itertuples(), ranks, strict=True):
+        timing: dict[str, float] = {}
+        rank_of: dict[str, np.ndarray] = {}
+        for name, cfg in configs.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            found_by = detect_candidates(r.hu, r.spacing, lung, cfg)
+            timing[f"t_detect_s_{name}"] = time.perf_counter() - t0
+            timing[f"cpu_detect_s_{name}"] = time.process_time() - c0
+            rank_of[name] = _first_hit(truth, found_by, r.spacing)
+            if name == "current":
+                cands = found_by
+        t_det, c_det = timing["t_detect_s_current"], timing["cpu_detect_s_current"]
+        ranks = rank_of["current"]
+        for i, t in enumerate(truth.itertuples()):
             zi = int(np.clip(round(t.z), 0, r.n_slices - 1))
             ri, ci = round(t.row), round(t.col)
             hits.append(
@@ -147,7 +181,8 @@ def _phantom(args: argparse.Namespace) -> None:
                     "patient_id": scan.patient_id,
                     "nodule_id": t.nodule_id,
                     "diameter_mm": t.diameter_mm,
-                    "rank": int(rank),
+                    "rank": int(ranks[i]),
+                    **{f"rank_{m}": int(v[i]) for m, v in rank_of.items()},
                     "hu_centre": float(r.hu[zi, ri, ci]),
                     "in_lung_field": bool(lung[zi, ri, ci]),
                 }
@@ -166,6 +201,7 @@ def _phantom(args: argparse.Namespace) -> None:
                 "cpu_detect_s": c_det,
                 "ms_per_slice_lung": 1000 * t_lung / r.n_slices,
                 "cpu_ms_per_slice_lung": 1000 * c_lung / r.n_slices,
+                **timing,
             }
         )
         print(
@@ -179,12 +215,15 @@ def _phantom(args: argparse.Namespace) -> None:
     n = len(hits_df)
     print()
     print(f"phantom: {len(scans_df)} scans, {n} counted nodules, {config}")
-    print("| candidates per scan (top k) | nodules found | sensitivity |")
-    print("|---|---|---|")
-    for k in (*TOP_K, None):
-        found = int(((hits_df["rank"] >= 0) & (hits_df["rank"] < (k or 10**9))).sum()) if n else 0
-        label = f"top {k}" if k else "all"
-        print(f"| {label} | {found}/{n} | {found / max(n, 1):.1%} |")
+    if n:
+        _sensitivity_table(hits_df, list(configs))
+    for name in configs:
+        if name != "current":
+            print(
+                f"{name} detector ({configs[name]}): median detector "
+                f"{scans_df[f't_detect_s_{name}'].median():.2f} s wall / "
+                f"{scans_df[f'cpu_detect_s_{name}'].median():.2f} s CPU per scan"
+            )
     print(
         f"candidates per scan: mean {scans_df['candidates'].mean():.0f}, "
         f"min {scans_df['candidates'].min()}, max {scans_df['candidates'].max()}"
@@ -281,6 +320,11 @@ def main() -> None:
     parser.add_argument("--keep", help="render the phantom into this folder and keep it")
     parser.add_argument("--grid-mm", type=float, help="DetectorConfig.grid_mm")
     parser.add_argument("--radii", help="DetectorConfig.radii_mm, comma-separated")
+    parser.add_argument(
+        "--previous",
+        action="store_true",
+        help=f"also run the previous detector ({PREVIOUS}) on the same volumes, side by side",
+    )
     parser.add_argument("--realct", action="store_true", help="also run on ../shared/realct")
     parser.add_argument("--png", help="folder for the real-CT pictures")
     args = parser.parse_args()

@@ -98,9 +98,15 @@ def test_bundle_round_trip_and_a_damaged_classifier_is_refused(
     import shutil
 
     from lungslice.errors import BundleMismatchError
+    from lungslice.features.frozen import FrozenBackbone
+    from lungslice.prediction import Predictor
 
     bundle = load_candidate_bundle(cpipe.model)
     assert bundle.config.key == CandidateConfig().key
+    # the bundle carries its extractor (checksummed): predict needs no timm
+    record = bundle.manifest["frozen_backbone"]
+    assert bundle.manifest["files"][record["file"]] == record["sha256"]
+    assert isinstance(Predictor(cpipe.model).runner.backbone, FrozenBackbone)
     copy = tmp_path / "model"
     shutil.copytree(cpipe.model, copy)
     with open(copy / "classifier.npz", "ab") as fh:

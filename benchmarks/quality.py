@@ -38,6 +38,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import dataclasses
 import functools
 import json
@@ -184,11 +186,23 @@ def process_pool(workers: int, threads: int = 1) -> Executor:
 _SERIES_WORK: dict[str, SeriesWork] = {}
 
 
+def _trim_heap() -> None:
+    """Hand the C heap's free memory back to the OS (glibc), so idle workers hold little."""
+    name = ctypes.util.find_library("c")
+    if name is not None:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 def _run_series_job(token: str, work: SeriesWork, job: SeriesJob) -> dict[str, Any]:
     if token not in _SERIES_WORK:  # the first series of an extraction in this process
         _SERIES_WORK.clear()
         _SERIES_WORK[token] = work  # pickled without its backbone: setup() loads one here
-    return run_series(_SERIES_WORK[token], job)
+    row = run_series(_SERIES_WORK[token], job)
+    _trim_heap()
+    return row
 
 
 @dataclasses.dataclass
@@ -234,7 +248,10 @@ def _fit_fold(x_path: str, rows: np.ndarray, kwargs: dict[str, Any]) -> tuple[An
     from lungslice.model.candidate_head import fit_candidate_classifier
 
     X = np.load(x_path, mmap_mode="r")
-    return fit_candidate_classifier(X=np.array(X[rows]), **kwargs)
+    fitted = fit_candidate_classifier(X=np.array(X[rows]), **kwargs)
+    del X
+    _trim_heap()
+    return fitted
 
 
 def submit_cv(

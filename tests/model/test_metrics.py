@@ -121,3 +121,19 @@ def test_compute_figures_and_bootstrap_is_seeded() -> None:
     assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
     assert auc["ci_low"] < auc["ci_high"]
     assert set(a) == set(figs)
+
+
+def test_binary_auc_equals_scikit_learn_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from lungslice.model.metrics import binary_auc
+
+    rng = np.random.default_rng(3)
+    for n in (2, 7, 300):
+        y = rng.random(n) < 0.3
+        y[0], y[-1] = True, False
+        s = np.round(rng.random(n), 1)  # many ties
+        assert binary_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert np.isnan(binary_auc(np.ones(4, bool), np.arange(4.0)))
+    with pytest.raises(ValueError, match="finite"):
+        binary_auc(np.array([True, False]), np.array([np.nan, 1.0]))

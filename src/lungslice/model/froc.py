@@ -99,9 +99,11 @@ def _entries(candidates: pd.DataFrame, nodules: pd.DataFrame) -> _Entries:
     nid = candidates["nodule_id"].to_numpy(dtype=object)
     has_nodule = pd.notna(nid)
     keep = code != -1
-    unknown = keep & has_nodule & ~np.isin(nid, list(counted_ids))
-    if unknown.any():
-        i = int(np.flatnonzero(unknown)[0])
+    # only the few hit rows need the lookup (np.isin on object ids sorts them all)
+    hit_rows = np.flatnonzero(keep & has_nodule)
+    unknown_rows = [int(i) for i in hit_rows if nid[i] not in counted_ids]
+    if unknown_rows:
+        i = unknown_rows[0]
         raise ConfigError(
             f"FROC: candidate {i} hits nodule {nid[i]!r} (label_code {code[i]}), which is not "
             "among the counted nodules passed. Expected the nodules of the evaluated scans "

@@ -146,10 +146,23 @@ def skippable_fraction(
 
 def binary_auc(target: np.ndarray, score: np.ndarray) -> float:
     """ROC-AUC of a binary target; NaN when only one class is present."""
-    target = np.asarray(target, dtype=bool)
+    target = np.asarray(target, dtype=bool).reshape(-1)
     if target.all() or not target.any():
         return float("nan")
-    return float(roc_auc_score(target, score))
+    score = np.asarray(score, dtype=np.float64).reshape(-1)
+    if score.shape != target.shape:
+        raise ValueError(f"binary_auc: {target.size} targets but {score.size} scores")
+    if not np.isfinite(score).all():
+        raise ValueError("binary_auc: scores must be finite")
+    # Mann-Whitney U with mid-ranks for ties: equals roc_auc_score (the trapezoidal
+    # area), without its input validation, which dominated the bootstrap's time
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score)
+    n_pos = int(target.sum())
+    n_neg = target.size - n_pos
+    u = float(ranks[target].sum()) - n_pos * (n_pos + 1) / 2.0
+    return u / (n_pos * n_neg)
 
 
 @dataclass(frozen=True, eq=False)

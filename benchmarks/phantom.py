@@ -12,6 +12,10 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/phantom.py --all-nodules --skip-speed --skip-calibration
     .venv/bin/python benchmarks/phantom.py --nodule-hu 12 --skip-speed --skip-calibration \
         --previews docs/images
+    # the chest wall (pleural plaques, ribs, scapulae) of one patient, before and after:
+    git archive 9b8de5c src | tar -x -C /tmp/old-wall && .venv/bin/python benchmarks/phantom.py \
+        --skip-speed --skip-calibration --chest-wall docs/images/phantom_chest_wall.png \
+        --old-src /tmp/old-wall/src
 
 Speed: one full 512 x 512 LIDC scan of ~300 slices rendered (and written), and
 the demo-sized phantom (24 stratified patients, nodule-bearing z range with a
@@ -27,9 +31,12 @@ Nothing here is asserted; the numbers go to docs/phantom.md.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -431,6 +438,91 @@ def _calibration(previews: Path | None) -> None:
         print(_hist_row(label, f))
 
 
+WALL_PATIENT = "LIDC-IDRI-0001"
+
+
+def _wall_render(out: Path) -> None:
+    """Render WALL_PATIENT (seed 0, 512 x 512, every slice) with whatever ``lungslice`` is
+    importable, and save the volume and its plaques (``(angle, z, size)``) to ``out``."""
+    scan = next(s for s in read_database() if s.patient_id == WALL_PATIENT)
+    r = render(scan, PhantomConfig(seed=0, matrix=512))
+    assert r.shape is not None
+    plaques = []
+    for p in r.shape.plaques:
+        # (angle, z, half_angle, half_z, thickness, hu) tuples before, Plaque records now
+        f = (p.angle, p.z, p.half_angle, p.half_z, p.thickness) if hasattr(p, "angle") else p[:5]
+        plaques.append([float(f[0]), float(f[1]), float(f[2] * f[3] * f[4])])
+    np.savez_compressed(out, hu=r.hu, z=r.z_positions, ps=r.pixel_spacing)
+    out.with_suffix(".json").write_text(json.dumps(plaques))
+
+
+def _chest_wall_figure(path: Path, old_src: Path | None) -> None:
+    """Before/after picture of the chest wall: a coronal reformat through the largest
+    plaque, the axial slice, and axial and coronal close-ups of the plaque."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lungslice.lidc.nodules import find_nodules
+    from lungslice.phantom.anatomy import Grid, chest_shape, lung_mask, scan_key, slice_planes
+    from lungslice.phantom.nodules import LIDC_MATRIX, nodule_spheres
+
+    tmp = Path(tempfile.mkdtemp(prefix="chest-wall-"))
+    versions: list[tuple[str, Path]] = []
+    if old_src is not None:
+        env = dict(os.environ, PYTHONPATH=str(old_src))
+        code = f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import phantom; "
+        code += f"phantom._wall_render(__import__('pathlib').Path({str(tmp / 'old.npz')!r}))"
+        subprocess.run([sys.executable, "-c", code], env=env, check=True)
+        versions.append(("before", tmp / "old.npz"))
+    _wall_render(tmp / "new.npz")
+    versions.append(("after", tmp / "new.npz"))
+    scan = next(s for s in read_database() if s.patient_id == WALL_PATIENT)
+    z_all = np.asarray(scan.slice_zvals)
+    shape = chest_shape(
+        (float(z_all.min()), float(z_all.max())),
+        np.random.default_rng([0, scan_key(scan.series_uid), 1]),
+        nodule_spheres(scan, find_nodules(scan)),
+        fov_half=LIDC_MATRIX / 2.0 * scan.pixel_spacing,
+    )
+    fig, axes = plt.subplots(len(versions), 4, figsize=(16, 4.4 * len(versions)), squeeze=False)
+    for row, (label, npz) in zip(axes, versions, strict=True):
+        d = np.load(npz)
+        hu, zs, ps = d["hu"].astype(np.float32), d["z"], float(d["ps"])
+        angle, pz, _ = max(json.loads(npz.with_suffix(".json").read_text()), key=lambda p: p[2])
+        grid = Grid(hu.shape[1], ps)
+        planes = slice_planes(shape, grid)
+        k = int(np.abs(zs - pz).argmin())
+        gx, gy = grid.coords()
+        lung = lung_mask(shape, gx, gy, zs[k], planes)
+        da = np.abs(np.remainder(planes["angle"] - angle + np.pi, 2 * np.pi) - np.pi)
+        dist = np.where(lung & (da < 0.02), planes["depth"] - planes["wall"], np.inf)
+        r, c = np.unravel_index(int(np.argmin(dist)), dist.shape)
+        dz = float(np.median(np.diff(zs)))
+        h, hz = int(30 / ps), int(30 / dz)
+        r0, c0 = max(r - h, 0), max(c - h, 0)
+        k0 = max(k - hz, 0)
+        views = (
+            (hu[::-1, r, :], -1100, 300, dz / ps, f"{label}: coronal through the plaque"),
+            (hu[k], -1100, 300, 1.0, f"{label}: axial z = {zs[k]:.0f} mm"),
+            (hu[k, r0 : r + h, c0 : c + h], -160, 240, 1.0, "axial close-up, W400/L40"),
+            (hu[k0 : k + hz, r, c0 : c + h][::-1], -160, 240, dz / ps, "coronal close-up"),
+        )
+        for ax, (img, lo, hi, aspect, title) in zip(row, views, strict=True):
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{WALL_PATIENT}, seed 0, 512 x 512: pleural plaque, ribs, scapulae", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -452,7 +544,13 @@ def main() -> None:
         default=24,
         help="time only the first N of the 24 demo-cohort patients",
     )
+    parser.add_argument("--chest-wall", type=Path, help="write the chest-wall picture here")
+    parser.add_argument(
+        "--old-src", type=Path, help="with --chest-wall: an older commit's src for 'before'"
+    )
     args = parser.parse_args()
+    if args.chest_wall:
+        _chest_wall_figure(args.chest_wall, args.old_src)
     if args.all_nodules:
         _all_nodules()
     if args.nodule_hu:

@@ -50,6 +50,7 @@ HU: dict[str, float] = {
     "marrow": 230.0,
     "csf": 12.0,
     "cartilage": 110.0,
+    "disc": 90.0,
     "table": 250.0,
     "foam": -940.0,
 }
@@ -119,8 +120,7 @@ class ChestShape:
     around nodules that the lung outline would otherwise leave in soft tissue.
     Per-side tuples are ``(right, left)``; the patient's right is ``x < 0``.
     ``emphysema`` holds ``(x, y, z, radius, drop_hu)`` low-density patches and
-    ``plaques`` ``(angle, z, half_angle, half_z, thickness, hu)`` pleural plaques
-    (body frame; angle 0 at the front).
+    ``plaques`` pleural plaques (:class:`Plaque`, body frame).
     """
 
     half_width: float
@@ -165,7 +165,7 @@ class ChestShape:
     fissure_level: tuple[float, float] = (0.4, 0.4)
     minor_fissure_u: float = 0.55
     emphysema: tuple[tuple[float, float, float, float, float], ...] = field(default=())
-    plaques: tuple[tuple[float, float, float, float, float, float], ...] = field(default=())
+    plaques: tuple[Plaque, ...] = field(default=())
 
     def u(self, z: np.ndarray | float) -> np.ndarray:
         """Position between the lung bases (0) and apices (1)."""
@@ -201,28 +201,146 @@ class ChestShape:
         return [(-cx, cy), (cx, cy)]
 
 
-def _draw_plaques(
-    rng: np.random.Generator, z_base: float, z_apex: float
-) -> tuple[tuple[float, float, float, float, float, float], ...]:
+@dataclass(frozen=True)
+class Plaque:
+    """A pleural plaque on the parietal pleura (body frame; see :func:`plaque_occupancy`).
+
+    Attributes
+    ----------
+    angle : float
+        Position around the body (radians, 0 at the front, negative on the
+        patient's right).
+    z : float
+        Centre level (mm).
+    half_angle : float
+        Half its extent along the rib it follows (radians).
+    half_z : float
+        Half its extent across the ribs (mm).
+    thickness : float
+        Plateau thickness (mm) into the lung; it tapers to 0 at the rim.
+    hu : float
+        Soft-tissue density (HU).
+    calcium_hu : float
+        Density of the calcified part (HU; 0: not calcified).
+    calcium_size : float
+        Radius of the calcified part relative to the plaque's.
+    calcium_offset : tuple of float
+        Centre of the calcified part (relative offsets along and across the rib).
+    """
+
+    angle: float
+    z: float
+    half_angle: float
+    half_z: float
+    thickness: float
+    hu: float
+    calcium_hu: float = 0.0
+    calcium_size: float = 0.0
+    calcium_offset: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def z_reach(self) -> float:
+        """Half its extent in z (mm): across the ribs plus the rib's own slope."""
+        return self.half_z + _RIB_SLOPE * 0.5 * self.half_angle
+
+
+#: z drop (mm) of a rib from the back to the front: ribs run at constant z + slope * cos(angle / 2).
+_RIB_SLOPE = 70.0
+
+
+def _draw_plaques(rng: np.random.Generator, z_base: float, z_apex: float) -> tuple[Plaque, ...]:
+    """Pleural plaques (18 % of patients): mostly bilateral, 1-3 per side on the
+    lateral to posterolateral wall of the mid and lower chest, thin (1-5 mm),
+    elongated along the ribs, soft tissue (50-150 HU), 40 % partly calcified."""
     if rng.random() > 0.18:
         return ()
     out = []
-    for _ in range(int(rng.integers(1, 5))):
-        side = 1.0 if rng.random() < 0.5 else -1.0
-        angle = side * float(rng.uniform(1.2, 2.7))  # lateral to posterolateral
-        z = z_base + float(rng.uniform(0.05, 0.6)) * (z_apex - z_base)
-        calcified = rng.random() < 0.4
-        out.append(
-            (
-                angle,
-                z,
-                float(rng.uniform(0.12, 0.3)),
-                float(rng.uniform(10.0, 30.0)),
-                float(rng.uniform(1.5, 4.5)),
-                float(rng.uniform(250.0, 600.0)) if calcified else float(rng.uniform(20.0, 70.0)),
+    first = 1.0 if rng.random() < 0.5 else -1.0
+    sides = (first, -first) if rng.random() < 0.8 else (first,)
+    for side in sides:
+        for _ in range(int(rng.integers(1, 4))):
+            calcified = rng.random() < 0.4
+            out.append(
+                Plaque(
+                    angle=side * float(rng.uniform(1.2, 2.6)),  # lateral to posterolateral
+                    z=z_base + float(rng.uniform(0.05, 0.6)) * (z_apex - z_base),
+                    half_angle=float(rng.uniform(0.08, 0.25)),
+                    half_z=float(rng.uniform(5.0, 14.0)),
+                    thickness=float(rng.uniform(1.0, 5.0)),
+                    hu=float(rng.uniform(50.0, 150.0)),
+                    calcium_hu=float(rng.uniform(300.0, 900.0)) if calcified else 0.0,
+                    calcium_size=float(rng.uniform(0.25, 0.6)) if calcified else 0.0,
+                    calcium_offset=(
+                        (float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.3, 0.3)))
+                        if calcified
+                        else (0.0, 0.0)
+                    ),
+                )
             )
-        )
     return tuple(out)
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def plaque_occupancy(
+    plaque: Plaque,
+    angle: np.ndarray,
+    theta: np.ndarray,
+    inside: np.ndarray,
+    z: float,
+    pixel: float,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Partial-volume occupancy (0-1) and density (HU) of a plaque on one slice.
+
+    The plaque is a lens on the wall: an elliptical footprint elongated along
+    the rib it lies on (ribs run at constant ``z + 70 cos(angle / 2)``), a
+    plateau of ``thickness`` mm that tapers smoothly to 0 at the rim, its
+    surface following the wall's curve (``inside`` is the distance from the
+    chest wall into the cavity, mm). Edges are partial volume; the kernel's
+    blur is applied by the renderer afterwards.
+
+    Parameters
+    ----------
+    plaque : Plaque
+    angle, theta, inside : numpy.ndarray
+        Angle around the body, ``cos(angle / 2)`` and depth inside the wall (mm),
+        for the pixels to draw (any matching shapes).
+    z : float
+        Slice level (mm).
+    pixel : float
+        Pixel spacing (mm).
+
+    Returns
+    -------
+    (occupancy, hu) or None
+        None when the plaque does not reach this slice.
+    """
+    if abs(z - plaque.z) > plaque.z_reach + pixel:
+        return None
+    da = np.remainder(angle - np.float32(plaque.angle) + np.float32(np.pi), np.float32(2 * np.pi))
+    da = (da - np.float32(np.pi)) / np.float32(plaque.half_angle)
+    # across the rib: the level offset measured along the rib's own slope
+    dz = (
+        np.float32(z - plaque.z)
+        + np.float32(_RIB_SLOPE) * (theta - np.float32(np.cos(plaque.angle / 2.0)))
+    ) / np.float32(plaque.half_z)
+    r = np.sqrt(da * da + dz * dz)
+    # a plateau (r < 0.4) tapering smoothly to the rim, its surface gently undulating
+    profile = _smoothstep((1.0 - r) / 0.6) * (1.0 + 0.12 * np.cos(np.float32(2.5 * np.pi) * da))
+    t = np.float32(plaque.thickness) * profile
+    occ = np.clip((t - inside) / np.float32(pixel) + 0.5, 0.0, 1.0) * (t > 0)
+    hu = np.full(occ.shape, np.float32(plaque.hu), dtype=np.float32)
+    if plaque.calcium_hu > 0:
+        cx, cz = plaque.calcium_offset
+        rc = np.sqrt((da - cx) ** 2 + (dz - cz) ** 2) / np.float32(plaque.calcium_size)
+        # calcium lies in the plaque's deeper half, by the wall
+        deep = np.clip(1.0 - inside / np.maximum(0.7 * t, 1e-3), 0.0, 1.0)
+        cal = _smoothstep((1.0 - rc) / 0.4) * deep
+        hu += (np.float32(plaque.calcium_hu) - hu) * cal.astype(np.float32)
+    return occ.astype(np.float32), hu
 
 
 def chest_shape(
@@ -412,11 +530,13 @@ def chest_shape(
     # plaque must not hide one)
     keep_p = []
     for pl in shape.plaques:
-        ang, zc = pl[0], pl[1]
-        cx, cy = np.sin(ang) * shape.half_width, shape.centre_y - np.cos(ang) * shape.half_depth
+        cx, cy = (
+            np.sin(pl.angle) * shape.half_width,
+            shape.centre_y - np.cos(pl.angle) * shape.half_depth,
+        )
         ix, iy = shape.to_image(np.float64(cx), np.float64(cy))
-        d = np.sqrt((nods[:, 0] - ix) ** 2 + (nods[:, 1] - iy) ** 2 + (nods[:, 2] - zc) ** 2)
-        if (d > nods[:, 3] + pl[3] + 40.0).all():
+        d = np.sqrt((nods[:, 0] - ix) ** 2 + (nods[:, 1] - iy) ** 2 + (nods[:, 2] - pl.z) ** 2)
+        if (d > nods[:, 3] + pl.z_reach + 40.0).all():
             keep_p.append(pl)
     return _fit_arms(replace(shape, pockets=pockets, plaques=tuple(keep_p)), fov_half)
 
@@ -787,7 +907,16 @@ def slice_planes(shape: ChestShape, grid: Grid) -> dict[str, np.ndarray]:
         arm = np.where(r < 1.0, 1.0 - r + 1e-3, arm)
         hx = cx + np.sign(cx) * 0.12 * shape.arm_rx
         bone = np.maximum(bone, 13.0 - np.sqrt((x - hx) ** 2 + (y - cy) ** 2))
+    ang_abs = np.abs(angle)
+    d_in = wall - depth
+    ring_idx = np.flatnonzero(((d_in > 0.5) & (d_in < 8.0) & (ang_abs > 0.3)).ravel())
+    mid = shape.skin + shape.fat + 0.45 * shape.muscle
+    blade_idx = np.flatnonzero(
+        ((ang_abs > 1.5) & (ang_abs < 3.0) & (np.abs(depth - mid) < 3.5) & (depth > 0)).ravel()
+    )
     return {
+        "ring_idx": ring_idx,
+        "blade_idx": blade_idx,
         "xb": np.asarray(x, dtype=np.float32),
         "yb": np.asarray(y, dtype=np.float32),
         "depth": depth,
@@ -799,6 +928,101 @@ def slice_planes(shape: ChestShape, grid: Grid) -> dict[str, np.ndarray]:
         "arm": arm,
         "humerus": bone,
     }
+
+
+def _ribs(
+    shape: ChestShape,
+    planes: dict[str, np.ndarray],
+    depth: np.ndarray,
+    wall: np.ndarray,
+    z: float,
+    u: float,
+    pixel: float,
+    cached: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ribs on one slice: flat indices, partial-volume occupancy and HU (cortex, marrow).
+
+    Each rib is an oval bar (about 8-10 mm high, 5 mm thick) just outside the
+    pleura, running at constant ``z + 70 cos(angle / 2)`` (lower at the front);
+    it tapers to its end beside the sternum (the costal cartilage is not drawn).
+    Ribs are whole: a rib is drawn when its posterior level lies within the
+    chest (never cut by a slice level).
+    """
+    if cached:
+        idx = planes["ring_idx"]
+    else:
+        d_in = wall - depth
+        idx = np.flatnonzero(
+            ((d_in > 0.5) & (d_in < 8.0) & (np.abs(planes["angle"]) > 0.3)).ravel()
+        )
+    if not idx.size:
+        return idx, np.zeros(0, np.float32), np.zeros(0, np.float32)
+    dep = np.broadcast_to(depth, planes["depth"].shape).reshape(-1)[idx]
+    wal = np.broadcast_to(wall, planes["depth"].shape).reshape(-1)[idx]
+    ang = np.abs(planes["angle"].reshape(-1)[idx])
+    th = planes["theta"].reshape(-1)[idx]
+    pitch = np.float32(shape.rib_pitch)
+    phase = (np.float32(z) + np.float32(_RIB_SLOPE) * th) / pitch + np.float32(shape.rib_phase)
+    k = np.floor(phase - np.float32(0.15) + np.float32(0.5))
+    s_mm = (phase - k - np.float32(0.15)) * pitch  # along z from the rib's centre line
+    # whole ribs only: the rib's level at the back decides whether it exists
+    back_u = shape.u((k + 0.15 - shape.rib_phase) * shape.rib_pitch)
+    exists = (back_u > -0.15) & (back_u < 1.12)
+    taper = np.sqrt(np.clip((ang - np.float32(0.35)) / np.float32(0.3), 0.0, 1.0)) * exists
+    hs = np.float32(0.17) * pitch * taper + np.float32(1e-3)
+    hr = np.float32(2.6) * taper + np.float32(1e-3)
+    rn = np.sqrt((s_mm / hs) ** 2 + ((dep - (wal - np.float32(4.0))) / hr) ** 2)
+    occ = np.clip((1.0 - rn) * hr / np.float32(pixel) + 0.5, 0.0, 1.0) * (taper > 0)
+    hu = np.float32(HU["marrow"]) + np.float32(HU["cortical_bone"] - HU["marrow"]) * _smoothstep(
+        (rn - np.float32(0.55)) / np.float32(0.3)
+    )
+    return idx, occ.astype(np.float32), hu.astype(np.float32)
+
+
+def _scapulae(
+    shape: ChestShape,
+    planes: dict[str, np.ndarray],
+    depth: np.ndarray,
+    body: np.ndarray,
+    u: float,
+    pixel: float,
+    cached: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scapulae on one slice: triangular plates in the posterolateral muscle, widest
+    near the apices and narrowing to the inferior angle, 1-3.6 mm thick, thinner at
+    their borders (flat indices, occupancy, HU)."""
+    lo, hi = min(max((u - 0.4) / 0.4, 0.0), 1.0), min(max((1.2 - u) / 0.12, 0.0), 1.0)
+    width = 0.36 * lo * lo * (3.0 - 2.0 * lo) * hi * hi * (3.0 - 2.0 * hi)
+    empty = np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32)
+    if width <= 0.0:
+        return empty
+    mid = np.float32(shape.skin + shape.fat + 0.45 * shape.muscle)
+    if cached:
+        idx = planes["blade_idx"]
+    else:
+        ang_all = np.abs(planes["angle"])
+        idx = np.flatnonzero(
+            ((ang_all > 1.5) & (ang_all < 3.0) & (np.abs(depth - mid) < 3.5) & body).ravel()
+        )
+    if not idx.size:
+        return empty
+    dep = np.broadcast_to(depth, planes["depth"].shape).reshape(-1)[idx]
+    da = np.abs(np.abs(planes["angle"].reshape(-1)[idx]) - np.float32(2.3))
+    rel = np.clip(1.0 - (da / np.float32(width)) ** 2, 0.0, 1.0)
+    half_t = np.float32(0.5) + np.float32(1.3) * np.sqrt(rel)
+    radius = np.float32(0.9 * shape.half_width)
+    edge = np.clip((np.float32(width) - da) * radius / np.float32(pixel) + 0.5, 0.0, 1.0)
+    occ = np.clip((half_t - np.abs(dep - mid)) / np.float32(pixel) + 0.5, 0.0, 1.0) * edge
+    hu = np.full(idx.size, np.float32(HU["cortical_bone"]), dtype=np.float32)
+    return idx, occ.astype(np.float32), hu
+
+
+def _disc_fraction(shape: ChestShape, z: float, slab: float) -> float:
+    """Share of the slab (0-1) inside an intervertebral disc (5 mm high, at the level of
+    each rib's head, one per rib pitch)."""
+    s = ((z / shape.rib_pitch + shape.rib_phase - 0.15 + 0.5) % 1.0 - 0.5) * shape.rib_pitch
+    h = max(slab / 2.0, 0.25)
+    return float(max(0.0, min(s + h, 2.5) - max(s - h, -2.5)) / (2.0 * h))
 
 
 def _fissure_hu(
@@ -895,20 +1119,15 @@ def render_slice(
         img[in_arm & (hum > 3.5)] = HU["marrow"]
         body = body | in_arm
 
-    # ribs: bands running obliquely around the wall, lower at the front
-    ring = (depth > wall - shape.rib_depth) & ~cavity & (depth > shape.skin + shape.fat + 3.0)
-    phase = (z + 70.0 * planes["theta"]) / shape.rib_pitch + shape.rib_phase
-    frac = phase - np.floor(phase)
-    rib = ring & (frac < 0.3) & planes["front"] & (u < 1.15) & (u > -0.1)
-    rib_core = rib & (frac > 0.06) & (frac < 0.24) & (depth > wall - shape.rib_depth + 1.5)
-    img[rib] = HU["cortical_bone"]
-    img[rib_core] = HU["marrow"]
-    # scapulae: plates in the posterolateral muscle, outside the ribs, in the upper chest
-    if 0.4 < u < 1.15:
-        ang = np.abs(planes["angle"])
-        mid = shape.skin + shape.fat + 0.45 * shape.muscle
-        blade = (ang > 1.95) & (ang < 2.65) & (np.abs(depth - mid) < 1.8) & body
-        img[blade] = HU["cortical_bone"]
+    # ribs: oval bars running obliquely around the wall, lower at the front; scapulae:
+    # tapering plates in the posterolateral muscle of the upper chest (partial-volume edges)
+    flat = img.reshape(-1)
+    for idx, occ, bone_hu in (
+        _ribs(shape, planes, depth, wall, z, u, grid.spacing, neck == 0),
+        _scapulae(shape, planes, depth, body, u, grid.spacing, neck == 0),
+    ):
+        if idx.size:
+            flat[idx] += (bone_hu - flat[idx]) * occ
 
     # spine: vertebral body, canal, posterior arch (shifted sideways by a scoliosis)
     sy = shape.spine_y
@@ -917,6 +1136,10 @@ def render_slice(
     vb = (xs / 18.0) ** 2 + ((y - sy) / 16.0) ** 2
     img[vb < 1.0] = HU["cortical_bone"]
     img[vb < 0.75] = HU["marrow"]
+    disc = _disc_fraction(shape, z, slab)
+    if disc > 0:
+        # an intervertebral disc at each rib head's level (partial volume over the slab)
+        img[vb < 1.0] += (np.float32(HU["disc"]) - img[vb < 1.0]) * np.float32(disc)
     canal = (xs / 8.5) ** 2 + ((y - sy - 27.0) / 8.0) ** 2
     arch = (xs / 15.0) ** 2 + ((y - sy - 29.0) / 13.0) ** 2
     img[(arch < 1.0) & (canal >= 1.0)] = HU["cortical_bone"]
@@ -988,15 +1211,31 @@ def render_slice(
     fis = _fissure_hu(shape, x, y, u, slab)
     if fis is not None:
         lung_hu = lung_hu + fis
-    for ang, pz, ha, hz, thick, phu in shape.plaques:
-        w = 1.0 - ((planes["angle"] - ang) / ha) ** 2 - ((z - pz) / hz) ** 2
-        if not (w > 0).any():
-            continue
-        t = thick * np.sqrt(np.clip(w, 0.0, 1.0))
-        plaque = lung & (depth - wall < t) & (w > 0)
-        img[plaque] = phu
-        lung = lung & ~plaque
+    near = [pl for pl in shape.plaques if abs(z - pl.z) <= pl.z_reach + grid.spacing + slab / 3.0]
     img = np.where(lung, lung_hu, img).astype(np.float32)
+    if near:
+        # pleural plaques: lenses on the parietal pleura, drawn over the lung by the wall
+        idx = np.flatnonzero(lung & (depth - wall < 6.0))
+        inside = (depth - wall).reshape(-1)[idx]
+        ang_p = np.broadcast_to(planes["angle"], img.shape).reshape(-1)[idx]
+        th_p = np.broadcast_to(planes["theta"], img.shape).reshape(-1)[idx]
+        flat_img, flat_lung = img.reshape(-1), lung.reshape(-1)
+        # a thick slice averages the plaque over three depths, as it does the vessels
+        offsets = (-slab / 3.0, 0.0, slab / 3.0) if slab > 0 else (0.0,)
+        for pl in near:
+            occ = np.zeros(idx.size, np.float32)
+            mass = np.zeros(idx.size, np.float32)
+            for dz in offsets:
+                drawn = plaque_occupancy(pl, ang_p, th_p, inside, z + dz, grid.spacing)
+                if drawn is not None:
+                    occ += drawn[0]
+                    mass += drawn[0] * drawn[1]
+            if not occ.any():
+                continue
+            p_hu = mass / np.maximum(occ, np.float32(1e-6))
+            occ /= np.float32(len(offsets))
+            flat_img[idx] += (p_hu - flat_img[idx]) * occ
+            flat_lung[idx] &= occ < 0.5
 
     # scanner table (image frame: the patient lies rotated on a level table): a curved
     # cradle of two shells with foam between

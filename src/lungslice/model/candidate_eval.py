@@ -786,12 +786,15 @@ def calibration_figures(
 ) -> dict[str, Any]:
     """Calibration before and after, on the same out-of-fold predictions.
 
-    Candidate probabilities are temperature-scaled and study scores Platt-scaled,
-    each fold by a calibrator fitted on the other folds
-    (:func:`lungslice.model.calibration.cross_calibrate`), so "after" is as
-    held-out as "before". Figures: expected calibration error of p(nodule) per
-    candidate and of p(any nodule) / p(malignant) per study, with 95 % CIs over
-    patients, and the rate of saturated outputs (p < 0.001 or > 0.999).
+    Candidate probabilities are calibrated by
+    :data:`~lungslice.model.calibration.CANDIDATE_CALIBRATOR` (temperature and
+    class bias); study scores are those of the calibrated candidates,
+    Platt-scaled, as the bundle does. Each fold is calibrated by calibrators
+    fitted on the other folds (:func:`lungslice.model.calibration.cross_calibrate`),
+    so "after" is as held-out as "before" (the uncalibrated pipeline).
+    Figures: expected calibration error of p(nodule) per candidate and of
+    p(any nodule) / p(malignant) per study, with 95 % CIs over patients, and
+    the rate of saturated outputs (p < 0.001 or > 0.999).
 
     Returns
     -------
@@ -800,14 +803,18 @@ def calibration_figures(
         each with ``ece_before``, ``ece_after`` (figure dicts), ``saturated_before``,
         ``saturated_after``; plus ``plots`` (file names) when ``out_dir`` is given.
     """
-    from lungslice.model.calibration import cross_calibrate, plot_reliability
+    from lungslice.model.calibration import (
+        CANDIDATE_CALIBRATOR,
+        cross_calibrate,
+        plot_reliability,
+    )
 
     out: dict[str, Any] = {}
     y, groups = cs.y, cs.groups
     keep = y >= 0
     fold = fold_of_rows(groups, cv.folds)
     p = cv.probs[keep]
-    p_cal = cross_calibrate(p, y[keep], fold[keep], "temperature")
+    p_cal = cross_calibrate(p, y[keep], fold[keep], CANDIDATE_CALIBRATOR)
     yb = (y[keep] > 0).astype(np.int64)
     before, after = p[:, 1] + p[:, 2], p_cal[:, 1] + p_cal[:, 2]
     out["candidates"] = _ece_pair(yb, before, after, groups[keep], n_boot, seed)
@@ -817,6 +824,9 @@ def calibration_figures(
         plot_reliability(yb, before, after, Path(out_dir) / name, title="candidates: p(nodule)")
         plots["candidates"] = name
     studies = findings_tables(cs, cv.probs, findings).studies
+    probs_cal = cv.probs.copy()
+    probs_cal[keep] = p_cal
+    studies_cal = findings_tables(cs, probs_cal, findings).studies
     sfold = fold_of_rows(studies["patient_id"].to_numpy(), cv.folds)
     for col, target, name in (
         ("p_any_nodule", "has_any", "any_nodule"),
@@ -824,11 +834,12 @@ def calibration_figures(
     ):
         ys = studies[target].to_numpy(dtype=np.int64)
         ps = studies[col].to_numpy(dtype=np.float64)
+        ps_cand = studies_cal[col].to_numpy(dtype=np.float64)
         if len(np.unique(ys)) < 2:
             out[f"studies.{name}"] = {"skipped": "one class only among the studies"}
             continue
         try:
-            ps_cal = cross_calibrate(ps, ys, sfold, "platt")
+            ps_cal = cross_calibrate(ps_cand, ys, sfold, "platt")
         except ConfigError as err:  # too few studies in a fold to fit on the others
             out[f"studies.{name}"] = {"skipped": str(err)}
             continue

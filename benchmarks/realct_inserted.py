@@ -10,7 +10,14 @@ each of ``--sets`` nodule sets (LIDC patients, inserted with different seeds by
   inserted nodule's radius + 3 mm), and among all findings;
 - findings on no inserted nodule with p(nodule) >= 0.5 per scan (false
   candidates from the real vessels and airways);
-- the same for the host without insertions (every finding is false).
+- the same for the host without insertions (every finding is false);
+- slice ROC-AUC (p(nodule) of each slice against the slices the inserted
+  nodules occupy, ``slices.parquet``), pooled over the inserted scans.
+
+Totals come with 95 % bootstrap CIs from a two-level resampling: hosts with
+replacement, then each drawn host's nodule sets with replacement (``--boot``
+replicates, seeded), so the CIs carry the host-to-host spread, not only the
+nodule-to-nodule one.
 
 ``--host DIR`` (repeatable) adds other host series, e.g. the demo's held-out
 phantom patients: in-domain scans, to check that inserted nodules do not make
@@ -36,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lungslice.model.metrics import binary_auc
 from lungslice.phantom.insert import InsertConfig, insert_nodules
 from lungslice.prediction import PredictConfig, Predictor
 
@@ -90,6 +98,66 @@ def score(result: dict[str, Any], nodules: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def slice_scores(result: dict[str, Any], labels: pd.DataFrame | None) -> dict[str, Any]:
+    """Per-slice p(nodule) and truth (a slice an inserted nodule occupies), matched by z."""
+    z = np.array([s["z_mm"] for s in result["slices"]], dtype=np.float64)
+    p = np.array([1.0 - s["p_non_nodule"] for s in result["slices"]], dtype=np.float64)
+    y = np.zeros(z.size, dtype=bool)
+    if labels is not None and len(labels):
+        lz = labels["z_mm"].to_numpy(np.float64)
+        nearest = np.abs(z[:, None] - lz[None, :]).argmin(axis=1)
+        y = (labels["label"].to_numpy() != "non-nodule")[nearest]
+    auc = binary_auc(y.astype(int), p) if 0 < y.sum() < y.size else float("nan")
+    return {"slice_auc": auc, "slice_y": y, "slice_p": p}
+
+
+def _totals(t: pd.DataFrame) -> dict[str, float]:
+    ins = t[t["set"] != "none"]
+    plain = t[t["set"] == "none"]
+    y = np.concatenate(list(ins["slice_y"])) if len(ins) else np.zeros(0, bool)
+    p = np.concatenate(list(ins["slice_p"])) if len(ins) else np.zeros(0)
+    n = float(ins["nodules"].sum())
+    return {
+        "slice ROC-AUC (inserted scans, pooled)": (
+            binary_auc(y.astype(int), p) if 0 < y.sum() < y.size else float("nan")
+        ),
+        "nodule recall@5": float(ins["found@5"].sum()) / n if n else float("nan"),
+        "nodule recall (any finding)": float(ins["found"].sum()) / n if n else float("nan"),
+        "false findings p>=0.5 per scan (inserted)": float(ins["false_p>=0.5"].mean()),
+        "false findings p>=0.5 per scan (hosts alone)": float(plain["false_p>=0.5"].mean()),
+    }
+
+
+def totals_with_ci(
+    table: pd.DataFrame, n_boot: int, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
+    """Totals with 95 % percentile CIs: hosts resampled, then each host's rows."""
+    point = _totals(table)
+    hosts = sorted(table["host"].unique())
+    by_host = {h: table[table["host"] == h] for h in hosts}
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(n_boot):
+        parts = []
+        for h in rng.choice(hosts, size=len(hosts), replace=True):
+            rows = by_host[h]
+            ins = rows[rows["set"] != "none"]
+            plain = rows[rows["set"] == "none"]
+            if len(ins):
+                ins = ins.iloc[rng.integers(0, len(ins), len(ins))]
+            parts += [plain, ins]
+        rep = _totals(pd.concat(parts))
+        for k, v in rep.items():
+            if np.isfinite(v):
+                samples[k].append(v)
+    out = {}
+    for k, v in point.items():
+        arr = np.asarray(samples[k])
+        lo, hi = (np.quantile(arr, 0.025), np.quantile(arr, 0.975)) if arr.size else (np.nan,) * 2
+        out[k] = (v, float(lo), float(hi))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
@@ -99,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "--host", type=Path, action="append", default=[], help="another host series folder"
     )
     parser.add_argument("--no-realct", action="store_true", help="only the --host series")
+    parser.add_argument("--boot", type=int, default=2000, help="bootstrap replicates")
     args = parser.parse_args(argv)
     hosts: list[Path] = [] if args.no_realct else sorted(REALCT.glob("*.tar.xz"))
     hosts += args.host
@@ -112,21 +181,36 @@ def main(argv: list[str] | None = None) -> int:
         host = unpack(archive, args.out / "hosts")
         name = archive.name.removesuffix(".tar.xz")
         (plain,) = predictor.predict_study(host, None, config)
-        rows.append({"host": name, "set": "none", **score(plain.result, pd.DataFrame())})
+        rows.append(
+            {
+                "host": name,
+                "set": "none",
+                **score(plain.result, pd.DataFrame()),
+                **slice_scores(plain.result, None),
+            }
+        )
         for k, patients in enumerate(PATIENT_SETS[: args.sets]):
             out = args.out / name / f"set{k}"
             if not (out / "insertion.json").is_file():
                 insert_nodules(host, patients.split(","), out, config=InsertConfig(), seed=k)
             nodules = pd.read_parquet(out / "nodules.parquet")
             (pred,) = predictor.predict_study(out / "dicom", None, config)
-            rows.append({"host": name, "set": patients, **score(pred.result, nodules)})
-            print(json.dumps(rows[-1]), flush=True)
+            labels = pd.read_parquet(out / "slices.parquet")
+            rows.append(
+                {
+                    "host": name,
+                    "set": patients,
+                    **score(pred.result, nodules),
+                    **slice_scores(pred.result, labels),
+                }
+            )
+            print(json.dumps({k: v for k, v in rows[-1].items() if k[:6] != "slice_"}), flush=True)
     table = pd.DataFrame(rows)
     cmd = "python benchmarks/realct_inserted.py " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
     print(f"\n{cmd}\n")
-    print(table.to_string(index=False))
+    print(table.drop(columns=["slice_y", "slice_p"]).to_string(index=False))
     ins = table[table["set"] != "none"]
     print(
         f"\ninserted nodules found in the top 5: {ins['found@5'].sum()} of {ins['nodules'].sum()}; "
@@ -134,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{table['false_p>=0.5'].mean():.1f}; outside the domain: "
         f"{int((table['in_domain'] == False).sum())} of {len(table)} predictions"  # noqa: E712
     )
+    print(f"\nwith 95 % CIs (hosts, then nodule sets within a host, {args.boot} replicates):")
+    for name, (value, lo, hi) in totals_with_ci(table, args.boot).items():
+        print(f"  {name}: {value:.3f} [{lo:.3f}, {hi:.3f}]")
     return 0
 
 

@@ -40,8 +40,8 @@ from lungslice.dicom.resample import ResampledVolume, resample
 from lungslice.dicom.volume import load_series
 from lungslice.errors import BundleMismatchError, ConfigError, NoCTSeriesError
 from lungslice.features.config import FeatureConfig
-from lungslice.features.extract import bundle_runner, extract_volume
-from lungslice.features.inputs import make_inputs
+from lungslice.features.extract import bundle_runner, extract_volume, whole_slice_descriptor
+from lungslice.features.inputs import input_size, make_inputs
 from lungslice.features.runtime import FeatureRunner
 from lungslice.model.aggregate import StudyResult
 from lungslice.model.bundle import FORMAT as WHOLE_SLICE_FORMAT
@@ -518,6 +518,7 @@ class Predictor:
     ) -> dict[str, Any]:
         probs, study, more = self.predict_volume(rs, config)
         timings.update(more)
+        domain = self.whole_slice_domain(rs, timings)
         z = np.asarray(rs.z_positions, dtype=np.float64)
         sm = study.smoothed
         candidate_of = np.full(rs.n_slices, -1, dtype=np.int64)
@@ -569,13 +570,35 @@ class Predictor:
                 p_any_nodule=float(study.p_any_nodule),
                 p_malignant=float(study.p_malignant),
                 method=str(study.config.method),
+                # whole-slice scores are not calibrated; False says the guard fired
+                calibrated_for_input=False if domain.fired else None,
             ),
-            "domain": None,
+            "domain": domain,
             "findings": tuple(findings),
             "recommendations": tuple(recs),
             "slices": _slice_scores(rs, probs, smoothed=np.asarray(sm, dtype=np.float64)),
             "heatmaps": maps,
         }
+
+    def whole_slice_domain(
+        self, resampled: ResampledVolume, timings: dict[str, float] | None = None
+    ) -> DomainVerdict:
+        """Whole-slice bundles: the domain guard's verdict on one volume.
+
+        The study statistics are measured on the volume as the network sees it
+        (resized to its input size, :func:`whole_slice_descriptor`), as at
+        training time. A bundle without a guard gets the verdict candidate
+        bundles without one get ("no domain guard"), and nothing is measured.
+        """
+        domain = self.bundle.domain
+        if domain is None:
+            return _domain_verdict(None, np.zeros(0))
+        t = time.perf_counter()
+        size = input_size(self.feature_config.inputs, self.runner.backbone.data_config)
+        descriptor = whole_slice_descriptor(resampled, size)
+        if timings is not None:
+            timings["descriptor"] = time.perf_counter() - t
+        return _domain_verdict(domain, descriptor)
 
     def predict_candidates(
         self, resampled: ResampledVolume

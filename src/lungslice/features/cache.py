@@ -17,6 +17,11 @@ Layout of ``WORK/features/<key>/``:
     ``sop_instance_uid``/``instance_number`` are those of the nearest original
     image). Its Parquet schema metadata ``lungslice`` holds the key,
     backbone, weights checksum, layers and input settings.
+``<series_uid>.descriptor.npy``
+    The series' study statistics for the out-of-domain guard
+    (:func:`lungslice.model.domain.study_descriptor` of the volume the network
+    saw); caches written before it existed lack it, and a bundle trained on
+    them carries no guard.
 ``manifest.parquet``
     One row per series: status (``done``/``failed``/``rejected``), reason, slice counts,
     timings.
@@ -206,6 +211,19 @@ class FeatureCache:
         """``<series_uid>.slices.parquet``."""
         return self.dir / f"{self._name(series_uid)}.slices.parquet"
 
+    def descriptor_path(self, series_uid: str) -> Path:
+        """``<series_uid>.descriptor.npy`` (the domain guard's study statistics)."""
+        return self.dir / f"{self._name(series_uid)}.descriptor.npy"
+
+    def read_descriptors(self, series_uids: list[str]) -> dict[str, np.ndarray]:
+        """The stored study descriptors of those series that have one (float64)."""
+        out: dict[str, np.ndarray] = {}
+        for uid in series_uids:
+            path = self.descriptor_path(uid)
+            if path.is_file():
+                out[uid] = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
+        return out
+
     def prepare(self) -> list[Path]:
         """Create the folder and remove temporary files left by dead processes."""
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -231,12 +249,15 @@ class FeatureCache:
         features: np.ndarray,
         slices: pd.DataFrame,
         metadata: dict[str, Any] | None = None,
+        descriptor: np.ndarray | None = None,
     ) -> None:
-        """Store a series: features first, then the slice table (the commit marker).
+        """Store a series: features and descriptor first, then the slice table (the commit marker).
 
         ``metadata`` (backbone, weights checksum, layers, input settings) goes
         into the slice table's Parquet schema under the key ``lungslice``, so
         each series' files say what made them even when copied elsewhere.
+        ``descriptor`` (the domain guard's study statistics) goes into
+        ``<series_uid>.descriptor.npy``.
         """
         if features.shape[0] != len(slices):
             raise FeatureError(
@@ -248,6 +269,14 @@ class FeatureCache:
                 np.save(fh, features)
 
         atomic_write(self.features_path(series_uid), save_npy)
+        if descriptor is not None:
+            vector = np.asarray(descriptor, dtype=np.float64)
+
+            def save_descriptor(tmp: Path) -> None:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, vector)
+
+            atomic_write(self.descriptor_path(series_uid), save_descriptor)
 
         def save_table(tmp: Path) -> None:
             import pyarrow as pa

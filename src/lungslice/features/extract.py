@@ -60,6 +60,7 @@ __all__ = [
     "resolve_loader",
     "resolve_scheduler",
     "slice_table",
+    "whole_slice_descriptor",
 ]
 
 if TYPE_CHECKING:
@@ -214,6 +215,39 @@ def slice_table(resampled: ResampledVolume) -> pd.DataFrame:
         }
     )
     return table[list(SLICE_COLUMNS)]
+
+
+def whole_slice_descriptor(resampled: ResampledVolume, size: int) -> np.ndarray:
+    """The domain guard's study statistics of the volume the whole-slice network sees.
+
+    :func:`lungslice.model.domain.study_descriptor` of the 1 mm volume resized
+    in-plane to the network's ``size`` x ``size`` input, with the spacing
+    scaled to match. Extraction stores it (the volume it loads is already at
+    ``size``); ``predict`` computes it on its full-resolution volume through
+    the same resize, so training and prediction measure the same thing
+    (resizing is linear and commutes with the resampling along z).
+
+    Parameters
+    ----------
+    resampled : ResampledVolume
+        The volume on the features' slice spacing, at any in-plane size.
+    size : int
+        The network's input size (:func:`lungslice.features.inputs.input_size`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(DESCRIPTOR_NAMES),)`` float64.
+    """
+    from lungslice.model.domain import study_descriptor
+
+    hu = resampled.hu
+    _, rows, cols = hu.shape
+    spacing = tuple(float(s) for s in resampled.spacing)
+    if (rows, cols) != (size, size):
+        hu = resize_slices(hu, size).numpy()
+        spacing = (spacing[0], spacing[1] * rows / size, spacing[2] * cols / size)
+    return np.asarray(study_descriptor(hu, spacing), dtype=np.float64)
 
 
 def make_runner(config: FeatureConfig, backbone: Backbone | None = None) -> FeatureRunner:
@@ -430,12 +464,14 @@ def extract_series(
         return _row(job, status="failed", reason=str(err))
     t1 = time.perf_counter()
     features = extract_volume(resampled, runner, config)
+    descriptor = whole_slice_descriptor(resampled, size)
     t2 = time.perf_counter()
     cache.write_series(
         job.series_uid,
         features.astype(config.storage_dtype),
         slice_table(resampled),
         _series_metadata(config, runner),
+        descriptor=descriptor,
     )
     return _row(
         job,
@@ -578,12 +614,15 @@ class WholeSliceWork:
         assert self.runner is not None
         t1 = time.perf_counter()
         features = extract_volume(loaded, self.runner, self.config)
+        assert self.size is not None
+        descriptor = whole_slice_descriptor(loaded, self.size)
         t2 = time.perf_counter()
         self.cache.write_series(
             job.series_uid,
             features.astype(self.config.storage_dtype),
             slice_table(loaded),
             _series_metadata(self.config, self.runner, self.load_config),
+            descriptor=descriptor,
         )
         return _row(
             job,

@@ -11,6 +11,8 @@ Layout::
                    SHA-256 of each weight file
       head.npz     standardisation (mean, scale) and, for logistic heads, coef/intercept
       head.pt      MLP heads only: the torch state_dict (tensors only)
+      domain.npz   the out-of-domain guard's fitted arrays (when the bundle has one;
+                   its parameters, threshold and statistics are model.json's "domain")
       backbone.torchscript.pt
                    the feature extractor as the runner runs it, traced (TorchScript),
                    so that predict needs torch alone, not timm; its record (backbone,
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "lungslice-model"
 FORMAT_VERSION = 1
+_DOMAIN_FILE = "domain.npz"
 
 #: Feature-config keys that describe where/when features were made, not what
 #: they are; they may differ between the training features and new ones.
@@ -162,6 +165,11 @@ class ModelBundle:
         How the head was trained (None in bundles written without it).
     manifest : dict
         The whole ``model.json``.
+    domain : DomainModel or None
+        The out-of-domain guard fitted on the training studies' acquisition
+        statistics; None when the bundle has none (too few training studies, a
+        feature cache without study descriptors, or a bundle written before the
+        guard existed: ``model.json`` "training" "domain" says which).
     """
 
     path: Path
@@ -173,6 +181,7 @@ class ModelBundle:
     learned_aggregator: LearnedAggregator | None
     head_config: HeadConfig | None
     manifest: dict[str, Any]
+    domain: Any = None
 
     def check_features(self, feature_config: Any) -> None:
         """Refuse features made with other backbone/layer/input settings.
@@ -213,6 +222,7 @@ def save_bundle(
     training_summary: dict[str, Any] | None = None,
     cv_metrics: dict[str, Any] | None = None,
     freeze: bool = True,
+    domain: Any = None,
 ) -> Path:
     """Write a model bundle.
 
@@ -240,6 +250,10 @@ def save_bundle(
     freeze : bool
         Also write the feature extractor as TorchScript (:func:`freeze_features`),
         so that ``predict`` needs torch alone, not timm (about 6 s less start-up).
+    domain : DomainModel, optional
+        The fitted out-of-domain guard: its arrays go into ``domain.npz``
+        (checksummed like the weights), its parameters, threshold and summary
+        into ``model.json`` "domain".
 
     Returns
     -------
@@ -268,6 +282,11 @@ def save_bundle(
     else:
         raise TypeError(f"cannot save a head of type {type(head).__name__}")
     np.savez(root / "head.npz", **arrays)  # type: ignore[arg-type]
+    if domain is not None:
+        np.savez(root / _DOMAIN_FILE, **domain.to_arrays())
+        files.append(_DOMAIN_FILE)
+    else:
+        (root / _DOMAIN_FILE).unlink(missing_ok=True)  # a guard of an earlier bundle here
     features = _as_dict(feature_config)
     frozen = None
     if freeze and isinstance(features.get("config"), dict):
@@ -298,6 +317,9 @@ def save_bundle(
             learned_aggregator.to_dict()
             if aggregate_config.method == "learned" and learned_aggregator is not None
             else None
+        ),
+        "domain": (
+            {"params": domain.params(), "summary": domain.to_dict()} if domain is not None else None
         ),
         "training": config_dict(training_summary or {}),
         "cv_metrics": config_dict(cv_metrics or {}),
@@ -501,7 +523,31 @@ def load_bundle(directory: str | Path) -> ModelBundle:
         learned_aggregator=learned,
         head_config=head_config,
         manifest=manifest,
+        domain=_domain(root, manifest),
     )
+
+
+def _domain(root: Path, manifest: dict[str, Any]) -> Any:
+    """The bundle's out-of-domain guard, or None when it has none (older bundles)."""
+    record = manifest.get("domain")
+    if not record:
+        return None
+    if _DOMAIN_FILE not in manifest.get("files", {}):
+        raise BundleMismatchError(
+            f"{root / 'model.json'}: 'domain' is set but {_DOMAIN_FILE} is not among the "
+            "checksummed files. Fix: copy the bundle again, or retrain it."
+        )
+    from lungslice.model.domain import DomainModel  # scikit-learn: only for bundles with a guard
+
+    with np.load(root / _DOMAIN_FILE, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    try:
+        return DomainModel.from_arrays(arrays, record["params"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise BundleMismatchError(
+            f"{root / 'model.json'}: cannot rebuild the domain guard ({err}). Fix: retrain "
+            "the bundle with this version of lungslice."
+        ) from None
 
 
 def _aggregation(manifest: dict[str, Any]) -> tuple[AggregateConfig, LearnedAggregator | None]:

@@ -46,6 +46,7 @@ __all__ = [
     "GUARD_FEATURES",
     "OUT_OF_DOMAIN_MESSAGE",
     "DomainModel",
+    "fit_guard",
     "grouped_folds",
     "study_descriptor",
 ]
@@ -999,3 +1000,64 @@ class DomainModel:
 
 
 _ARRAYS = ("mean", "scale", "components", "location", "precision", "train_embedded")
+
+
+def fit_guard(
+    descriptors: Sequence[np.ndarray] | np.ndarray,
+    groups: Sequence[Any] | np.ndarray,
+    *,
+    min_studies: int,
+    seed: int = 0,
+) -> tuple[DomainModel | None, str]:
+    """The default out-of-domain guard of a bundle, fitted on its training studies.
+
+    k-NN (k = 3) on the acquisition statistics :data:`GUARD_FEATURES` of
+    :func:`study_descriptor` vectors, its threshold from patient-grouped
+    cross-validation (the rule of :class:`DomainModel`); what candidate and
+    whole-slice bundles store.
+
+    Parameters
+    ----------
+    descriptors : sequence of numpy.ndarray
+        One :func:`study_descriptor` vector per training study.
+    groups : sequence
+        The patient of each study (a patient's studies stay in one fold).
+    min_studies : int
+        Fewer studies give no guard (its threshold needs held-out folds).
+    seed : int
+        Fold assignment.
+
+    Returns
+    -------
+    model : DomainModel or None
+        None with fewer than ``min_studies`` studies.
+    note : str
+        What was fitted, or why not (for the bundle's training record).
+
+    Raises
+    ------
+    BundleMismatchError
+        When the vectors are not of this version's descriptor length (written
+        by an older lungslice).
+    """
+    n = len(descriptors)
+    if n < min_studies:
+        return None, (
+            f"no domain guard: {n} training studies, at least {min_studies} needed to fix "
+            "its threshold on held-out folds"
+        )
+    X = np.stack([np.asarray(d, dtype=np.float64) for d in descriptors])
+    if X.shape[1] != len(DESCRIPTOR_NAMES):
+        raise BundleMismatchError(
+            f"the training studies' descriptors have {X.shape[1]} entries, this lungslice "
+            f"computes {len(DESCRIPTOR_NAMES)}: they were written by an older version. Fix: "
+            "extract the features again into a new work folder."
+        )
+    model = DomainModel("knn", features=GUARD_FEATURES, seed=seed).fit(
+        X, groups=np.asarray([str(g) for g in groups]), feature_names=DESCRIPTOR_NAMES
+    )
+    return model, (
+        f"{model.method} on {len(GUARD_FEATURES)} acquisition statistics of {n} studies; "
+        f"threshold {model.threshold_:.3g} passes {model.cv_pass_rate_:.0%} of held-out "
+        "training studies"
+    )

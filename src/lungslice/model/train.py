@@ -4,18 +4,25 @@ The study aggregator is chosen by the cross-validation (``aggregator="auto"``:
 highest mean study ROC-AUC among max, noisy-OR and learned); a learned
 aggregator is then fitted on the out-of-fold study results of all patients.
 The head is refitted on all patients and written with its settings, the
-training-set summary and the cross-validated figures into a model bundle.
+training-set summary and the cross-validated figures into a model bundle,
+with the out-of-domain guard fitted on the training series' acquisition
+statistics (:func:`lungslice.model.domain.fit_guard`, the guard candidate
+bundles carry) when the feature cache stored them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from lungslice.errors import ConfigError
+from lungslice.features.cache import FeatureCache
 from lungslice.lidc.labels import LabelRule
 from lungslice.model.aggregate import (
     AGGREGATION_METHODS,
@@ -36,7 +43,7 @@ from lungslice.model.heads import HeadConfig, train_head
 from lungslice.model.metrics import bootstrap
 from lungslice.progress import ProgressCallback, report
 
-__all__ = ["AggregatorChoice", "TrainResult", "train_bundle", "train_model"]
+__all__ = ["AggregatorChoice", "TrainResult", "fit_series_guard", "train_bundle", "train_model"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,7 @@ def train_bundle(
     config: EvaluateConfig = EvaluateConfig(),
     seed: int = 0,
     progress: ProgressCallback | None = None,
+    descriptors: Mapping[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """Cross-validate (unless ``config.n_splits == 0``), fit on all rows, save a bundle.
 
@@ -98,6 +106,13 @@ def train_bundle(
         Folds, heads and bootstrap draws.
     progress : ProgressCallback, optional
         Called per fold and for the final fit.
+    descriptors : mapping, optional
+        SeriesInstanceUID -> study descriptor of each training series
+        (:meth:`lungslice.features.cache.FeatureCache.read_descriptors`); with
+        one for every series and at least
+        :data:`lungslice.model.candidate_bundle.MIN_DOMAIN_STUDIES` series, the
+        bundle gets an out-of-domain guard. Why it has none is recorded in
+        ``model.json`` "training" "domain".
     """
     if aggregator not in ("auto", *AGGREGATION_METHODS):
         raise ConfigError(
@@ -158,6 +173,7 @@ def train_bundle(
     report(progress, n_steps, n_steps, "final fit")
     summary = ts.summary()
     summary["head_config"] = head_config.to_dict()
+    domain, summary["domain"] = fit_series_guard(ts, descriptors, seed=seed)
     path = save_bundle(
         out_dir,
         head,
@@ -168,9 +184,51 @@ def train_bundle(
         head_config=head_config,
         training_summary=summary,
         cv_metrics=cv_metrics,
+        domain=domain,
     )
     log.info("trained %s head on %d slices; bundle %s", head.kind, ts.y.size, path)
     return TrainResult(path, summary, cv_metrics, chosen, learned)
+
+
+def fit_series_guard(
+    ts: TrainingSet, descriptors: Mapping[str, np.ndarray] | None, *, seed: int = 0
+) -> tuple[Any, str]:
+    """The out-of-domain guard of a whole-slice bundle, fitted on its training series.
+
+    One study per series of ``ts`` (grouped by patient for the threshold's
+    cross-validation); the rule and the minimum number of studies are those of
+    candidate bundles.
+
+    Returns
+    -------
+    domain : DomainModel or None
+        None when a series has no descriptor or there are too few series.
+    note : str
+        What was fitted, or why not.
+    """
+    from lungslice.model.candidate_bundle import MIN_DOMAIN_STUDIES
+    from lungslice.model.domain import fit_guard
+
+    series = ts.slices.drop_duplicates("series_uid")
+    uids = series["series_uid"].astype(str).tolist()
+    have = descriptors or {}
+    missing = [u for u in uids if u not in have]
+    if missing and len(uids) >= MIN_DOMAIN_STUDIES:
+        note = (
+            f"no domain guard: {len(missing)} of {len(uids)} training series have no study "
+            "descriptor (features extracted before lungslice stored it, or passed in "
+            "directly). Fix: extract the features again into a new work folder"
+        )
+        log.warning("%s", note)
+        return None, note
+    domain, note = fit_guard(
+        [have.get(u, np.zeros(0)) for u in uids],  # too few series: none is read
+        series["patient_id"].astype(str).tolist(),
+        min_studies=MIN_DOMAIN_STUDIES,
+        seed=seed,
+    )
+    log.info("%s", note)
+    return domain, note
 
 
 def train_model(
@@ -191,11 +249,14 @@ def train_model(
     """Train a model bundle from a feature cache and a labels folder.
 
     Loads them with :func:`~lungslice.model.dataset.build_training_set` (``rule``
-    defaults to the rule the labels were written with), then :func:`train_bundle`.
+    defaults to the rule the labels were written with) and the series' study
+    descriptors from the cache (for the out-of-domain guard), then :func:`train_bundle`.
     """
     ts = build_training_set(
         features, labels_dir, rule=rule, key=key, allow_unlabelled=allow_unlabelled
     )
+    cache = FeatureCache.resolve(features, key)
+    descriptors = cache.read_descriptors(ts.slices["series_uid"].astype(str).unique().tolist())
     return train_bundle(
         ts,
         out_dir,
@@ -205,4 +266,5 @@ def train_model(
         config=config,
         seed=seed,
         progress=progress,
+        descriptors=descriptors,
     )

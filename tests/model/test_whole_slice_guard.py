@@ -81,6 +81,8 @@ def test_extraction_stores_the_descriptor_predict_measures(pipeline: Pipeline) -
     uids = manifest.loc[manifest["status"] == "done", "series_uid"].tolist()
     stored = cache.read_descriptors(uids)
     assert sorted(stored) == sorted(uids) and len(uids) == len(PIPELINE_PATIENTS)
+    record = json.loads(cache.descriptor_path(uids[0]).read_text())
+    assert record["names"] == list(DESCRIPTOR_NAMES)
     # predict measures its full-resolution volume through the same resize: same figures
     rs = resample(load_series(pipeline.study(PIPELINE_PATIENTS[0])), 1.0)
     assert rs.hu.shape[1] > 96  # 256 px: the resize is exercised

@@ -17,11 +17,11 @@ Layout of ``WORK/features/<key>/``:
     ``sop_instance_uid``/``instance_number`` are those of the nearest original
     image). Its Parquet schema metadata ``lungslice`` holds the key,
     backbone, weights checksum, layers and input settings.
-``<series_uid>.descriptor.npy``
+``<series_uid>.descriptor.json``
     The series' study statistics for the out-of-domain guard
     (:func:`lungslice.model.domain.study_descriptor` of the volume the network
-    saw); caches written before it existed lack it, and a bundle trained on
-    them carries no guard.
+    saw): ``{"names": [...], "values": [...]}``; caches written before it
+    existed lack it, and a bundle trained on them carries no guard.
 ``manifest.parquet``
     One row per series: status (``done``/``failed``/``rejected``), reason, slice counts,
     timings.
@@ -212,16 +212,17 @@ class FeatureCache:
         return self.dir / f"{self._name(series_uid)}.slices.parquet"
 
     def descriptor_path(self, series_uid: str) -> Path:
-        """``<series_uid>.descriptor.npy`` (the domain guard's study statistics)."""
-        return self.dir / f"{self._name(series_uid)}.descriptor.npy"
+        """``<series_uid>.descriptor.json`` (the domain guard's study statistics)."""
+        return self.dir / f"{self._name(series_uid)}.descriptor.json"
 
     def read_descriptors(self, series_uids: list[str]) -> dict[str, np.ndarray]:
-        """The stored study descriptors of those series that have one (float64)."""
+        """The stored study descriptors (float64 values) of those series that have one."""
         out: dict[str, np.ndarray] = {}
         for uid in series_uids:
             path = self.descriptor_path(uid)
             if path.is_file():
-                out[uid] = np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
+                record = json.loads(path.read_text())
+                out[uid] = np.asarray(record["values"], dtype=np.float64)
         return out
 
     def prepare(self) -> list[Path]:
@@ -250,14 +251,15 @@ class FeatureCache:
         slices: pd.DataFrame,
         metadata: dict[str, Any] | None = None,
         descriptor: np.ndarray | None = None,
+        descriptor_names: tuple[str, ...] = (),
     ) -> None:
         """Store a series: features and descriptor first, then the slice table (the commit marker).
 
         ``metadata`` (backbone, weights checksum, layers, input settings) goes
         into the slice table's Parquet schema under the key ``lungslice``, so
         each series' files say what made them even when copied elsewhere.
-        ``descriptor`` (the domain guard's study statistics) goes into
-        ``<series_uid>.descriptor.npy``.
+        ``descriptor`` (the domain guard's study statistics, named by
+        ``descriptor_names``) goes into ``<series_uid>.descriptor.json``.
         """
         if features.shape[0] != len(slices):
             raise FeatureError(
@@ -270,11 +272,11 @@ class FeatureCache:
 
         atomic_write(self.features_path(series_uid), save_npy)
         if descriptor is not None:
-            vector = np.asarray(descriptor, dtype=np.float64)
+            values = [float(v) for v in np.asarray(descriptor, dtype=np.float64)]
+            text = json.dumps({"names": list(descriptor_names), "values": values}, indent=1)
 
             def save_descriptor(tmp: Path) -> None:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, vector)
+                tmp.write_text(text + "\n")
 
             atomic_write(self.descriptor_path(series_uid), save_descriptor)
 

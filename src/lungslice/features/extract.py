@@ -466,12 +466,15 @@ def extract_series(
     features = extract_volume(resampled, runner, config)
     descriptor = whole_slice_descriptor(resampled, size)
     t2 = time.perf_counter()
+    from lungslice.model.domain import DESCRIPTOR_NAMES  # loaded by whole_slice_descriptor
+
     cache.write_series(
         job.series_uid,
         features.astype(config.storage_dtype),
         slice_table(resampled),
         _series_metadata(config, runner),
         descriptor=descriptor,
+        descriptor_names=DESCRIPTOR_NAMES,
     )
     return _row(
         job,
@@ -617,12 +620,15 @@ class WholeSliceWork:
         assert self.size is not None
         descriptor = whole_slice_descriptor(loaded, self.size)
         t2 = time.perf_counter()
+        from lungslice.model.domain import DESCRIPTOR_NAMES  # loaded by whole_slice_descriptor
+
         self.cache.write_series(
             job.series_uid,
             features.astype(self.config.storage_dtype),
             slice_table(loaded),
             _series_metadata(self.config, self.runner, self.load_config),
             descriptor=descriptor,
+            descriptor_names=DESCRIPTOR_NAMES,
         )
         return _row(
             job,

@@ -4,10 +4,13 @@ Usage (from the repository root)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/realism.py
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/realism.py --patients 8 --previews docs/images
+    # several older phantoms side by side (each from a git archive of its commit):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/realism.py \
+        --old-commit f5ebfb7 --old-commit 9b8de5c
 
 For every series (each real series in ../shared/realct, unpacked to a
 temporary folder; each of N phantom patients rendered at 512 x 512 with seed 0
-by today's code and by the code of ``--old-commit``, run from a ``git archive``
+by today's code and by the code of each ``--old-commit``, run from a ``git archive``
 of that commit in a subprocess) the lung-field slices (lung field > 5 % of the
 body, at most 40, evenly spaced) are turned into the project's whole-slice
 inputs (three HU windows, 224 x 224) and pooled features of the default
@@ -110,14 +113,14 @@ def _picks(scan: LidcScan, n: int = 60) -> list[int]:
 
 
 def _old_phantom(scans: list[LidcScan], commit: str, tmp: Path) -> dict[str, np.ndarray]:
-    src = tmp / "old"
+    src = tmp / f"old-{commit}"
     src.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", commit, "src"], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
     spec = {s.patient_id: _picks(s) for s in scans}
-    out = tmp / "old.npz"
+    out = tmp / f"old-{commit}.npz"
     env = dict(os.environ, PYTHONPATH=str(src / "src"))
     subprocess.run(
         [sys.executable, "-c", _OLD_RENDER, str(src / "src"), json.dumps(spec), str(out)],
@@ -212,10 +215,15 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=8, help="phantom patients per version")
-    parser.add_argument("--old-commit", default=OLD_COMMIT, help="the phantom to compare against")
+    parser.add_argument(
+        "--old-commit",
+        action="append",
+        help=f"a phantom to compare against (repeatable; default {OLD_COMMIT})",
+    )
     parser.add_argument("--pca", type=int, default=16, help="principal components kept")
     parser.add_argument("--previews", type=Path, help="write phantom_preview.png here")
     args = parser.parse_args()
+    commits = args.old_commit or [OLD_COMMIT]
     print(
         "command: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/realism.py "
         + " ".join(sys.argv[1:])
@@ -231,13 +239,14 @@ def main() -> None:
         new = {
             s.patient_id: render(s, PhantomConfig(seed=0), np.array(_picks(s))).hu for s in chosen
         }
-        old = _old_phantom(chosen, args.old_commit, tmp)
+        olds = {f"old {c}": _old_phantom(chosen, c, tmp) for c in commits}
         if args.previews is not None:
             pool = [s for s in scans if s.n_slices >= 100][:80]
             _habitus_preview(pool, real, args.previews / "phantom_preview.png")
     sets: dict[str, np.ndarray] = {}
     figs: dict[str, Figures] = {}
-    for group, vols in (("real", real), ("old", old), ("new", new)):
+    versions = [*olds, "new"]
+    for group, vols in (("real", real), *olds.items(), ("new", new)):
         for name, hu in vols.items():
             key = f"{group}:{name}"
             sets[key] = lung_slices(hu)
@@ -245,14 +254,12 @@ def main() -> None:
     print(f"rendered and read in {time.perf_counter() - t0:.0f} s; lung slices per series: "
           + ", ".join(f"{k} {len(v)}" for k, v in sets.items()))  # fmt: skip
     feats = _project(_features({k: v for k, v in sets.items() if len(v) >= 2}), args.pca)
-    names = {g: [k for k in feats if k.startswith(g + ":")] for g in ("real", "old", "new")}
+    names = {g: [k for k in feats if k.startswith(g + ":")] for g in ("real", *versions)}
     rr = _pairs(names["real"], None, feats)
-    rows = [
-        ("real vs real (floor)", rr),
-        ("old phantom vs real", _pairs(names["old"], names["real"], feats)),
-        ("new phantom vs real", _pairs(names["new"], names["real"], feats)),
-        ("old phantom vs old phantom (variety)", _pairs(names["old"], None, feats)),
-        ("new phantom vs new phantom (variety)", _pairs(names["new"], None, feats)),
+    rows = [("real vs real (floor)", rr)]
+    rows += [(f"{v} phantom vs real", _pairs(names[v], names["real"], feats)) for v in versions]
+    rows += [
+        (f"{v} phantom vs {v} phantom (variety)", _pairs(names[v], None, feats)) for v in versions
     ]
     floor = median(rr) if rr else float("nan")
     print()
@@ -267,23 +274,22 @@ def main() -> None:
             print(f"| {label} | {len(d)} | {median(d):.1f} | {min(d):.1f} | {max(d):.1f} | "
                   f"{median(d) / floor:.2f} |")  # fmt: skip
     per_real = {
-        r: [frechet_distance(feats[p], feats[r]) for p in names["new"]] for r in names["real"]
-    }
-    per_old = {
-        r: [frechet_distance(feats[p], feats[r]) for p in names["old"]] for r in names["real"]
+        v: {r: [frechet_distance(feats[p], feats[r]) for p in names[v]] for r in names["real"]}
+        for v in versions
     }
     print()
-    print("| real series | old phantom: median FD | new phantom: median FD |")
-    print("|---|---|---|")
+    print("| real series | " + " | ".join(f"{v} phantom: median FD" for v in versions) + " |")
+    print("|---|" + "---|" * len(versions))
     for r in names["real"]:
-        print(f"| {r[5:]} | {median(per_old[r]):.1f} | {median(per_real[r]):.1f} |")
+        cells = " | ".join(f"{median(per_real[v][r]):.1f}" for v in versions)
+        print(f"| {r[5:]} | {cells} |")
     print()
     print("| series | lung slices | lung-field HU p50 | lung voxels > -500 HU | noise air (HU) | "
           "noise soft tissue (HU) | GLCM contrast (lung window, 32 levels) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for name in names["real"]:
         print(_figures_row(name, [figs[name]]))
-    for group in ("old", "new"):
+    for group in versions:
         label = f"{group} phantom (median of {len(names[group])} patients)"
         print(_figures_row(label, [figs[k] for k in names[group]]))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s wall")

@@ -41,7 +41,7 @@ from lungslice.dicom.volume import load_series
 from lungslice.errors import BundleMismatchError, ConfigError, NoCTSeriesError
 from lungslice.features.config import FeatureConfig
 from lungslice.features.extract import bundle_runner, extract_volume, whole_slice_descriptor
-from lungslice.features.inputs import input_size, make_inputs
+from lungslice.features.inputs import make_inputs
 from lungslice.features.runtime import FeatureRunner
 from lungslice.model.aggregate import StudyResult
 from lungslice.model.bundle import FORMAT as WHOLE_SLICE_FORMAT
@@ -585,17 +585,16 @@ class Predictor:
     ) -> DomainVerdict:
         """Whole-slice bundles: the domain guard's verdict on one volume.
 
-        The study statistics are measured on the volume as the network sees it
-        (resized to its input size, :func:`whole_slice_descriptor`), as at
-        training time. A bundle without a guard gets the verdict candidate
+        The study statistics are measured on the full-resolution volume
+        (:func:`whole_slice_descriptor`), as extraction measured the training
+        series. A bundle without a guard gets the verdict candidate
         bundles without one get ("no domain guard"), and nothing is measured.
         """
         domain = self.bundle.domain
         if domain is None:
             return _domain_verdict(None, np.zeros(0))
         t = time.perf_counter()
-        size = input_size(self.feature_config.inputs, self.runner.backbone.data_config)
-        descriptor = whole_slice_descriptor(resampled, size)
+        descriptor = whole_slice_descriptor(resampled)
         if timings is not None:
             timings["descriptor"] = time.perf_counter() - t
         return _domain_verdict(domain, descriptor)

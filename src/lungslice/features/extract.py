@@ -56,6 +56,7 @@ __all__ = [
     "find_series",
     "iter_input_batches",
     "load_resampled",
+    "load_resampled_with_descriptor",
     "make_runner",
     "resolve_loader",
     "resolve_scheduler",
@@ -217,22 +218,15 @@ def slice_table(resampled: ResampledVolume) -> pd.DataFrame:
     return table[list(SLICE_COLUMNS)]
 
 
-def whole_slice_descriptor(resampled: ResampledVolume, size: int) -> np.ndarray:
-    """The domain guard's study statistics of the volume the whole-slice network sees.
+def whole_slice_descriptor(resampled: ResampledVolume) -> np.ndarray:
+    """The domain guard's study statistics of a full-resolution 1 mm volume.
 
-    :func:`lungslice.model.domain.study_descriptor` of the 1 mm volume resized
-    in-plane to the network's ``size`` x ``size`` input, with the spacing
-    scaled to match. Extraction stores it (the volume it loads is already at
-    ``size``); ``predict`` computes it on its full-resolution volume through
-    the same resize, so training and prediction measure the same thing
-    (resizing is linear and commutes with the resampling along z).
-
-    Parameters
-    ----------
-    resampled : ResampledVolume
-        The volume on the features' slice spacing, at any in-plane size.
-    size : int
-        The network's input size (:func:`lungslice.features.inputs.input_size`).
+    :func:`lungslice.model.domain.study_descriptor` of ``resampled`` (the
+    volume ``predict`` builds), as candidate bundles measure it: extraction
+    stores it for each series (:func:`load_resampled_with_descriptor`, before
+    shrinking the slices to the network's input size) and ``predict`` measures
+    a new study with it, so both measure the same thing at full resolution,
+    where the noise texture the guard relies on is intact.
 
     Returns
     -------
@@ -241,13 +235,36 @@ def whole_slice_descriptor(resampled: ResampledVolume, size: int) -> np.ndarray:
     """
     from lungslice.model.domain import study_descriptor
 
-    hu = resampled.hu
-    _, rows, cols = hu.shape
-    spacing = tuple(float(s) for s in resampled.spacing)
-    if (rows, cols) != (size, size):
-        hu = resize_slices(hu, size).numpy()
-        spacing = (spacing[0], spacing[1] * rows / size, spacing[2] * cols / size)
-    return np.asarray(study_descriptor(hu, spacing), dtype=np.float64)
+    spacing = tuple(float(x) for x in resampled.spacing)
+    return np.asarray(study_descriptor(resampled.hu, spacing), dtype=np.float64)
+
+
+def load_resampled_with_descriptor(
+    job: SeriesJob, config: FeatureConfig, size: int, *, load: LoadConfig | None = None
+) -> tuple[ResampledVolume, np.ndarray]:
+    """:func:`load_resampled` at ``size``, with the full-resolution study descriptor.
+
+    The series is resampled along z at full resolution, measured
+    (:func:`whole_slice_descriptor`), then shrunk in-plane to ``size``; the
+    returned volume equals ``load_resampled(job, config, size)`` up to float
+    rounding (resizing is linear and commutes with the resampling along z), but
+    thick-slice series lose the shrink-first shortcut.
+    """
+    from lungslice.dicom.resample import resample
+    from lungslice.dicom.volume import load_series
+
+    if load is None:
+        volume = load_series(list(job.files), series_uid=job.series_uid)
+    else:
+        volume = load_series(list(job.files), series_uid=job.series_uid, config=load)
+    rv = resample(volume, slice_spacing=config.slice_spacing)
+    descriptor = whole_slice_descriptor(rv)
+    _, rows, cols = rv.hu.shape
+    spacing = (rv.spacing[0], rv.spacing[1] * rows / size, rv.spacing[2] * cols / size)
+    small = dataclasses.replace(rv, hu=resize_slices(rv.hu, size).numpy(), spacing=spacing)
+    no_pixels = np.empty((rv.source.n_slices, 0, 0), dtype=np.float32)
+    small = dataclasses.replace(small, source=dataclasses.replace(rv.source, hu=no_pixels))
+    return small, descriptor
 
 
 def make_runner(config: FeatureConfig, backbone: Backbone | None = None) -> FeatureRunner:
@@ -459,14 +476,13 @@ def extract_series(
     t0 = time.perf_counter()
     try:
         size = input_size(config.inputs, runner.backbone.data_config)
-        resampled = load_resampled(job, config, size)
+        resampled, descriptor = load_resampled_with_descriptor(job, config, size)
     except LungsliceError as err:
         return _row(job, status="failed", reason=str(err))
     t1 = time.perf_counter()
     features = extract_volume(resampled, runner, config)
-    descriptor = whole_slice_descriptor(resampled, size)
     t2 = time.perf_counter()
-    from lungslice.model.domain import DESCRIPTOR_NAMES  # loaded by whole_slice_descriptor
+    from lungslice.model.domain import DESCRIPTOR_NAMES  # loaded with the descriptor
 
     cache.write_series(
         job.series_uid,
@@ -604,36 +620,38 @@ class WholeSliceWork:
             self.runner = make_runner(self.config)
         self.size = input_size(self.config.inputs, self.runner.backbone.data_config)
 
-    def load(self, job: SeriesJob) -> ResampledVolume:
-        """The series as HU on 1 mm slices at the input size."""
+    def load(self, job: SeriesJob) -> tuple[ResampledVolume, np.ndarray]:
+        """The series as HU on 1 mm slices at the input size, and its study descriptor."""
         if self.size is None:
             self.setup()
-        return load_resampled(job, self.config, self.size, load=self.load_config)
+        assert self.size is not None
+        return load_resampled_with_descriptor(job, self.config, self.size, load=self.load_config)
 
-    def compute(self, job: SeriesJob, loaded: ResampledVolume, load_s: float) -> dict[str, Any]:
-        """Features of every slice, written atomically; the manifest row."""
+    def compute(
+        self, job: SeriesJob, loaded: tuple[ResampledVolume, np.ndarray], load_s: float
+    ) -> dict[str, Any]:
+        """Features of every slice, written atomically with the descriptor; the manifest row."""
         if self.runner is None:
             self.setup()
         assert self.runner is not None
+        volume, descriptor = loaded
         t1 = time.perf_counter()
-        features = extract_volume(loaded, self.runner, self.config)
-        assert self.size is not None
-        descriptor = whole_slice_descriptor(loaded, self.size)
+        features = extract_volume(volume, self.runner, self.config)
         t2 = time.perf_counter()
-        from lungslice.model.domain import DESCRIPTOR_NAMES  # loaded by whole_slice_descriptor
+        from lungslice.model.domain import DESCRIPTOR_NAMES  # loaded with the descriptor
 
         self.cache.write_series(
             job.series_uid,
             features.astype(self.config.storage_dtype),
-            slice_table(loaded),
+            slice_table(volume),
             _series_metadata(self.config, self.runner, self.load_config),
             descriptor=descriptor,
             descriptor_names=DESCRIPTOR_NAMES,
         )
         return _row(
             job,
-            n_source_slices=loaded.source.n_slices,
-            n_slices=loaded.n_slices,
+            n_source_slices=volume.source.n_slices,
+            n_slices=volume.n_slices,
             feature_dim=int(features.shape[1]),
             load_s=load_s,
             model_s=t2 - t1,

@@ -393,7 +393,7 @@ class StudyPrediction:
     scores : Scores
         Study-level scores.
     domain : DomainVerdict or None
-        The domain guard's verdict (candidate bundles; None for whole-slice ones).
+        The domain guard's verdict (None when the bundle has no guard).
     findings : tuple of Finding
         Most probable first.
     recommendations : tuple of Recommendation

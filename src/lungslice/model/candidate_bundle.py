@@ -257,28 +257,14 @@ def fit_domain(cs: Any, *, seed: int = 0) -> tuple[Any, str]:
     note : str
         What was fitted, or why not.
     """
-    from lungslice.model.domain import DESCRIPTOR_NAMES, GUARD_FEATURES, DomainModel
+    from lungslice.model.domain import fit_guard
 
     studies = cs.studies
-    if len(studies) < MIN_DOMAIN_STUDIES:
-        return None, (
-            f"no domain guard: {len(studies)} training studies, at least "
-            f"{MIN_DOMAIN_STUDIES} needed to fix its threshold on held-out folds"
-        )
-    X = np.stack([np.asarray(d, dtype=np.float64) for d in studies["descriptor"]])
-    if X.shape[1] != len(DESCRIPTOR_NAMES):
-        raise BundleMismatchError(
-            f"the candidate cache holds study descriptors of {X.shape[1]} entries, this "
-            f"lungslice computes {len(DESCRIPTOR_NAMES)}: the cache was written by an older "
-            "version. Fix: extract the candidates again into a new --work folder."
-        )
-    model = DomainModel("knn", features=GUARD_FEATURES, seed=seed).fit(
-        X, groups=studies["patient_id"].astype(str).to_numpy(), feature_names=DESCRIPTOR_NAMES
-    )
-    return model, (
-        f"{model.method} on {len(GUARD_FEATURES)} acquisition statistics of "
-        f"{len(studies)} studies; threshold {model.threshold_:.3g} passes "
-        f"{model.cv_pass_rate_:.0%} of held-out training studies"
+    return fit_guard(
+        list(studies["descriptor"]),
+        studies["patient_id"].astype(str).to_numpy(),
+        min_studies=MIN_DOMAIN_STUDIES,
+        seed=seed,
     )
 
 

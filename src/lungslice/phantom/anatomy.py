@@ -108,6 +108,15 @@ _ASPECT = {
     "overweight": (0.66, 0.76),
     "obese": (0.7, 0.84),
 }
+#: Half-width and half-depth (mm) of the thoracic cavity inside the chest wall (skin,
+#: fat, muscle, ribs): an adult's, whatever the field of view. A small field of view
+#: (targeted on the lungs) must not squeeze the lungs out of an obese chest wall, nor a
+#: 500 mm one blow a thin patient's lungs up to several litres a side.
+CAVITY_HALF_WIDTH = (112.0, 145.0)
+CAVITY_HALF_DEPTH = (62.0, 90.0)
+#: Lung height (mm, base to apex): a scan longer than the chest (chest and abdomen)
+#: holds lungs at most this tall, under its top; a short scan cuts longer lungs.
+LUNG_HEIGHT = (200.0, 320.0)
 
 
 @dataclass(frozen=True)
@@ -378,6 +387,7 @@ def chest_shape(
     ChestShape
     """
     z_lo, z_hi = float(z_range[0]), float(z_range[1])
+    a_need = b_need = 0.0
     length = max(z_hi - z_lo, 1.0)
     names = list(HABITUS)
     habitus = names[int(rng.choice(len(names), p=np.array(list(HABITUS.values()))))]
@@ -397,12 +407,17 @@ def chest_shape(
     # LIDC scans run from above the apices to below the bases, a few cm either side
     z_base = z_lo + float(rng.uniform(0.06, 0.14)) * length
     z_apex = z_hi - float(rng.uniform(0.03, 0.08)) * length
+    if z_apex - z_base > LUNG_HEIGHT[1]:
+        z_base = z_apex - LUNG_HEIGHT[1]
+    elif z_apex - z_base < LUNG_HEIGHT[0]:
+        grow_z = 0.5 * (LUNG_HEIGHT[0] - (z_apex - z_base))
+        z_base, z_apex = z_base - grow_z, z_apex + grow_z
     if nodule_points is not None and len(nodule_points):
         pts = np.asarray(nodule_points, dtype=np.float64)
         bx, by = _rotate(pts[:, 0] - shift_x, pts[:, 1] - centre_y, -rotation)
         by = by + centre_y
-        a = max(a, float(np.abs(bx).max() + pts[:, 3].max()) + 32.0)
-        b = max(b, float(np.abs(by - centre_y).max() + pts[:, 3].max()) + 32.0)
+        a_need = float(np.abs(bx).max() + pts[:, 3].max()) + 32.0
+        b_need = float(np.abs(by - centre_y).max() + pts[:, 3].max()) + 32.0
         z_base = min(z_base, float((pts[:, 2] - pts[:, 3]).min()) - 25.0)
         z_apex = max(z_apex, float((pts[:, 2] + pts[:, 3]).max()) + 25.0)
     z_base = max(z_base, z_lo - 40.0)
@@ -410,6 +425,13 @@ def chest_shape(
         z_apex = z_base + 60.0
     fat = float(rng.uniform(*_FAT_MM[habitus]))
     muscle = float(rng.uniform(7.0, 12.0) if habitus == "thin" else rng.uniform(10.0, 18.0))
+    # the body is drawn to fill the field of view, the chest wall from the habitus: keep
+    # the cavity between them an adult's (a body larger than a targeted field of view is
+    # cut by it, as in a targeted reconstruction; a smaller one leaves air around it)
+    wall = 2.0 + fat + muscle + 9.0
+    # (and large enough to hold every nodule in its lungs)
+    a = max(float(np.clip(a - wall, *CAVITY_HALF_WIDTH)) + wall, a_need)
+    b = max(float(np.clip(b - wall, *CAVITY_HALF_DEPTH)) + wall, b_need)
     # the right dome sits higher than the left, by a varying amount
     dome_r = float(rng.uniform(0.16, 0.33))
     dome_l = max(dome_r - float(rng.uniform(-0.02, 0.1)), 0.1)

@@ -174,9 +174,15 @@ def test_ray_resume_recomputes_nothing(tmp_path: Path, ray_session: Any) -> None
     _settle(key_dir)
     # Done = the slice table is in place (written last). A series an actor was writing when
     # the run stopped may have left its .npy alone: that one is not done and is recomputed.
-    done = [p.name.removesuffix(".slices.parquet") for p in key_dir.glob("*.slices.parquet")]
+    done = sorted(p.name.removesuffix(".slices.parquet") for p in key_dir.glob("*.slices.parquet"))
+    assert len(done) >= 2
+    if len(done) == 5:
+        # the two actors finished every series before the stop reached them: take back the
+        # commit marker of two, which is what a run stopped while writing them leaves
+        for uid in done[3:]:
+            (key_dir / f"{uid}.slices.parquet").unlink()
+        done = done[:3]
     before = {uid: (key_dir / f"{uid}.npy").stat().st_mtime_ns for uid in done}
-    assert 2 <= len(before) < 5
     second = extract_dataset(data, work, CONFIG, engine="ray", ray=RayOptions())
     assert sorted(second.reused) == sorted(before)
     assert not set(second.computed) & set(before)

@@ -172,6 +172,15 @@ def read_credentials(path: str | Path) -> Credentials:
     )
 
 
+def _doubling(first: float, cap: float, count: int | None) -> Iterator[float]:
+    """``first``, then doubled after each wait up to ``cap``; ``count`` waits (None: no end)."""
+    delay, n = first, 0
+    while count is None or n < count:
+        yield delay
+        delay = min(delay * 2.0, cap)
+        n += 1
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently a failing request is retried.
@@ -202,10 +211,7 @@ class RetryPolicy:
 
     def delays(self) -> Iterator[float]:
         """The waits between tries (``attempts - 1`` of them)."""
-        delay = self.initial_delay_s
-        for _ in range(self.attempts - 1):
-            yield delay
-            delay = min(delay * 2.0, self.max_delay_s)
+        return _doubling(self.initial_delay_s, self.max_delay_s, self.attempts - 1)
 
 
 @dataclass(frozen=True)
@@ -253,10 +259,7 @@ class Patience:
 
     def delays(self) -> Iterator[float]:
         """The waits between tries, doubling up to ``max_delay_s`` (unbounded: callers stop)."""
-        delay = self.initial_delay_s
-        while True:
-            yield delay
-            delay = min(delay * 2.0, self.max_delay_s)
+        return _doubling(self.initial_delay_s, self.max_delay_s, None)
 
 
 def _multipart(parts: Sequence[bytes], content_type: str) -> tuple[bytes, str]:
